@@ -1,0 +1,195 @@
+"""Storage: fsspec URLs + ``storage_options`` → Zarr stores, written safely.
+
+One small concept (after pangeo-forge-recipes' ``FSSpecTarget``): a store is
+named by a URL (a local path, ``gs://…``, ``s3://…``, ``memory://…``) plus the
+``storage_options`` fsspec needs to reach it.  Credentials live only in
+``storage_options`` or the environment; they are never written into stores,
+attributes or messages.
+
+Writes follow one protocol (after xarray-beam):
+
+1. ``write_template(template, url)`` writes metadata and coordinates once;
+   the data variables are lazily backed by dask and are not computed.
+2. ``write_region(part, url, region)`` writes one region per chunk; any
+   chunk may be written twice with the same bits.
+3. ``ChunkRecord`` records which chunks are finished, one small object per
+   chunk, so a killed run resumes where it stopped.
+4. ``mark_complete(url, config_hash)`` sets the ``casm_complete`` attribute
+   last; a store without it is unfinished and is never taken as a result.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+
+import fsspec
+import xarray as xr
+import zarr
+
+__all__ = [
+    "StoreError",
+    "join",
+    "url_to_fs",
+    "exists",
+    "remove",
+    "zarr_encoding",
+    "open_zarr",
+    "write_template",
+    "write_region",
+    "ChunkRecord",
+    "mark_complete",
+    "store_state",
+]
+
+COMPLETE_ATTR = "casm_complete"
+HASH_ATTR = "casm_config_hash"
+_RECORD_DIR = "_casm_chunks"
+
+
+class StoreError(ValueError):
+    """A store that is missing, unfinished or made by another configuration."""
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts onto a local path or URL with ``/``."""
+    root = str(root)
+    out = root.rstrip("/")
+    for p in parts:
+        out = posixpath.join(out, str(p).strip("/"))
+    return out
+
+
+def url_to_fs(url: str, storage_options: Mapping | None = None):
+    """(filesystem, path) for a URL; credentials stay in ``storage_options``."""
+    return fsspec.core.url_to_fs(str(url), **dict(storage_options or {}))
+
+
+def exists(url: str, storage_options: Mapping | None = None) -> bool:
+    fs, path = url_to_fs(url, storage_options)
+    return fs.exists(path)
+
+
+def remove(url: str, storage_options: Mapping | None = None) -> None:
+    """Delete a store (recursively) if it exists."""
+    fs, path = url_to_fs(url, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def zarr_encoding(ds: xr.Dataset, *, level: int = 3) -> dict:
+    """Zarr 3 encoding: zstd for every data variable (key ``compressors``)."""
+    from zarr.codecs import ZstdCodec
+
+    return {name: {"compressors": [ZstdCodec(level=level)]} for name in ds.data_vars}
+
+
+def open_zarr(url: str, storage_options: Mapping | None = None, *,
+              require_complete: bool = False, **kwargs) -> xr.Dataset:
+    """Open a Zarr store lazily (dask-backed, on-disk chunks).
+
+    Raises
+    ------
+    StoreError
+        If the store does not exist, or ``require_complete`` and it is unfinished.
+    """
+    if not exists(url, storage_options):
+        raise StoreError(f"no Zarr store at {url}")
+    kwargs.setdefault("chunks", {})
+    kwargs.setdefault("consolidated", False)
+    ds = xr.open_zarr(url, storage_options=dict(storage_options or {}) or None, **kwargs)
+    if require_complete and not ds.attrs.get(COMPLETE_ATTR, False):
+        raise StoreError(f"Zarr store {url} is unfinished (no {COMPLETE_ATTR} attribute)")
+    return ds
+
+
+def write_template(template: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
+                   config_hash: str | None = None, encoding: dict | None = None) -> None:
+    """Write metadata and coordinates of ``template``; no data is computed.
+
+    ``template``'s data variables must be dask-backed with the chunking of
+    the output (one Zarr chunk per dask chunk).  An existing store at ``url``
+    is replaced.
+    """
+    ds = template.copy()
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != COMPLETE_ATTR}
+    if config_hash is not None:
+        ds.attrs[HASH_ATTR] = config_hash
+    enc = zarr_encoding(ds) if encoding is None else encoding
+    remove(url, storage_options)
+    ds.to_zarr(url, mode="w", compute=False, encoding=enc, consolidated=False,
+               storage_options=dict(storage_options or {}) or None, zarr_format=3)
+
+
+def write_region(part: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
+                 region: Mapping[str, slice] | str = "auto") -> None:
+    """Write one region of an existing store (data variables only)."""
+    drop = [v for v in part.variables if v not in part.data_vars]
+    part = part.drop_vars(drop)
+    part.attrs = {}
+    part.to_zarr(url, mode="r+", region=dict(region) if not isinstance(region, str) else region,
+                 consolidated=False, storage_options=dict(storage_options or {}) or None)
+
+
+class ChunkRecord:
+    """The record of finished chunks of a store: one empty object per chunk.
+
+    Objects live under ``<store>/_casm_chunks/``, a prefix Zarr ignores
+    (it holds no ``zarr.json``).  Marking is idempotent and safe from many
+    workers at once: each chunk writes only its own key.
+    """
+
+    def __init__(self, url: str, storage_options: Mapping | None = None):
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self._fs, self._root = url_to_fs(join(url, _RECORD_DIR), self.storage_options)
+
+    @staticmethod
+    def key(index: Mapping[str, int] | tuple) -> str:
+        if isinstance(index, Mapping):
+            return "_".join(f"{k}{int(v)}" for k, v in sorted(index.items()))
+        return "_".join(str(int(i)) for i in index)
+
+    def mark(self, index, info: Mapping | None = None) -> None:
+        self._fs.pipe(posixpath.join(self._root, self.key(index)),
+                      json.dumps(dict(info or {})).encode())
+
+    def done(self) -> set[str]:
+        try:
+            return {posixpath.basename(p.rstrip("/")) for p in self._fs.ls(self._root, detail=False)}
+        except FileNotFoundError:
+            return set()
+
+    def is_done(self, index) -> bool:
+        return self._fs.exists(posixpath.join(self._root, self.key(index)))
+
+
+def mark_complete(url: str, storage_options: Mapping | None = None, *,
+                  config_hash: str | None = None, **attrs) -> None:
+    """Set the completion attribute (last step of every write)."""
+    store = zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {})) \
+        if "://" in str(url) else zarr.storage.LocalStore(url)
+    group = zarr.open_group(store, mode="r+")
+    new = dict(attrs)
+    if config_hash is not None:
+        new[HASH_ATTR] = config_hash
+    new[COMPLETE_ATTR] = True
+    group.attrs.update(new)
+
+
+def store_state(url: str, storage_options: Mapping | None = None) -> dict:
+    """``{"exists": bool, "complete": bool, "config_hash": str | None}`` of a store."""
+    if not exists(join(url, "zarr.json"), storage_options) and not exists(
+        join(url, ".zgroup"), storage_options
+    ):
+        return {"exists": False, "complete": False, "config_hash": None}
+    fs, path = url_to_fs(url, storage_options)
+    try:
+        meta = json.loads(fs.cat(posixpath.join(path, "zarr.json")))
+        attrs = meta.get("attributes", {})
+    except FileNotFoundError:
+        attrs = json.loads(fs.cat(posixpath.join(path, ".zattrs"))) if fs.exists(
+            posixpath.join(path, ".zattrs")) else {}
+    return {"exists": True, "complete": bool(attrs.get(COMPLETE_ATTR, False)),
+            "config_hash": attrs.get(HASH_ATTR)}
