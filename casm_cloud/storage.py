@@ -133,11 +133,12 @@ def write_region(part: xr.Dataset, url: str, storage_options: Mapping | None = N
 
 
 class ChunkRecord:
-    """The record of finished chunks of a store: one empty object per chunk.
+    """The record of finished chunks of a store: one small object per chunk.
 
-    Objects live under ``<store>/_casm_chunks/``, a prefix Zarr ignores
-    (it holds no ``zarr.json``).  Marking is idempotent and safe from many
-    workers at once: each chunk writes only its own key.
+    Objects live under ``<store>/_casm_chunks/``, which is declared an empty
+    Zarr group so that Zarr and xarray see a valid hierarchy (and warn about
+    nothing) while ignoring the markers inside.  Marking is idempotent and
+    safe from many workers at once: each chunk writes only its own key.
     """
 
     def __init__(self, url: str, storage_options: Mapping | None = None):
@@ -151,15 +152,25 @@ class ChunkRecord:
             return "_".join(f"{k}{int(v)}" for k, v in sorted(index.items()))
         return "_".join(str(int(i)) for i in index)
 
+    def _ensure_group(self) -> None:
+        meta = posixpath.join(self._root, "zarr.json")
+        if not self._fs.exists(meta):
+            self._fs.makedirs(self._root, exist_ok=True)
+            self._fs.pipe(meta, json.dumps(
+                {"zarr_format": 3, "node_type": "group", "attributes": {"casm_chunk_record": True}}
+            ).encode())
+
     def mark(self, index, info: Mapping | None = None) -> None:
+        self._ensure_group()
         self._fs.pipe(posixpath.join(self._root, self.key(index)),
                       json.dumps(dict(info or {})).encode())
 
     def done(self) -> set[str]:
         try:
-            return {posixpath.basename(p.rstrip("/")) for p in self._fs.ls(self._root, detail=False)}
+            names = {posixpath.basename(p.rstrip("/")) for p in self._fs.ls(self._root, detail=False)}
         except FileNotFoundError:
             return set()
+        return names - {"zarr.json"}
 
     def is_done(self, index) -> bool:
         return self._fs.exists(posixpath.join(self._root, self.key(index)))
