@@ -1,0 +1,326 @@
+"""The recipe: one typed, validated configuration for a CASM run.
+
+A recipe is YAML; ``load_recipe(path)`` turns it into a frozen
+:class:`Recipe`.  Unknown keys, wrong types and impossible dates are errors
+that name the key (``ConfigError: recipe key 'training.epochs': …``).  Paths
+and dates are parsed at load time; relative paths resolve against the
+recipe's folder.  Each stage hashes only the sections it depends on
+(:meth:`Recipe.section_hash`), so changing, say, the number of training
+epochs re-runs training and what follows, never the aggregation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "demo_recipe"]
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Period(_Section):
+    start: dt.date
+    end: dt.date
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+
+class GridConfig(_Section):
+    name: Literal["M36", "M25", "M09"] = "M25"
+    region: str | None = "demo"
+    lat: tuple[float, float] | None = None
+    lon: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_window(self):
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("give both lat and lon, or neither (and a region)")
+        if self.lat is None and self.region is None:
+            raise ValueError("give a region name or lat and lon")
+        return self
+
+    def window(self):
+        from casm_cloud.grid import EASE2Grid
+
+        grid = EASE2Grid(self.name)
+        if self.lat is not None:
+            return grid.window(lat=self.lat, lon=self.lon)
+        return grid.window_by_name(self.region)
+
+
+class Sources(_Section):
+    """Catalog entry names of each input (``None``: not used)."""
+
+    catalog: str
+    smos: str = "smos"
+    amsre: str = "amsre"
+    amsr2: str = "amsr2"
+    smap: str = "smap"
+    truth: str | None = None
+    stations: str | None = None  # ISMN folder or zip (path or URL)
+
+
+class Channels(_Section):
+    smos: tuple[str, ...] = ("tb_h", "tb_v")
+    amsr: tuple[str, ...] = ("tb_10v", "tb_18h", "tb_36h", "tb_89v")
+
+
+class SciencePeriods(_Section):
+    """The CASM training scheme's periods (DESIGN.md §3)."""
+
+    transfer: Period = Period(start=dt.date(2010, 1, 17), end=dt.date(2011, 10, 3))
+    smos_from: dt.date = dt.date(2010, 1, 12)
+    amsre_until: dt.date = dt.date(2011, 10, 4)
+
+
+class Aggregate(_Section):
+    n_days: int = Field(3, ge=1, le=31)
+    anchor: dt.date = dt.date(2002, 1, 1)
+    min_count: int = Field(1, ge=1)
+
+
+class Seasonal(_Section):
+    min_obs: int = Field(40, ge=4)
+
+
+class Network(_Section):
+    hidden: tuple[int, ...] = (1050,) * 7
+    activation: Literal["relu", "tanh", "gelu"] = "relu"
+
+
+class Training(_Section):
+    epochs: int = Field(100, ge=1)
+    fine_tune_epochs: int = Field(20, ge=1)
+    freeze_first: int = Field(3, ge=0)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    patience: int = Field(10, ge=1)
+    split: Literal["spatial_blocks", "random"] = "spatial_blocks"
+    block_size: int = Field(8, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    seed: int = 0
+
+
+class Ensemble(_Section):
+    members: int = Field(7, ge=1)
+    n_noise: int = Field(10, ge=1)
+    noise_scale: float = Field(0.1, ge=0)
+
+
+class Predict(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_size: int | None = None
+    chunks: dict[Literal["time", "y", "x"], int] = {"time": 60, "y": 64, "x": 64}
+
+
+class Validation(_Section):
+    depth: tuple[float, float] = (0.0, 0.05)
+    good_fraction: float = Field(0.9, ge=0, le=1)
+    min_obs: int = Field(100, ge=1)
+
+
+class Cluster(_Section):
+    kind: str = "local"  # "local", "gateway" or a scheduler address tcp://host:port
+    n_workers: int | None = None
+    threads_per_worker: int | None = None
+    memory_limit: str | None = None
+    gateway: dict[str, Any] = {}
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in ("local", "gateway") and "://" not in v:
+            raise ValueError("expected 'local', 'gateway' or a scheduler address like tcp://host:8786")
+        return v
+
+
+class Outputs(_Section):
+    """Where the user-facing results go (default: beside the run root)."""
+
+    product: str | None = None
+    export: str | None = None
+    report: str | None = None
+
+
+class Recipe(_Section):
+    name: str = "casm"
+    run_root: str
+    storage_options: dict[str, Any] = {}
+    sources: Sources
+    grid: GridConfig = GridConfig()
+    period: Period
+    periods: SciencePeriods = SciencePeriods()
+    channels: Channels = Channels()
+    aggregate: Aggregate = Aggregate()
+    seasonal: Seasonal = Seasonal()
+    network: Network = Network()
+    training: Training = Training()
+    ensemble: Ensemble = Ensemble()
+    predict: Predict = Predict()
+    validation: Validation = Validation()
+    cluster: Cluster = Cluster()
+    outputs: Outputs = Outputs()
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict) -> dict:
+        secret = {"token", "secret", "password", "key", "secret_access_key", "access_key_id"}
+        bad = sorted(k for k in v if k.lower() in secret)
+        if bad:
+            raise ValueError(
+                f"credentials ({', '.join(bad)}) do not belong in a recipe; give them through "
+                "the environment (e.g. GOOGLE_APPLICATION_CREDENTIALS, AWS_* variables)"
+            )
+        return v
+
+    # -- derived --------------------------------------------------------
+    def output(self, which: Literal["product", "export", "report"]) -> str:
+        from casm_cloud.storage import join
+
+        given = getattr(self.outputs, which)
+        if given:
+            return given
+        return join(self.run_root, {"product": "product.zarr", "export": "casm",
+                                    "report": "report"}[which])
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 (16 hex digits) of the named sections, for stage skip/resume."""
+        data = {s: _jsonable(getattr(self, s)) for s in sections}
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _jsonable(obj):
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    return obj
+
+
+def _is_url(s: str) -> bool:
+    return "://" in s
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    """Relative local paths in the recipe resolve against the recipe's folder."""
+
+    def fix(v):
+        if isinstance(v, str) and v and not _is_url(v) and not os.path.isabs(v):
+            return str((base / v).resolve())
+        return v
+
+    raw = dict(raw)
+    if "run_root" in raw:
+        raw["run_root"] = fix(raw["run_root"])
+    if isinstance(raw.get("sources"), dict):
+        src = dict(raw["sources"])
+        for k in ("catalog", "stations"):
+            if k in src:
+                src[k] = fix(src[k])
+        raw["sources"] = src
+    if isinstance(raw.get("outputs"), dict):
+        raw["outputs"] = {k: fix(v) for k, v in raw["outputs"].items()}
+    return raw
+
+
+def recipe_from_dict(raw: dict, *, base: str | Path = ".") -> Recipe:
+    """Validate a recipe given as a dict.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first offending key (``recipe key 'a.b': why``).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a recipe must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(_resolve_paths(raw, Path(base)))
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"]) or "<recipe>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt?)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        raise ConfigError(f"recipe key '{key}': {msg}") from None
+
+
+def load_recipe(path: str | Path, **overrides) -> Recipe:
+    """Read and validate a recipe YAML file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+    **overrides
+        Top-level keys replacing those in the file (e.g. ``period=...``).
+
+    Raises
+    ------
+    ConfigError
+        Unknown keys, wrong types, impossible dates, unreadable YAML.
+    FileNotFoundError
+        If the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
+    if isinstance(raw, dict):
+        raw.update(overrides)
+    return recipe_from_dict(raw, base=path.parent)
+
+
+def demo_recipe(out: str | Path) -> Recipe:
+    """The embedded default: the demo region and a configuration sized for
+    about ten minutes on 2 cores (small networks and ensembles)."""
+    out = str(out)
+    from casm_cloud.storage import join
+
+    raw = yaml.safe_load(_DEMO_YAML)
+    raw["run_root"] = join(out, "run")
+    raw["sources"]["catalog"] = join(out, "sources", "catalog.yaml")
+    raw["sources"]["stations"] = join(out, "sources", "stations")
+    raw["outputs"] = {"product": join(out, "product.zarr"), "export": join(out, "casm"),
+                      "report": join(out, "report")}
+    return recipe_from_dict(raw)
+
+
+_DEMO_YAML = """
+name: demo
+run_root: PLACEHOLDER
+sources:
+  catalog: PLACEHOLDER
+  truth: truth
+grid: {name: M25, region: demo}
+period: {start: 2008-01-01, end: 2017-12-31}
+network: {hidden: [128, 128, 128, 128]}
+training: {epochs: 12, fine_tune_epochs: 6, batch_size: 1024, lr: 0.001, patience: 4,
+           block_size: 4}
+ensemble: {members: 3, n_noise: 10}
+predict: {chunks: {time: 120, y: 32, x: 32}}
+validation: {min_obs: 50}
+"""
