@@ -1,0 +1,287 @@
+"""Intake catalogs of sources: entries name an adapter, a URL and its options.
+
+Catalogs are intake-2 native YAML files (``intake.readers.entry.Catalog``;
+DESIGN.md §5: intake-1 YAML user parameters are silently ignored, so we do
+not write that format).  Each entry is a :class:`CasmSource` reader whose
+keyword arguments are ``adapter``, ``urlpath``, ``storage_options`` and the
+adapter's own options; reading it calls the adapter from
+:data:`casm_cloud.sources.ADAPTERS` and returns the canonical lazy dataset.
+
+Relative ``urlpath`` values are stored as ``{CATALOG_DIR}/<path>`` and so
+resolve against the folder holding the catalog: a simulated folder can be
+moved or copied to a bucket and still opens.  Credentials are never written:
+:func:`make_entry` refuses ``storage_options`` that carry secrets and URLs
+with embedded passwords; they come from the environment at read time.
+
+Public API::
+
+    entry = make_entry("canonical_zarr", "sources/smos.zarr", kind="smos")
+    path = write_catalog({"smos": entry}, "run/catalog.yaml")
+    cat = open_catalog(path)
+    ds = open_source(cat, "smos")
+"""
+
+from __future__ import annotations
+
+import inspect
+import posixpath
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import xarray as xr
+from intake.readers.entry import Catalog
+from intake.readers.readers import BaseReader
+
+from casm_cloud.sources import ADAPTERS, get_adapter
+
+__all__ = [
+    "CasmSource",
+    "CatalogError",
+    "make_entry",
+    "write_catalog",
+    "open_catalog",
+    "open_source",
+    "list_sources",
+    "describe_sources",
+]
+
+_DIR_TOKEN = "{CATALOG_DIR}"
+
+# storage_options keys that hold secrets (gcsfs, s3fs, adlfs, http auth).
+_SECRET_KEYS = {
+    "token", "key", "secret", "password", "passwd", "client_secret", "session_token",
+    "refresh_token", "access_token", "aws_access_key_id", "aws_secret_access_key",
+    "aws_session_token", "access_key", "secret_key", "account_key", "sas_token",
+    "credentials", "auth", "headers", "client_kwargs",
+}
+# Values of "token" that select a credential *mechanism*, not a secret (gcsfs).
+_TOKEN_MODES = {"anon", "google_default", "cloud", "browser", None}
+
+
+class CatalogError(ValueError):
+    """A catalog or entry that cannot be written or read as asked."""
+
+
+class CasmSource(BaseReader):
+    """intake reader: call a casm_cloud source adapter, return a canonical dataset.
+
+    Keyword arguments (stored in the catalog): ``adapter`` (a key of
+    :data:`casm_cloud.sources.ADAPTERS`), ``urlpath``, ``storage_options``
+    and the adapter's options.
+    """
+
+    output_instance = "xarray:Dataset"
+    imports = {"xarray"}
+
+    def _read(self, adapter: str, urlpath: str, storage_options: Mapping | None = None,
+              **options) -> xr.Dataset:
+        fn = get_adapter(adapter)
+        return fn(_plain_local(urlpath), storage_options=dict(storage_options or {}) or None,
+                  **options)
+
+
+def _plain_local(urlpath: str) -> str:
+    """``file:///a/b`` (what ``{CATALOG_DIR}`` expands to locally) -> ``/a/b``."""
+    u = str(urlpath)
+    return u[len("file://"):] if u.startswith("file://") else u
+
+
+def _is_relative(urlpath: str) -> bool:
+    u = str(urlpath)
+    return not ("://" in u or u.startswith("/") or u.startswith("{") or u.startswith("~"))
+
+
+def _check_no_secrets(urlpath: str, storage_options: Mapping | None, where: str) -> None:
+    for k, v in dict(storage_options or {}).items():
+        if k == "token" and (v in _TOKEN_MODES or isinstance(v, bool)):
+            continue
+        if k.lower() in _SECRET_KEYS:
+            raise CatalogError(
+                f"{where}: storage_options key {k!r} would write a credential into the catalog; "
+                "take credentials from the environment (e.g. GOOGLE_APPLICATION_CREDENTIALS, "
+                "AWS_* variables, ~/.netrc) instead"
+            )
+    if "://" in str(urlpath):
+        parts = urlsplit(str(urlpath))
+        if parts.password or (parts.username and "@" in parts.netloc):
+            raise CatalogError(
+                f"{where}: urlpath embeds a user name or password; take credentials from the "
+                "environment instead"
+            )
+
+
+def _check_options(adapter: str, options: Mapping, where: str) -> None:
+    """The adapter exists and accepts every option by name."""
+    if adapter not in ADAPTERS:
+        raise CatalogError(f"{where}: unknown adapter {adapter!r}; expected one of {sorted(ADAPTERS)}")
+    params = inspect.signature(get_adapter(adapter)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = {n for n, p in params.items()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"urlpath"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise CatalogError(
+            f"{where}: adapter {adapter!r} does not accept option(s) {unknown}; "
+            f"it accepts {sorted(accepted - {'storage_options'})}"
+        )
+
+
+def make_entry(adapter: str, urlpath: str, *, kind: str | None = None, description: str = "",
+               storage_options: Mapping | None = None, **options) -> CasmSource:
+    """A catalog entry that opens ``urlpath`` with ``adapter``.
+
+    Parameters
+    ----------
+    adapter : str
+        A key of :data:`casm_cloud.sources.ADAPTERS`.
+    urlpath : str
+        Local path, fsspec URL, or a path relative to the catalog's folder.
+    kind : str, optional
+        Canonical kind, passed to the adapter as ``kind=`` (needed by
+        ``canonical_zarr``).
+    description : str
+        Human-readable description, stored as entry metadata.
+    storage_options : mapping, optional
+        fsspec options without credentials (e.g. ``{"token": "anon"}``).
+    **options
+        Further keyword options of the adapter.
+
+    Returns
+    -------
+    CasmSource
+        The intake reader, ready for :func:`write_catalog`.
+
+    Raises
+    ------
+    CatalogError
+        For an unknown adapter, an option the adapter does not accept, or a
+        credential in ``storage_options`` or ``urlpath``.
+    """
+    where = f"entry {urlpath!r}"
+    if kind is not None:
+        options["kind"] = kind
+    _check_options(adapter, options, where)
+    _check_no_secrets(urlpath, storage_options, where)
+    url = str(urlpath)
+    if _is_relative(url):
+        url = f"{_DIR_TOKEN}/{posixpath.normpath(url)}"
+    meta = {"description": description}
+    if kind is not None:
+        meta["kind"] = kind
+    return CasmSource(adapter=adapter, urlpath=url,
+                      storage_options=dict(storage_options) if storage_options else None,
+                      metadata=meta, **options)
+
+
+def write_catalog(entries: Mapping[str, CasmSource], path: str,
+                  storage_options: Mapping | None = None) -> str:
+    """Write an intake-2 YAML catalog of ``entries``.
+
+    Parameters
+    ----------
+    entries : mapping of str to CasmSource
+        Entry name -> entry from :func:`make_entry`.
+    path : str
+        Local path or fsspec URL of the YAML file (its folder is created).
+    storage_options : mapping, optional
+        fsspec options to write ``path``.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    CatalogError
+        For an empty mapping, a non-entry value, or an entry with credentials.
+    """
+    if not entries:
+        raise CatalogError(f"catalog {path}: no entries to write")
+    cat = Catalog()
+    for name, entry in entries.items():
+        if not isinstance(entry, CasmSource):
+            raise CatalogError(
+                f"catalog {path}: entry {name!r} is a {type(entry).__name__}; expected a "
+                "CasmSource from make_entry()"
+            )
+        _check_no_secrets(entry.kwargs.get("urlpath", ""), entry.kwargs.get("storage_options"),
+                          f"entry {name!r}")
+        cat[name] = entry
+    from casm_cloud.storage import url_to_fs
+
+    fs, fpath = url_to_fs(path, storage_options)
+    fs.makedirs(posixpath.dirname(fpath) or ".", exist_ok=True)
+    cat.to_yaml_file(str(path), **dict(storage_options or {}))
+    return str(path)
+
+
+def open_catalog(path: str, storage_options: Mapping | None = None) -> Catalog:
+    """Open an intake-2 YAML catalog.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    """
+    from casm_cloud.storage import exists
+
+    if not exists(path, storage_options):
+        raise FileNotFoundError(f"no catalog at {path}")
+    return Catalog.from_yaml_file(str(path), storage_options=dict(storage_options or {}))
+
+
+def _as_catalog(catalog) -> Catalog:
+    return catalog if isinstance(catalog, Catalog) else open_catalog(catalog)
+
+
+def list_sources(catalog) -> list[str]:
+    """Names of the entries of ``catalog`` (a Catalog or a path), in stored order."""
+    return list(_as_catalog(catalog).entries)
+
+
+def describe_sources(catalog) -> dict[str, dict]:
+    """``{name: {"adapter", "urlpath", "kind", "description"}}`` of every entry."""
+    cat = _as_catalog(catalog)
+    out = {}
+    for name, ent in cat.entries.items():
+        kw = ent.kwargs
+        out[name] = {"adapter": kw.get("adapter"), "urlpath": kw.get("urlpath"),
+                     "kind": kw.get("kind"), "description": ent.metadata.get("description", "")}
+    return out
+
+
+def open_source(catalog, name: str, **overrides) -> xr.Dataset:
+    """Open entry ``name`` of ``catalog`` as a canonical, lazy, validated dataset.
+
+    Parameters
+    ----------
+    catalog : intake Catalog or str
+        An open catalog or the path/URL of one.
+    name : str
+        Entry name.
+    **overrides
+        Replace stored keyword arguments (e.g. ``urlpath=``, an adapter
+        option); ``storage_options`` are merged into the stored ones (this is
+        how credentials are passed at run time).
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Raises
+    ------
+    KeyError
+        If the catalog has no entry ``name`` (the message lists the entries).
+    """
+    cat = _as_catalog(catalog)
+    if name not in cat.entries:
+        raise KeyError(f"catalog has no source {name!r}; it has {sorted(cat.entries)}")
+    stored = cat.entries[name].kwargs
+    so = dict(stored.get("storage_options") or {})
+    if str(stored.get("urlpath", "")).startswith(_DIR_TOKEN) and not so:
+        # A relative entry lives beside the catalog: reach it the same way.
+        so = dict(cat.user_parameters.get("STORAGE_OPTIONS") or {})
+    so.update(overrides.pop("storage_options", None) or {})
+    return cat[name].read(storage_options=so or None, **overrides)
