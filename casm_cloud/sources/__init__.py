@@ -32,6 +32,7 @@ ADAPTERS: dict[str, str] = {
     "amsr2_cetb": "casm_cloud.sources.amsr:open_amsr2_cetb",
     "era5_arco": "casm_cloud.sources.era5:open_era5_arco",
     "era5_cds": "casm_cloud.sources.era5:open_era5_cds",
+    "tuw_ts": "casm_cloud.sources.tuw_ts:open_tuw_ts",
 }
 
 
