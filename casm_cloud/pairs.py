@@ -1,0 +1,562 @@
+"""Training samples: where every input and the target are valid at the same (time, y, x).
+
+The sample table is built lazily, one source chunk at a time:
+
+1. :func:`build_pairs` turns aligned gridded inputs and target into a lazy
+   table with dims ``sample`` x ``feature``.  Inputs and target become
+   residuals on the fly (value minus the stored seasonal cycle), so no
+   residual cube is ever written.  The number of valid samples in a chunk is
+   only known after reading it, and xarray needs the length of ``sample``, so
+   ``build_pairs`` computes one small thing: the per-chunk, per-split counts
+   (an int array of ``n_chunks x 3``, the data are read and dropped chunk by
+   chunk).  With the counts, every chunk's samples get a known place in the
+   table, and the table is a lazy dask array again.  Writing reads the
+   source chunks a second time; that is the price of never holding more than
+   a few chunks.
+2. Samples are grouped by split (train, then val, then test), so a loader of
+   one split reads one contiguous range.  Within a split, source chunks are
+   placed in a seeded random order and samples are permuted within each
+   chunk; :class:`SampleLoader` adds a shuffle buffer over several table
+   chunks in a new order every epoch.
+3. :func:`write_pairs` writes the table template-first, then all regions,
+   and computes the standard scaler of the training split (streamed sums)
+   in the same pass; the scaler goes into the store's attributes, the
+   completion mark last.
+
+Splits: ``spatial_blocks`` (default) assigns whole ``block_size`` x
+``block_size`` blocks of pixels to one split, so validation and test pixels
+are unseen in training; ``random`` is the paper's 80/20 split with 20 % of
+the training part for validation, decided per sample by a hash of its
+(time, y, x) position so the labels do not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Literal
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from casm_cloud import storage
+
+__all__ = ["SPLITS", "PairsError", "build_pairs", "write_pairs", "open_pairs", "split_map",
+           "scaler_arrays", "SampleLoader", "cycle_values"]
+
+#: Split names by code (the ``split`` variable stores the code).
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+FEATURES_ATTR = "features"
+TARGET_ATTR = "target"
+OFFSETS_ATTR = "split_offsets"
+SCALER_ATTR = "scaler"
+_PARAMS = ("amplitude", "phase", "offset")
+
+
+class PairsError(ValueError):
+    """Inputs, targets or sample tables that cannot make training samples."""
+
+
+def cycle_values(amplitude, phase, offset, time) -> np.ndarray:
+    """Seasonal cycle ``A sin(omega t + phi) + b`` at ``time``; shape (time, *param_shape).
+
+    Uses :func:`casm_cloud.seasonal.cycle_values` (the seasonal stage owns the
+    convention); the fallback below, for when that stage is absent, takes
+    ``omega t`` from the position within the calendar year.
+    """
+    try:
+        from casm_cloud.seasonal import cycle_values as _seasonal_cycle
+    except ImportError:  # the seasonal stage is not installed in this checkout
+        _seasonal_cycle = None
+    if _seasonal_cycle is not None:
+        return np.asarray(_seasonal_cycle(amplitude, phase, offset, time))
+    wt = year_angle(time).reshape((-1,) + (1,) * np.ndim(amplitude))
+    return np.asarray(amplitude) * np.sin(wt + np.asarray(phase)) + np.asarray(offset)
+
+
+def year_angle(time) -> np.ndarray:
+    """``omega t``: 2 pi times the fraction of the calendar year elapsed at ``time``."""
+    t = np.asarray(time, dtype="datetime64[ns]")
+    year = t.astype("datetime64[Y]")
+    start, end = year.astype("datetime64[ns]"), (year + 1).astype("datetime64[ns]")
+    return 2.0 * np.pi * ((t - start) / (end - start)).astype(np.float64)
+
+
+def _uniform_hash(index: np.ndarray, seed: int) -> np.ndarray:
+    """Uniform [0, 1) numbers from integer positions (splitmix64): chunking-independent."""
+    with np.errstate(over="ignore"):
+        z = index.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _codes_from_uniform(u: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+    val_edge = test_fraction + (1.0 - test_fraction) * val_fraction
+    return np.where(u < test_fraction, 2, np.where(u < val_edge, 1, 0)).astype(np.int8)
+
+
+def split_map(shape: tuple[int, int], *, block_size: int = 8, val_fraction: float = 0.2,
+              test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Split code (0 train, 1 val, 2 test) of every pixel for ``spatial_blocks``.
+
+    Blocks of ``block_size`` x ``block_size`` pixels are shuffled (seeded) and
+    dealt out in exact proportions: ``test_fraction`` of the blocks to test,
+    ``val_fraction`` of the rest to validation, at least one block each when
+    the fraction is positive and there are enough blocks.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (ny, nx) of the window.
+    block_size, val_fraction, test_fraction, seed
+        See :func:`build_pairs`.
+
+    Returns
+    -------
+    numpy.ndarray of int8, shape (ny, nx)
+    """
+    ny, nx = shape
+    by, bx = math.ceil(ny / block_size), math.ceil(nx / block_size)
+    nb = by * bx
+    n_test = round(nb * test_fraction)
+    n_val = round((nb - n_test) * val_fraction)
+    if test_fraction > 0 and nb >= 3:
+        n_test = max(n_test, 1)
+    if val_fraction > 0 and nb - n_test >= 2:
+        n_val = max(n_val, 1)
+    codes = np.zeros(nb, dtype=np.int8)
+    order = np.random.default_rng(seed).permutation(nb)
+    codes[order[:n_test]] = 2
+    codes[order[n_test:n_test + n_val]] = 1
+    blocks = codes.reshape(by, bx)
+    return np.repeat(np.repeat(blocks, block_size, 0), block_size, 1)[:ny, :nx]
+
+
+def _residuals(values: list[np.ndarray], params: np.ndarray | None, time: np.ndarray):
+    """values minus cycle; ``params`` is (3, nvar, y, x) or None (values are residuals)."""
+    out = np.stack(values).astype(np.float64)  # (nvar, t, y, x)
+    if params is not None:
+        cyc = cycle_values(params[0], params[1], params[2], time)  # (t, nvar, y, x)
+        out -= np.moveaxis(cyc, 1, 0)
+    return out
+
+
+def _gather_chunk(time, lat, lon, row0, col0, t0, shape, inputs, target, in_params, tg_params,
+                  label_block, mode, val_fraction, test_fraction, seed, chunk_id):
+    """Valid samples of one source chunk, by split: {code: (features, target, time, row, col)}.
+
+    NumPy in, NumPy out; called inside the dask graph, one call per chunk.
+    """
+    x = _residuals(inputs, in_params, time)
+    y = _residuals([target], tg_params, time)[0]
+    valid = np.isfinite(y) & np.isfinite(x).all(axis=0)
+    ti, yi, xi = np.nonzero(valid)
+    if mode == "spatial_blocks":
+        codes = label_block[yi, xi]
+    else:
+        ny, nx = shape[1], shape[2]
+        flat = ((t0 + ti).astype(np.int64) * ny + (row0 + yi)) * nx + (col0 + xi)
+        codes = _codes_from_uniform(_uniform_hash(flat, seed), val_fraction, test_fraction)
+    feats = np.concatenate([x[:, ti, yi, xi].T, lat[yi, None], lon[xi, None]], axis=1)
+    rng = np.random.default_rng([seed, chunk_id])
+    out = {}
+    for code in range(len(SPLITS)):
+        sel = np.flatnonzero(codes == code)
+        sel = sel[rng.permutation(sel.size)]
+        out[code] = (feats[sel].astype(np.float32), y[ti[sel], yi[sel], xi[sel]].astype(np.float32),
+                     time[ti[sel]], (row0 + yi[sel]).astype(np.int32),
+                     (col0 + xi[sel]).astype(np.int32))
+    return out
+
+
+def _count(packed: dict) -> np.ndarray:
+    return np.asarray([packed[c][1].size for c in range(len(SPLITS))], dtype=np.int64)
+
+
+def _params_array(params: xr.Dataset | None, names: list[str] | None, what: str):
+    """(3, nvar, y, x) DataArray of (amplitude, phase, offset), or None."""
+    if params is None:
+        return None
+    missing = [p for p in _PARAMS if p not in params]
+    if missing:
+        raise PairsError(f"{what} seasonal parameters lack {missing}; expected the output of "
+                         f"casm_cloud.seasonal.fit_seasonal_cycle")
+    arr = xr.concat([params[p] for p in _PARAMS], dim="param")
+    if names is None:  # the target: no variable dim
+        if "variable" in arr.dims:
+            raise PairsError(f"{what} seasonal parameters have a 'variable' dim; select the "
+                             f"target's variable first")
+        arr = arr.expand_dims("variable", axis=1)
+    else:
+        if "variable" not in arr.dims:
+            raise PairsError(f"{what} seasonal parameters need a 'variable' dim naming {names}")
+        have = [str(v) for v in arr["variable"].values]
+        lack = [n for n in names if n not in have]
+        if lack:
+            raise PairsError(f"{what} seasonal parameters have no {lack} (they have {have})")
+        arr = arr.sel(variable=names)
+    return arr.transpose("param", "variable", "y", "x")
+
+
+def build_pairs(inputs: xr.Dataset, target: xr.DataArray,
+                input_params: xr.Dataset | None = None, target_params: xr.Dataset | None = None,
+                *, include_latlon: bool = True,
+                split: Literal["spatial_blocks", "random"] = "spatial_blocks",
+                block_size: int = 8, val_fraction: float = 0.2, test_fraction: float = 0.2,
+                seed: int = 0) -> xr.Dataset:
+    """Lazy sample table of every (time, y, x) where all inputs and the target are valid.
+
+    Parameters
+    ----------
+    inputs : xarray.Dataset
+        Input variables (time, y, x), e.g. ``tb_h``, ``tb_v``; dask-backed
+        (chunked by the source's chunks; unchunked data are one chunk).
+    target : xarray.DataArray
+        Target (time, y, x), e.g. SMAP ``sm``, on the same coordinates.
+    input_params, target_params : xarray.Dataset, optional
+        Seasonal parameters (``amplitude``, ``phase``, ``offset``) from
+        :func:`casm_cloud.seasonal.fit_seasonal_cycle`; ``input_params`` with a
+        ``variable`` dim naming the inputs.  Features and target are then
+        residuals (value minus cycle).  ``None``: the data are residuals already.
+    include_latlon : bool
+        Add ``lat`` and ``lon`` as the last two features (CASM does).
+    split : {"spatial_blocks", "random"}
+        How samples are dealt to train / val / test.
+    block_size : int
+        Block edge in pixels for ``spatial_blocks``.
+    val_fraction : float
+        Fraction of the non-test part used for validation.
+    test_fraction : float
+        Fraction held out for testing.
+    seed : int
+        Seeds the split and the order of samples.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``sample``, ``feature``: ``features`` (sample, feature) float32,
+        ``target`` (sample) float32, ``split`` (sample) int8 codes of
+        :data:`SPLITS`, ``time``, ``row``, ``col``, ``y``, ``x`` of each sample;
+        attributes ``features``, ``target``, ``split_offsets``.  Lazy except
+        for the per-chunk counts (see the module docstring).
+
+    Raises
+    ------
+    PairsError
+        If inputs and target are not on the same coordinates, a variable is
+        not (time, y, x), parameters are missing, or no sample is valid.
+    """
+    if split not in ("spatial_blocks", "random"):
+        raise PairsError(f"split={split!r}: expected 'spatial_blocks' or 'random'")
+    if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1):
+        raise PairsError(f"val_fraction={val_fraction}, test_fraction={test_fraction}: "
+                         f"expected fractions in [0, 1)")
+    names = [str(v) for v in inputs.data_vars]
+    if not names:
+        raise PairsError("inputs have no data variables")
+    tname = str(target.name or "target")
+    for n, v in [*((n, inputs[n]) for n in names), (tname, target)]:
+        if set(v.dims) != {"time", "y", "x"}:
+            raise PairsError(f"variable {n!r} has dims {v.dims}; expected (time, y, x)")
+    try:
+        inputs, target = xr.align(inputs, target.rename(tname), join="exact")
+    except ValueError as err:
+        raise PairsError(f"inputs and target {tname!r} are not on the same time/y/x "
+                         f"coordinates: {err}") from None
+    ds = inputs.assign({"__target__": target}).transpose("time", "y", "x")
+    if not all(ds[v].chunks for v in ds.data_vars):
+        ds = ds.chunk()
+    ds = ds.unify_chunks()
+    in_p = _params_array(input_params, names, "input")
+    tg_p = _params_array(target_params, None, "target")
+    for p, what in ((in_p, "input"), (tg_p, "target")):
+        if p is not None and (p.sizes["y"], p.sizes["x"]) != (ds.sizes["y"], ds.sizes["x"]):
+            raise PairsError(f"{what} seasonal parameters are {p.sizes['y']}x{p.sizes['x']}; "
+                             f"the data are {ds.sizes['y']}x{ds.sizes['x']}")
+
+    time = ds["time"].values.astype("datetime64[ns]")
+    lat = np.asarray(ds["lat"].values if "lat" in ds.coords else ds["y"].values, dtype=np.float64)
+    lon = np.asarray(ds["lon"].values if "lon" in ds.coords else ds["x"].values, dtype=np.float64)
+    shape = (ds.sizes["time"], ds.sizes["y"], ds.sizes["x"])
+    labels = split_map(shape[1:], block_size=block_size, val_fraction=val_fraction,
+                       test_fraction=test_fraction, seed=seed)
+    blocks = {v: ds[v].data.to_delayed() for v in [*names, "__target__"]}
+    tch, ych, xch = ds.chunks["time"], ds.chunks["y"], ds.chunks["x"]
+    tst, yst, xst = (np.concatenate([[0], np.cumsum(c)]) for c in (tch, ych, xch))
+
+    packed = []
+    gather = dask.delayed(_gather_chunk, pure=True)
+    for it in range(len(tch)):
+        ts = slice(tst[it], tst[it + 1])
+        for iy in range(len(ych)):
+            ys = slice(yst[iy], yst[iy + 1])
+            for ix in range(len(xch)):
+                xs = slice(xst[ix], xst[ix + 1])
+                sub = lambda p: None if p is None else p.isel(y=ys, x=xs).data  # noqa: E731
+                packed.append(gather(
+                    time[ts], lat[ys], lon[xs], int(ys.start), int(xs.start), int(ts.start),
+                    shape, [blocks[v][it, iy, ix] for v in names],
+                    blocks["__target__"][it, iy, ix], sub(in_p), sub(tg_p), labels[ys, xs],
+                    split, val_fraction, test_fraction, seed, len(packed)))
+    # The one compute of this stage: how many samples each chunk gives to each split.
+    counts = np.stack(dask.compute(*[dask.delayed(_count)(p) for p in packed]))
+    if counts.sum() == 0:
+        raise PairsError(f"no valid samples: no (time, y, x) has all of {names} and {tname!r}")
+
+    order = np.random.default_rng(seed).permutation(len(packed))
+    feat_names = [*names, *(["lat", "lon"] if include_latlon else [])]
+    nf = len(feat_names)
+    cols: dict[str, list] = {k: [] for k in ("features", "target", "time", "row", "col", "split")}
+    specs = {"features": ((nf,), np.float32), "target": ((), np.float32),
+             "time": ((), "datetime64[ns]"), "row": ((), np.int32), "col": ((), np.int32)}
+    offsets, start = {}, 0
+    for code, sname in enumerate(SPLITS):
+        n_split = int(counts[:, code].sum())
+        offsets[sname] = [start, start + n_split]
+        start += n_split
+        for c in order:
+            n = int(counts[c, code])
+            if n == 0:
+                continue
+            part = packed[c][code]
+            for j, key in enumerate(specs):
+                tail, dtype = specs[key]
+                arr = da.from_delayed(part[j], shape=(n, *tail) if key != "features"
+                                      else (n, len(names) + 2), dtype=dtype)
+                cols[key].append(arr[:, :nf] if key == "features" else arr)
+            cols["split"].append(da.full((n,), code, dtype=np.int8, chunks=n))
+    cat = {k: da.concatenate(v) for k, v in cols.items()}
+    out = xr.Dataset(
+        {
+            "features": (("sample", "feature"), cat["features"]),
+            "target": ("sample", cat["target"]),
+            "split": ("sample", cat["split"],
+                      {"flag_values": np.arange(len(SPLITS), dtype=np.int8),
+                       "flag_meanings": " ".join(SPLITS)}),
+            "time": ("sample", cat["time"]),
+            "row": ("sample", cat["row"], {"long_name": "row index in the window"}),
+            "col": ("sample", cat["col"], {"long_name": "column index in the window"}),
+        },
+        coords={"feature": np.asarray(feat_names, dtype=object)},
+    )
+    out["y"] = ("sample", cat["row"].map_blocks(partial(np.take, ds["y"].values), dtype=np.float64),
+                ds["y"].attrs)
+    out["x"] = ("sample", cat["col"].map_blocks(partial(np.take, ds["x"].values), dtype=np.float64),
+                ds["x"].attrs)
+    out.attrs = {FEATURES_ATTR: feat_names, TARGET_ATTR: tname,
+                 OFFSETS_ATTR: json.dumps(offsets), "split_mode": split,
+                 "block_size": int(block_size), "val_fraction": float(val_fraction),
+                 "test_fraction": float(test_fraction), "seed": int(seed),
+                 "residuals": "features and target are residuals (value - seasonal cycle)"
+                 if input_params is not None else "features and target as given",
+                 "casm_kind": "pairs"}
+    return out
+
+
+def write_pairs(pairs: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
+                chunk_size: int = 65536, config_hash: str | None = None) -> str:
+    """Write a sample table to Zarr and store the training split's scaler.
+
+    Template first, then the regions (computed chunk by chunk by dask, in
+    parallel where a scheduler allows), then the scaler and the completion
+    mark, so an interrupted write never looks finished.
+
+    Parameters
+    ----------
+    pairs : xarray.Dataset
+        From :func:`build_pairs`.
+    url : str
+        Store URL or path (replaced if it exists).
+    storage_options : mapping, optional
+    chunk_size : int
+        Samples per Zarr chunk.
+    config_hash : str, optional
+        Recorded in the store's attributes.
+
+    Returns
+    -------
+    str
+        ``url``.
+
+    Raises
+    ------
+    PairsError
+        If the training split is empty.
+    """
+    offsets = json.loads(pairs.attrs[OFFSETS_ATTR])
+    a, b = offsets["train"]
+    if b <= a:
+        raise PairsError("the training split is empty; lower val_fraction/test_fraction or use "
+                         "a smaller block_size")
+    ds = pairs.chunk({"sample": int(chunk_size), "feature": -1})
+    storage.write_template(ds, url, storage_options, config_hash=config_hash)
+    region = ds.drop_vars([v for v in ds.variables if v not in ds.data_vars])
+    region.attrs = {}
+    write = region.to_zarr(url, mode="r+", region={"sample": slice(0, ds.sizes["sample"])},
+                           consolidated=False, compute=False,
+                           storage_options=dict(storage_options or {}) or None)
+    # Streamed sums over the training rows, computed in the same pass as the write.
+    x = ds["features"].data[a:b].astype(np.float64)
+    y = ds["target"].data[a:b].astype(np.float64)
+    _, sx, sxx, sy, syy = dask.compute(write, x.sum(0), (x * x).sum(0), y.sum(), (y * y).sum())
+    n = b - a
+    names = list(pairs.attrs[FEATURES_ATTR])
+    mean = {k: float(v) for k, v in zip(names, sx / n)}
+    std = {k: float(v) for k, v in zip(names, np.sqrt(np.maximum(sxx / n - (sx / n) ** 2, 0)))}
+    tname = pairs.attrs[TARGET_ATTR]
+    mean[tname] = float(sy / n)
+    std[tname] = float(math.sqrt(max(syy / n - (sy / n) ** 2, 0.0)))
+    # A constant feature (std 0) is scaled by 1, not divided by zero.
+    std = {k: (v if v > 0 else 1.0) for k, v in std.items()}
+    storage.mark_complete(url, storage_options, config_hash=config_hash,
+                          **{SCALER_ATTR: {"mean": mean, "std": std}})
+    return str(url)
+
+
+def open_pairs(url: str, storage_options: Mapping | None = None) -> xr.Dataset:
+    """Open a finished sample table lazily (raises ``StoreError`` if unfinished)."""
+    return storage.open_zarr(url, storage_options, require_complete=True)
+
+
+def scaler_arrays(scaler: Mapping, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) float32 arrays of ``names`` from a scaler dict.
+
+    Raises
+    ------
+    PairsError
+        If a name has no statistics.
+    """
+    lack = [n for n in names if n not in scaler["mean"] or n not in scaler["std"]]
+    if lack:
+        raise PairsError(f"scaler has no statistics for {lack}")
+    return (np.asarray([scaler["mean"][n] for n in names], dtype=np.float32),
+            np.asarray([scaler["std"][n] for n in names], dtype=np.float32))
+
+
+def _zarr_group(url: str, storage_options: Mapping | None):
+    import zarr
+
+    store = (zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}),
+                                               read_only=True)
+             if "://" in str(url) else zarr.storage.LocalStore(url, read_only=True))
+    return zarr.open_group(store, mode="r")
+
+
+class SampleLoader:
+    """Stream one split of a Zarr sample table to torch in scaled batches.
+
+    Reads table chunks (never the whole table), in a new seeded order each
+    epoch, shuffles samples within a buffer of ``buffer_chunks`` chunks, and
+    reads the next buffer in a background thread while the current one is used.
+
+    Parameters
+    ----------
+    url : str
+        Sample table written by :func:`write_pairs`.
+    split : {"train", "val", "test"}
+    batch_size : int
+    features : sequence of str, optional
+        Feature columns, in model order (default: all of the table's).
+    target : str, optional
+        Must be the table's target (checked).
+    scaler : mapping, optional
+        ``{"mean": {...}, "std": {...}}``; default: the table's training scaler.
+    shuffle_seed : int, optional
+        Seed of the per-epoch order; ``None`` reads in table order, unshuffled.
+    storage_options : mapping, optional
+    buffer_chunks : int
+        Table chunks mixed in one shuffle buffer.
+    drop_last : bool
+        Drop a final batch smaller than ``batch_size``.
+
+    Raises
+    ------
+    PairsError
+        If the table is unfinished, a feature or the target is not in it.
+    """
+
+    def __init__(self, url: str, split: Literal["train", "val", "test"], batch_size: int,
+                 features: Sequence[str] | None = None, target: str | None = None,
+                 scaler: Mapping | None = None, shuffle_seed: int | None = None, *,
+                 storage_options: Mapping | None = None, buffer_chunks: int = 4,
+                 drop_last: bool = False):
+        if split not in SPLITS:
+            raise PairsError(f"split={split!r}: expected one of {SPLITS}")
+        group = _zarr_group(url, storage_options)
+        attrs = dict(group.attrs)
+        if not attrs.get(storage.COMPLETE_ATTR):
+            raise PairsError(f"sample table {url} is unfinished (no completion mark)")
+        table_feats = list(attrs[FEATURES_ATTR])
+        self.features = list(features) if features is not None else table_feats
+        lack = [f for f in self.features if f not in table_feats]
+        if lack:
+            raise PairsError(f"sample table {url} has no feature(s) {lack}; it has {table_feats}")
+        self.target = attrs[TARGET_ATTR]
+        if target is not None and target != self.target:
+            raise PairsError(f"sample table {url} has target {self.target!r}, not {target!r}")
+        self.scaler = dict(scaler) if scaler is not None else attrs[SCALER_ATTR]
+        self._cols = np.asarray([table_feats.index(f) for f in self.features])
+        self._xmean, self._xstd = scaler_arrays(self.scaler, self.features)
+        tm, ts = scaler_arrays(self.scaler, [self.target])
+        self._ymean, self._ystd = float(tm[0]), float(ts[0])
+        self.start, self.stop = json.loads(attrs[OFFSETS_ATTR])[split]
+        self.split, self.url, self.batch_size = split, url, int(batch_size)
+        self.shuffle_seed, self.buffer_chunks, self.drop_last = shuffle_seed, buffer_chunks, drop_last
+        self._x, self._y = group["features"], group["target"]
+        step = self._x.chunks[0]
+        first = self.start // step * step
+        self._ranges = [(max(s, self.start), min(s + step, self.stop))
+                        for s in range(first, self.stop, step)]
+        self.epoch = 0
+
+    @property
+    def n_samples(self) -> int:
+        return self.stop - self.start
+
+    def __len__(self) -> int:
+        n = self.n_samples / self.batch_size
+        return math.floor(n) if self.drop_last else math.ceil(n)
+
+    def _read(self, ranges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        xs = [self._x[a:b] for a, b in ranges]
+        ys = [self._y[a:b] for a, b in ranges]
+        x = np.concatenate(xs)[:, self._cols] if xs else np.empty((0, self._cols.size))
+        x = (x - self._xmean) / self._xstd
+        y = (np.concatenate(ys) - self._ymean) / self._ystd if ys else np.empty(0)
+        return x.astype(np.float32, copy=False), y.astype(np.float32, copy=False)
+
+    def __iter__(self) -> Iterator:
+        import torch  # lazy: the table is useful without torch
+
+        rng = (np.random.default_rng([self.shuffle_seed, self.epoch])
+               if self.shuffle_seed is not None else None)
+        self.epoch += 1
+        ranges = [self._ranges[i] for i in rng.permutation(len(self._ranges))] \
+            if rng is not None else list(self._ranges)
+        groups = [ranges[i:i + self.buffer_chunks] for i in range(0, len(ranges),
+                                                                     self.buffer_chunks)]
+        carry_x = np.empty((0, self._cols.size), np.float32)
+        carry_y = np.empty(0, np.float32)
+        with ThreadPoolExecutor(1) as pool:
+            nxt = pool.submit(self._read, groups[0]) if groups else None
+            for gi in range(len(groups)):
+                x, y = nxt.result()
+                nxt = pool.submit(self._read, groups[gi + 1]) if gi + 1 < len(groups) else None
+                if rng is not None:
+                    perm = rng.permutation(y.size)
+                    x, y = x[perm], y[perm]
+                x, y = np.concatenate([carry_x, x]), np.concatenate([carry_y, y])
+                n_full = y.size // self.batch_size * self.batch_size
+                for i in range(0, n_full, self.batch_size):
+                    yield (torch.from_numpy(x[i:i + self.batch_size]),
+                           torch.from_numpy(y[i:i + self.batch_size, None]))
+                carry_x, carry_y = x[n_full:], y[n_full:]
+        if carry_y.size and not self.drop_last:
+            yield torch.from_numpy(carry_x), torch.from_numpy(carry_y[:, None])
