@@ -1,0 +1,270 @@
+"""ERA5: the public ARCO Zarr on Google Cloud, and CDS netCDF / GRIB files.
+
+Both adapters return daily fields on an EASE2 window with the canonical
+short names (DESIGN.md §2): ``t2m``, ``skt``, ``q``, ``tp``, ``ssr``,
+``ssrd``, ``swvl1..3``.
+
+* Variable mapping: ARCO-ERA5 uses long names (``2m_temperature``,
+  ``total_precipitation``, ``volumetric_soil_water_layer_1`` …); CDS files use
+  the ECMWF short names.  Near-surface specific humidity ``q`` is not a
+  single-level ERA5 field; it is derived from 2 m dewpoint and surface
+  pressure with the saturation vapour pressure of the IFS (Tetens, over
+  water: ``e = 611.21 exp(17.502 (Td - 273.16) / (Td - 32.19))`` Pa; IFS
+  Documentation CY41R2 Part IV, eq. 7.5) and ``q = 0.622 e / (p - 0.378 e)``.
+* Hourly -> daily (SoMo.ml): instantaneous variables are the mean of at
+  least ``min_count`` (default 6) hourly values of the UTC day; the
+  accumulated ones (``tp``, ``ssr``, ``ssrd``: hourly accumulations over the
+  hour *ending* at the stamp) are moved to the hour they accumulate over
+  and summed to a daily total, as ``mean × values per day`` so that a day with
+  a few missing hours is not biased low (still at least ``min_count``).
+  Data already daily (or coarser) is not aggregated.
+* Regridding to the window happens on the hourly fields, chunk by chunk,
+  before the daily aggregation, so a global one-hour-per-chunk store is
+  reduced to the window at once (``casm_cloud.regrid``).
+* Units are checked against the ECMWF units (``K``, ``m``, ``J m**-2``,
+  ``m**3 m**-3``, ``Pa``): wrong units are an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from casm_cloud import schema
+from casm_cloud.regrid import regrid_to_window
+from casm_cloud.sources._common import (check_units, expand_paths, finish, local_file,
+                                        target_window, time_slice)
+
+__all__ = ["ARCO_URL", "ARCO_NAMES", "ACCUMULATED", "open_era5_arco", "open_era5_cds",
+           "daily_from_hourly"]
+
+#: The public ARCO-ERA5 store (anonymous access; one hour per chunk).
+ARCO_URL = "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
+
+#: ARCO-ERA5 long name -> ECMWF short name.
+ARCO_NAMES: dict[str, str] = {
+    "2m_temperature": "t2m",
+    "skin_temperature": "skt",
+    "total_precipitation": "tp",
+    "surface_net_solar_radiation": "ssr",
+    "surface_solar_radiation_downwards": "ssrd",
+    "volumetric_soil_water_layer_1": "swvl1",
+    "volumetric_soil_water_layer_2": "swvl2",
+    "volumetric_soil_water_layer_3": "swvl3",
+    "2m_dewpoint_temperature": "d2m",
+    "surface_pressure": "sp",
+}
+#: Accumulated variables (hourly accumulations, summed to daily totals).
+ACCUMULATED = frozenset({"tp", "ssr", "ssrd"})
+CANONICAL = tuple(schema.KINDS["era5"][1])
+_INPUT_UNITS = {"d2m": "K", "sp": "Pa", **{n: schema.spec("era5", n).units for n in CANONICAL
+                                           if n != "q"}}
+
+
+def _specific_humidity(d2m: xr.DataArray, sp: xr.DataArray) -> xr.DataArray:
+    e = 611.21 * np.exp(17.502 * (d2m - 273.16) / (d2m - 32.19))
+    q = 0.622 * e / (sp - 0.378 * e)
+    return q.rename("q").assign_attrs(units="kg kg-1")
+
+
+def _hourly_canonical(ds: xr.Dataset, variables: Sequence[str], where: str) -> xr.Dataset:
+    """Short names, checked units, ``q`` derived; dims (time, lat, lon)."""
+    ds = ds.rename({k: v for k, v in ARCO_NAMES.items() if k in ds.data_vars})
+    if "valid_time" in ds.dims and "time" not in ds.dims:
+        ds = ds.drop_vars("time", errors="ignore").rename(valid_time="time")
+    if "step" in ds.dims:  # GRIB forecast layout (time, step) -> valid time
+        ds = ds.stack(vt=("time", "step")).swap_dims(vt="valid_time").drop_vars(
+            ["vt", "time", "step"], errors="ignore").rename(valid_time="time")
+    if "time" not in ds.dims:
+        if "time" not in ds.coords:
+            raise schema.SchemaError(f"{where}: no time coordinate")
+        ds = ds.expand_dims("time")
+    unknown = sorted(set(variables) - set(CANONICAL))
+    if unknown:
+        raise schema.SchemaError(f"{where}: {unknown} are not canonical ERA5 variables; expected "
+                                 f"some of {list(CANONICAL)}")
+    need = {v for v in variables if v != "q"} | ({"d2m", "sp"} if "q" in variables else set())
+    missing = sorted(need - set(ds.data_vars))
+    if missing:
+        raise schema.SchemaError(
+            f"{where}: missing variable(s) {missing} (have {sorted(map(str, ds.data_vars))[:20]})")
+    for name in need:
+        check_units(ds[name], _INPUT_UNITS[name], where)
+    out = xr.Dataset({v: ds[v] for v in variables if v != "q"})
+    if "q" in variables:
+        out["q"] = _specific_humidity(ds["d2m"], ds["sp"])
+    drop = [c for c in out.coords if c not in out.dims and c not in ("time",)]
+    return out.drop_vars(drop)
+
+
+def daily_from_hourly(ds: xr.Dataset, *, min_count: int = 6,
+                      accumulated: frozenset[str] = ACCUMULATED) -> xr.Dataset:
+    """UTC-daily values from sub-daily ones (lazy).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        With a regular ``time`` axis.
+    min_count : int
+        Least number of valid sub-daily values for a daily value.
+    accumulated : set of str
+        Variables accumulated over the step ending at their time stamp:
+        shifted back by one step, then summed (``mean × steps per day``).
+
+    Returns
+    -------
+    xarray.Dataset
+        Daily means (instantaneous) and totals (accumulated); days with
+        fewer than ``min_count`` values are NaN.  Sub-daily steps only: data
+        with a step of a day or more is returned unchanged.
+    """
+    if ds.sizes.get("time", 0) < 2:
+        return ds
+    steps = np.diff(ds["time"].values).astype("timedelta64[s]").astype(np.int64)
+    step = int(np.median(steps))
+    if step >= 86400:
+        return ds
+    per_day = 86400 / step
+    parts = []
+    for name, da in ds.data_vars.items():
+        if name in accumulated:
+            da = da.assign_coords(time=da["time"] - np.timedelta64(step, "s"))
+        r = da.resample(time="1D")
+        n = r.count()
+        val = r.mean() * per_day if name in accumulated else r.mean()
+        parts.append(val.where(n >= min_count).rename(name).assign_attrs(da.attrs))
+    out = xr.merge(parts, join="outer", compat="override")
+    return out.assign_attrs(ds.attrs)
+
+
+def _era5(ds: xr.Dataset, where: str, *, variables, start, end, grid, region, lat, lon, daily,
+          min_count, method) -> xr.Dataset:
+    variables = list(variables) if variables is not None else None
+    if variables is None:
+        present = set(ds.data_vars) | {ARCO_NAMES.get(v, v) for v in ds.data_vars}
+        variables = [v for v in CANONICAL if v in present]
+        if {"d2m", "sp"} <= present and "q" not in variables:
+            variables.append("q")
+        if not variables:
+            raise schema.SchemaError(f"{where}: none of the ERA5 variables {list(CANONICAL)} is "
+                                     f"present (have {sorted(map(str, ds.data_vars))[:20]})")
+    window = target_window(grid, region, lat, lon)
+    hourly = _hourly_canonical(ds, variables, where)
+    if start is not None or end is not None:
+        # keep the hour after ``end`` for accumulations that end at 00 UTC
+        hi = None if end is None else pd.Timestamp(end).normalize() + pd.Timedelta(days=1)
+        hourly = hourly.sel(time=slice(None if start is None else pd.Timestamp(start), hi))
+    if hourly.sizes["time"] == 0:
+        raise schema.SchemaError(f"{where}: no time steps between {start} and {end}")
+    on_window = regrid_to_window(hourly, window, method=method)
+    out = daily_from_hourly(on_window, min_count=min_count) if daily else on_window
+    out = time_slice(out, start, end)
+    return finish(out, "era5", window, {"source": f"ERA5 ({where})"})
+
+
+def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None = None,
+                   variables: Sequence[str] | None = None, start: str | None = None,
+                   end: str | None = None, grid: str = "M25", region: str | None = None,
+                   lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
+                   daily: bool = True, min_count: int = 6,
+                   method: str = "bilinear") -> xr.Dataset:
+    """ERA5 from an ARCO-layout Zarr store (hourly, global 0.25°), daily on an EASE2 window.
+
+    Parameters
+    ----------
+    urlpath : str
+        The store; default the public ``gs://gcp-public-data-arco-era5`` one.
+    storage_options : mapping, optional
+        fsspec options; for ``gs://`` without any, anonymous access
+        (``{"token": "anon"}``).
+    variables : sequence of str, optional
+        Canonical short names; default every one the store can give.
+    start, end : str, optional
+        First and last day (inclusive).
+    grid, region, lat, lon
+        The target window (see ``casm_cloud.grid``): a named region or a box.
+    daily : bool
+        Aggregate hourly to daily (see the module docstring).
+    min_count : int
+        Least hourly values per day.
+    method : {"bilinear", "nearest"}
+        Regridding method.
+
+    Returns
+    -------
+    xarray.Dataset
+        Canonical ``era5`` dataset, lazy.
+
+    Raises
+    ------
+    casm_cloud.schema.SchemaError
+        A missing variable, wrong units, or no data in the period.
+    """
+    so = dict(storage_options or {})
+    if not so and str(urlpath).startswith("gs://"):
+        so = {"token": "anon"}
+    ds = xr.open_zarr(str(urlpath), storage_options=so or None, chunks={}, consolidated=None)
+    return _era5(ds, str(urlpath), variables=variables, start=start, end=end, grid=grid,
+                 region=region, lat=lat, lon=lon, daily=daily, min_count=min_count,
+                 method=method)
+
+
+def _open_cds_file(path: str, storage_options: Mapping | None) -> xr.Dataset:
+    local = local_file(path, storage_options)
+    with open(local, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GRIB":
+        import cfgrib
+
+        # One dataset per parameter: cfgrib cannot put several soil levels
+        # (depthBelowLandLayer 0, 7, 28 cm) into one hypercube.
+        parts = [d.drop_vars(["depthBelowLandLayer", "surface", "number", "heightAboveGround"],
+                             errors="ignore")
+                 for d in cfgrib.open_datasets(local, backend_kwargs={"indexpath": ""},
+                                               chunks={})]
+        return xr.merge(parts, compat="override", join="outer")
+    engine = "h5netcdf" if magic[1:4] == b"HDF" else "scipy" if magic[:3] == b"CDF" else None
+    return xr.open_dataset(local, engine=engine, chunks={})
+
+
+def open_era5_cds(urlpath, *, storage_options: Mapping | None = None,
+                  variables: Sequence[str] | None = None, start: str | None = None,
+                  end: str | None = None, grid: str = "M25", region: str | None = None,
+                  lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
+                  daily: bool = True, min_count: int = 6,
+                  method: str = "bilinear") -> xr.Dataset:
+    """ERA5 from CDS downloads (netCDF or GRIB), daily on an EASE2 window.
+
+    Parameters
+    ----------
+    urlpath : str or list of str
+        File(s), glob or fsspec URL(s); the format is told by the file's
+        magic bytes (GRIB 1/2 via cfgrib with no index file, netCDF-4 via
+        h5netcdf, netCDF-3 via scipy).
+    storage_options, variables, start, end, grid, region, lat, lon, daily, min_count, method
+        As for :func:`open_era5_arco`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Canonical ``era5`` dataset, lazy.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file or glob matches nothing.
+    casm_cloud.schema.SchemaError
+        A missing variable, wrong units, or no data in the period.
+    """
+    paths = expand_paths(urlpath, storage_options)
+    parts = [_open_cds_file(p, storage_options) for p in paths]
+    for i, p in enumerate(parts):  # old CDS netCDF: one scalar time per file
+        if "time" in p.coords and "time" not in p.dims and "valid_time" not in p.dims:
+            parts[i] = p.expand_dims("time")
+    ds = parts[0] if len(parts) == 1 else xr.combine_by_coords(parts, combine_attrs="override")
+    where = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
+    return _era5(ds, where, variables=variables, start=start, end=end, grid=grid, region=region,
+                 lat=lat, lon=lon, daily=daily, min_count=min_count, method=method)
