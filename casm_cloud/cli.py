@@ -38,6 +38,51 @@ def _add_simulate(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="ensemble prediction with uncertainty into a Zarr store "
+                                       "(resumable; --append for new months)")
+    p.add_argument("--inputs", required=True, help="Zarr URL of the canonical TB inputs")
+    p.add_argument("--params", required=True, nargs="+",
+                   help="Zarr URL(s) of seasonal parameters of the inputs and the target")
+    p.add_argument("--ensemble", required=True, nargs="+", help="checkpoint directories")
+    p.add_argument("--out", required=True, help="output Zarr URL")
+    p.add_argument("--n-noise", type=int, default=10, help="noisy copies per member (10)")
+    p.add_argument("--noise-scale", type=float, default=0.1,
+                   help="noise std / residual std of each TB channel (0.1)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward pass")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="recompute finished chunks")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output made by another configuration")
+    p.add_argument("--append", action="store_true",
+                   help="grow the output's time axis to the inputs' (monthly update)")
+    p.add_argument("--scheduler", default=None,
+                   help="address of a running dask scheduler (default: this process)")
+
+    def run(a):
+        from casm_cloud import storage
+        from casm_cloud.inference import predict_to_zarr
+
+        params = {u: storage.open_zarr(u) for u in a.params}
+        kw = dict(n_noise=a.n_noise, noise_scale=a.noise_scale, batch_size=a.batch_size,
+                  device=a.device, precision=a.precision, seed=a.seed, resume=a.resume,
+                  overwrite=a.overwrite, append=a.append)
+        if a.scheduler:
+            from distributed import Client
+
+            with Client(a.scheduler) as client:
+                s = predict_to_zarr(a.inputs, a.ensemble, params, a.out, client=client, **kw)
+        else:
+            s = predict_to_zarr(a.inputs, a.ensemble, params, a.out, **kw)
+        print(f"{s.url}: {s.n_chunks} chunks, {s.computed} computed, {s.skipped} already "
+              f"finished (config {s.predict_hash[:12]})")
+
+    p.set_defaults(func=run)
+
+
 def _print_summary(ctx) -> None:
     r = ctx.recipe
     print("\ncasm-cloud summary")
@@ -133,6 +178,7 @@ def _cluster_override(kind: str | None) -> dict:
 _COMMANDS = [
     _add_recipe_commands,
     _add_simulate,
+    _add_predict,
 ]
 
 

@@ -1,0 +1,774 @@
+"""Chunked ensemble inference into Zarr, with uncertainty (DESIGN.md §3 "Predict").
+
+One task per output chunk of ``(time, y, x)``: it reads its input region,
+forms the residuals of the TB channels on the fly from the stored seasonal
+parameters, gathers the valid samples, scales them, runs every ensemble
+member on ``n_noise`` noisy copies of its input (noise
+N(0, ``noise_scale`` · residual_std of each TB channel at that pixel, in
+residual units), batched in one forward per member, writes its region of the
+output store and marks the chunk finished in the store's ``ChunkRecord``.
+
+Per sample, with member means m_k and member noise-stds s_k over the draws:
+
+* ``sm_residual`` = mean over members and draws (= mean of m_k);
+* ``structural_uncertainty`` = std over members of m_k;
+* ``data_uncertainty`` = mean over members of s_k;
+* ``seasonal_cycle`` = the target's cycle; ``sm`` = ``sm_residual`` + cycle.
+
+Stds are population stds (ddof = 0), as ``numpy.std``.  Cells without valid
+input stay NaN in every output variable.
+
+Guarantees:
+
+* The output is written template-first (metadata once, then one region per
+  chunk, then the completion attribute), so a killed run resumes where it
+  stopped (``resume=True`` skips recorded chunks).
+* Noise is drawn from a generator seeded by (seed, time step, chunk origin,
+  member, draw), so a chunk computed twice gives identical bits, also when an
+  append grows a partially filled last time chunk.
+* Models are loaded once per process (worker) through an ``lru_cache``
+  keyed by path and content hash; tasks carry only paths and hashes.
+* With a dask ``client`` whose workers declare a ``GPU`` resource, every
+  model task is submitted with ``resources={"GPU": 1}``.  Each task is its
+  own ``client.submit``, so no graph optimisation can fuse the annotation
+  away (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from casm_cloud import storage
+from casm_cloud.schema import apply_attrs
+
+if TYPE_CHECKING:  # torch is imported lazily: this module loads without it
+    pass
+
+__all__ = [
+    "PRODUCT_VARIABLES",
+    "PARAM_FIELDS",
+    "PredictSummary",
+    "predict_to_zarr",
+    "predict_config_hash",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16"]
+
+#: Output variables, in the order they are written.
+PRODUCT_VARIABLES: tuple[str, ...] = ("sm", "sm_residual", "seasonal_cycle",
+                                      "structural_uncertainty", "data_uncertainty")
+#: Seasonal parameters that inference reads (see ``casm_cloud.seasonal``).
+PARAM_FIELDS: tuple[str, ...] = ("amplitude", "phase", "offset", "residual_std")
+#: Attribute holding inference's own configuration hash.
+PREDICT_HASH_ATTR = "casm_predict_hash"
+_DIMS = ("time", "y", "x")
+# Rows (samples × draws) per forward pass when batch_size is None.
+_DEFAULT_BATCH = {"cpu": 8192, "cuda": 1 << 16}
+
+
+# --------------------------------------------------------------------------- small types
+@dataclass(frozen=True)
+class PredictSummary:
+    """What :func:`predict_to_zarr` did.
+
+    Attributes
+    ----------
+    url : str
+        The output store.
+    config_hash : str
+        Hash recorded under ``casm_config_hash`` (the caller's, if given).
+    predict_hash : str
+        Inference's own configuration hash (``casm_predict_hash``).
+    n_chunks : int
+        Chunks of the output.
+    computed : int
+        Chunks computed by this call.
+    skipped : int
+        Chunks found finished and skipped.
+    """
+
+    url: str
+    config_hash: str
+    predict_hash: str
+    n_chunks: int
+    computed: int
+    skipped: int
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One ensemble member as tasks see it: where it lives and its scalers, no weights."""
+
+    path: str
+    content_hash: str
+    feat_mean: tuple[float, ...]       # scaler of the features, in model order
+    feat_std: tuple[float, ...]
+    target_mean: float
+    target_std: float
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Everything a chunk task needs besides its data: small, picklable, no model."""
+
+    members: tuple[_Member, ...]
+    features: tuple[str, ...]          # model inputs, in model order
+    residual: tuple[str, ...]          # features that are TB residuals (noised)
+    target: str
+    n_noise: int
+    noise_scale: float
+    seed: int
+    batch_size: int | None
+    device: Device
+    precision: Precision
+    out: str
+    storage_options: Mapping = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """The data of one output chunk.
+
+    A plain container on purpose: ``client.submit`` hands it to the task
+    as it is (it would compute a bare dask collection argument first, on
+    the scheduler's terms rather than the task's).
+    """
+
+    index: tuple[int, int, int]
+    region: dict[str, slice]
+    inputs: xr.Dataset                 # (time, y, x) variables, plus lat/lon coordinates
+    params: xr.Dataset                 # PARAM_FIELDS over (variable, y, x)
+
+
+# --------------------------------------------------------------------------- device, models
+def resolve_device(device: Device) -> str:
+    """The torch device a process will use: ``"auto"`` → CUDA where available.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"}
+
+    Returns
+    -------
+    str
+        ``"cuda"`` or ``"cpu"``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown device, or ``"cuda"`` where torch sees no CUDA device.
+    """
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise ValueError("device='cuda' but torch sees no CUDA device in this process "
+                         f"(torch {torch.__version__}, pid {os.getpid()})")
+    return "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_checkpoint(path: str, device: str, so_json: str):
+    """Load a checkpoint once per process and device (the worker-side model cache)."""
+    from casm_cloud.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, device=device, storage_options=json.loads(so_json) or None)
+
+
+def _load_member(member: _Member, device: str, storage_options: Mapping):
+    ckpt = _cached_checkpoint(member.path, device, json.dumps(dict(storage_options),
+                                                              sort_keys=True))
+    if ckpt.content_hash != member.content_hash:
+        # The checkpoint changed on storage since the run started: results would mix models.
+        _cached_checkpoint.cache_clear()
+        raise ValueError(f"checkpoint {member.path} changed during the run (content hash "
+                         f"{ckpt.content_hash[:12]}, expected {member.content_hash[:12]})")
+    return ckpt
+
+
+def _bf16_native() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private helper; absent on some builds
+        return False
+
+
+# --------------------------------------------------------------------------- the chunk kernel
+def _seed_words(seed: int, t: np.datetime64, y0: int, x0: int, member: int, draw: int) -> list:
+    # SeedSequence wants non-negative integers; shift the time so pre-1970 dates work too.
+    secs = int(np.datetime64(t, "s").astype(np.int64)) + (1 << 40)
+    return [int(seed), secs, int(y0), int(x0), int(member), int(draw)]
+
+
+def _noise(spec: _Spec, times: np.ndarray, t_of: np.ndarray, origin: tuple[int, int],
+           member: int, n_res: int) -> np.ndarray:
+    """Standard normals (n_noise, n_valid, n_res), seeded per time step, member and draw.
+
+    Seeding per time step (not per chunk) keeps bits identical when an append
+    grows a partially filled time chunk; samples are ordered by time.
+    """
+    n_valid = t_of.size
+    z = np.empty((spec.n_noise, n_valid, n_res), dtype=np.float32)
+    bounds = np.searchsorted(t_of, np.arange(times.size + 1))
+    for ti in np.flatnonzero(np.diff(bounds)):
+        lo, hi = bounds[ti], bounds[ti + 1]
+        for d in range(spec.n_noise):
+            rng = np.random.default_rng(_seed_words(spec.seed, times[ti], *origin, member, d))
+            z[d, lo:hi] = rng.standard_normal((hi - lo, n_res), dtype=np.float32)
+    return z
+
+
+def _forward(model, x: np.ndarray, spec: _Spec, device: str) -> np.ndarray:
+    """Model output for rows ``x`` (n, n_features) in batches; float32 (n,)."""
+    import torch
+
+    batch = spec.batch_size or _DEFAULT_BATCH[device]
+    out = np.empty(x.shape[0], dtype=np.float32)
+    use_bf16 = spec.precision == "bf16"
+    with torch.inference_mode(), torch.autocast(device_type=device, dtype=torch.bfloat16,
+                                                enabled=use_bf16):
+        for lo in range(0, x.shape[0], batch):
+            xb = torch.from_numpy(x[lo:lo + batch]).to(device, non_blocking=True)
+            out[lo:lo + batch] = model(xb).float().reshape(-1).cpu().numpy()
+    return out
+
+
+def _predict_arrays(spec: _Spec, inputs: Mapping[str, np.ndarray], lat: np.ndarray,
+                    lon: np.ndarray, cycles: Mapping[str, np.ndarray],
+                    resid_std: Mapping[str, np.ndarray], times: np.ndarray,
+                    origin: tuple[int, int], device: str) -> dict[str, np.ndarray]:
+    """NumPy in, NumPy out: the product variables of one (time, y, x) block.
+
+    ``inputs[name]`` and ``cycles[name]`` are (time, y, x); ``resid_std[name]``
+    is (y, x); ``lat`` is (y,), ``lon`` (x,).
+    """
+    shape = cycles[spec.target].shape
+    nt, ny, nx = shape
+    cols = []
+    for name in spec.features:
+        if name in spec.residual:
+            cols.append((inputs[name] - cycles[name]).astype(np.float32, copy=False))
+        elif name == "lat":
+            cols.append(np.broadcast_to(lat[None, :, None], shape).astype(np.float32))
+        elif name == "lon":
+            cols.append(np.broadcast_to(lon[None, None, :], shape).astype(np.float32))
+        else:  # a static (y, x) map or a further (time, y, x) variable, used as it is
+            cols.append(np.broadcast_to(inputs[name], shape).astype(np.float32))
+    sig = [np.broadcast_to(resid_std[name][None], shape) for name in spec.residual]
+    valid = np.logical_and.reduce([np.isfinite(c) for c in cols + sig])
+    flat = np.flatnonzero(valid.ravel())
+    out = {name: np.full(shape, np.nan, dtype=np.float32) for name in PRODUCT_VARIABLES}
+    if flat.size == 0:
+        return out
+    x = np.stack([c.reshape(-1)[flat] for c in cols], axis=1)              # (n, f)
+    res_cols = [spec.features.index(n) for n in spec.residual]
+    sigma = np.stack([s.reshape(-1)[flat] for s in sig], axis=1).astype(np.float32)
+    sigma *= np.float32(spec.noise_scale)
+    t_of = flat // (ny * nx)                                               # sorted
+    n = flat.size
+    member_mean = np.empty((len(spec.members), n), dtype=np.float64)
+    member_std = np.empty((len(spec.members), n), dtype=np.float64)
+    for k, member in enumerate(spec.members):
+        model = _load_member(member, device, spec.storage_options).model
+        z = _noise(spec, times, t_of, origin, k, len(res_cols))            # (d, n, r)
+        noisy = np.broadcast_to(x, (spec.n_noise, n, x.shape[1])).copy()
+        noisy[:, :, res_cols] += z * sigma
+        noisy -= np.asarray(member.feat_mean, dtype=np.float32)
+        noisy /= np.asarray(member.feat_std, dtype=np.float32)
+        y = _forward(model, noisy.reshape(-1, x.shape[1]), spec, device)
+        y = y.reshape(spec.n_noise, n).astype(np.float64) * member.target_std + member.target_mean
+        member_mean[k] = y.mean(axis=0)
+        member_std[k] = y.std(axis=0)
+    resid = member_mean.mean(axis=0)
+    cycle = cycles[spec.target].reshape(-1)[flat]
+    values = {"sm_residual": resid, "seasonal_cycle": cycle, "sm": resid + cycle,
+              "structural_uncertainty": member_mean.std(axis=0),
+              "data_uncertainty": member_std.mean(axis=0)}
+    for name, v in values.items():
+        out[name].reshape(-1)[flat] = v
+    return out
+
+
+def _cycle_values(amplitude, phase, offset, times: np.ndarray) -> np.ndarray:
+    try:
+        from casm_cloud.seasonal import cycle_values
+    except ImportError:  # the seasonal stage is not in this checkout yet: same formula
+        t = np.asarray(times, dtype="datetime64[ns]")
+        year = t.astype("datetime64[Y]")
+        start = year.astype("datetime64[ns]").astype(np.int64)
+        length = (year + 1).astype("datetime64[ns]").astype(np.int64) - start
+        frac = (t.astype(np.int64) - start) / length
+        wt = (2.0 * np.pi * frac).reshape((-1,) + (1,) * np.ndim(amplitude))
+        return np.asarray(amplitude) * np.sin(wt + np.asarray(phase)) + np.asarray(offset)
+    return np.asarray(cycle_values(amplitude, phase, offset, times))
+
+
+def _cycle(params: xr.Dataset, name: str, times: np.ndarray) -> np.ndarray:
+    p = params.sel(variable=name)
+    return np.asarray(_cycle_values(p["amplitude"].values, p["phase"].values,
+                                    p["offset"].values, times), dtype=np.float64)
+
+
+def _run_chunk(spec: _Spec, piece: _Piece) -> dict:
+    """Task: read one region, predict it, write it, record it.  Returns the record info."""
+    t0 = time.perf_counter()
+    device = resolve_device(spec.device)
+    ds = piece.inputs.compute(scheduler="sync")
+    params = piece.params.compute(scheduler="sync")
+    times = ds["time"].values
+    names = [n for n in spec.features if n in ds.data_vars]
+    arrays = {n: ds[n].transpose(*[d for d in _DIMS if d in ds[n].dims]).values for n in names}
+    needed = (*spec.residual, spec.target)
+    cycles = {n: _cycle(params, n, times) for n in needed}
+    resid_std = {n: params["residual_std"].sel(variable=n).values for n in spec.residual}
+    lat = ds["lat"].values if "lat" in ds.coords else np.full(ds.sizes["y"], np.nan)
+    lon = ds["lon"].values if "lon" in ds.coords else np.full(ds.sizes["x"], np.nan)
+    origin = (piece.region["y"].start, piece.region["x"].start)
+    out = _predict_arrays(spec, arrays, lat, lon, cycles, resid_std, times, origin, device)
+    part = xr.Dataset({n: (_DIMS, out[n]) for n in PRODUCT_VARIABLES})
+    storage.write_region(part, spec.out, spec.storage_options, region=piece.region)
+    info = {"pid": os.getpid(), "worker": _worker_address(), "device": device,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+            "n_valid": int(np.isfinite(out["sm_residual"]).sum())}
+    storage.ChunkRecord(spec.out, spec.storage_options).mark(_chunk_key(piece), info)
+    return info
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
+
+
+def _chunk_key(piece: _Piece) -> dict:
+    # The number of time steps is part of the key: a partial last time chunk
+    # that grows on append is not "done" any more and is computed again.
+    it, iy, ix = piece.index
+    r = piece.region["time"]
+    return {"t": it, "y": iy, "x": ix, "n": r.stop - r.start}
+
+
+# --------------------------------------------------------------------------- checks, hashing
+def _as_params(params: xr.Dataset | Mapping[str, xr.Dataset]) -> tuple[xr.Dataset, str]:
+    """(parameters over ``variable, y, x`` with :data:`PARAM_FIELDS`, their identity)."""
+    if isinstance(params, Mapping) and not isinstance(params, xr.Dataset):
+        parts = [_as_params(p) for p in params.values()]
+        if not parts:
+            raise ValueError("params: an empty mapping; expected seasonal parameters of the "
+                             "inputs and of the target")
+        ds = xr.concat([p for p, _ in parts], dim="variable", data_vars="all",
+                       coords="minimal", compat="override", join="override")
+        return ds, "|".join(i for _, i in parts)
+    if not isinstance(params, xr.Dataset):
+        raise ValueError(f"params: expected an xarray.Dataset of seasonal parameters, "
+                         f"got {type(params).__name__}")
+    missing = [f for f in PARAM_FIELDS if f not in params.data_vars]
+    if missing:
+        raise ValueError(f"params: seasonal parameter fields {missing} are missing "
+                         f"(have {sorted(params.data_vars)}); expected {list(PARAM_FIELDS)}")
+    if "variable" not in params.dims:
+        raise ValueError("params: no 'variable' dimension; fit the seasonal cycle on "
+                         "ds.to_dataarray('variable') so each variable has its parameters")
+    return params[list(PARAM_FIELDS)], _params_identity(params)
+
+
+def _check_params(params: xr.Dataset, needed: Sequence[str], inputs: xr.Dataset) -> None:
+    have = [str(v) for v in params["variable"].values]
+    lack = [n for n in needed if n not in have]
+    if lack:
+        raise ValueError(f"params: no seasonal parameters for {lack} (have {have}); every TB "
+                         "input and the target need a fitted seasonal cycle")
+    if len(set(have)) != len(have):
+        raise ValueError(f"params: variable names repeat: {have}")
+    for dim in ("y", "x"):
+        if params.sizes.get(dim) != inputs.sizes[dim]:
+            raise ValueError(f"params: dimension {dim!r} has size {params.sizes.get(dim)}; "
+                             f"the inputs have {inputs.sizes[dim]}")
+        if dim in params.coords and not np.allclose(params[dim].values, inputs[dim].values):
+            raise ValueError(f"params: coordinate {dim!r} differs from the inputs' (another "
+                             "grid window?)")
+
+
+def _features(inputs: xr.Dataset, meta: Mapping) -> tuple[list[str], list[str]]:
+    """(features in model order, residual features) after checking names against the model."""
+    from casm_cloud.models.checkpoint import check_inputs
+
+    want = list(meta["inputs"])
+    data = [str(n) for n in inputs.data_vars if "time" in inputs[n].dims]
+    coords = [n for n in ("lat", "lon") if n in inputs.coords]
+    have = data + coords
+    # Ordered as the model wants where present, extras after, so check_inputs names
+    # missing and unexpected inputs rather than their order (columns are picked by name).
+    check_inputs(meta, [n for n in want if n in have] + [n for n in data if n not in want])
+    return want, [n for n in want if n in data]
+
+
+def _member_specs(ensemble: Sequence[str] | str, so: Mapping) -> tuple[list[_Member], dict]:
+    """Load every member once (CPU, cached) to check it; return their specs and the meta."""
+    paths = [ensemble] if isinstance(ensemble, str) else list(ensemble)
+    if not paths:
+        raise ValueError("ensemble: no checkpoint given")
+    so_json = json.dumps(dict(so), sort_keys=True)
+    ckpts = [_cached_checkpoint(str(p), "cpu", so_json) for p in paths]
+    first = ckpts[0].meta
+    members = []
+    for c in ckpts:
+        for key in ("inputs", "target"):
+            if c.meta[key] != first[key]:
+                raise ValueError(f"ensemble: member {c.path} has {key}={c.meta[key]!r}, "
+                                 f"member {ckpts[0].path} has {first[key]!r}")
+        mean, std = c.meta["scaler"]["mean"], c.meta["scaler"]["std"]
+        names, target = list(c.meta["inputs"]), c.meta["target"]
+        members.append(_Member(c.path, c.content_hash,
+                               tuple(float(mean[n]) for n in names),
+                               tuple(float(std[n]) for n in names),
+                               float(mean[target]), float(std[target])))
+    return members, first
+
+
+def _params_identity(params: xr.Dataset) -> str:
+    # A stored stage output carries its config hash; otherwise hash the values
+    # (tokenize reads in-memory arrays, and only the graph names of lazy ones).
+    token = params.attrs.get(storage.HASH_ATTR)
+    if token:
+        return str(token)
+    import dask.base
+
+    return dask.base.tokenize(params[[f for f in PARAM_FIELDS if f in params]])
+
+
+def predict_config_hash(members: Sequence[str], params_identity: str, *, features: Sequence[str],
+                        n_noise: int, noise_scale: float, chunks: Mapping[str, int],
+                        precision: str, seed: int, grid: Sequence) -> str:
+    """sha256 of everything that fixes the bits of the output (not where it runs).
+
+    Parameters
+    ----------
+    members : sequence of str
+        Content hashes of the ensemble members, in order.
+    params_identity : str
+        Config hash of the seasonal-parameter store, or a token of its values.
+    features : sequence of str
+    n_noise, noise_scale, chunks, precision, seed
+        As in :func:`predict_to_zarr`.
+    grid : sequence
+        Anything identifying the spatial grid (sizes, first and last coordinates).
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
+    doc = {"members": list(members), "params": params_identity, "features": list(features),
+           "n_noise": int(n_noise), "noise_scale": float(noise_scale),
+           "chunks": {k: int(chunks[k]) for k in _DIMS}, "precision": precision,
+           "seed": int(seed), "grid": [float(g) for g in grid], "version": 1}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _output_chunks(inputs: xr.Dataset, chunks: Mapping[str, int] | None,
+                   names: Sequence[str]) -> dict[str, int]:
+    out = {d: inputs.sizes[d] for d in _DIMS}
+    if chunks is None:
+        for n in names:
+            if n in inputs.data_vars and inputs[n].chunks is not None:
+                c = dict(zip(inputs[n].dims, inputs[n].chunks, strict=True))
+                out.update({d: int(c[d][0]) for d in _DIMS if d in c})
+                break
+    else:
+        unknown = set(chunks) - set(_DIMS)
+        if unknown:
+            raise ValueError(f"chunks: unknown dimensions {sorted(unknown)}; expected {_DIMS}")
+        out.update({d: int(v) if v not in (None, -1) else inputs.sizes[d]
+                    for d, v in chunks.items()})
+    if any(v < 1 for v in out.values()):
+        raise ValueError(f"chunks {out}: sizes must be positive")
+    return out
+
+
+# --------------------------------------------------------------------------- the store
+def _template(inputs: xr.Dataset, chunks: Mapping[str, int], attrs: Mapping) -> xr.Dataset:
+    import dask.array as dsa
+
+    shape = tuple(inputs.sizes[d] for d in _DIMS)
+    coords = {d: inputs[d] for d in _DIMS}
+    for extra in ("lat", "lon", "crs"):
+        if extra in inputs.coords or extra in inputs.data_vars:
+            coords[extra] = inputs[extra].reset_coords(drop=True) if extra in inputs.data_vars \
+                else inputs.coords[extra].variable
+    data = {n: (_DIMS, dsa.full(shape, np.nan, dtype=np.float32,
+                                chunks=tuple(chunks[d] for d in _DIMS)))
+            for n in PRODUCT_VARIABLES}
+    ds = apply_attrs(xr.Dataset(data, coords=coords), "product")
+    if "crs" in ds.coords:
+        for n in PRODUCT_VARIABLES:
+            ds[n].attrs["grid_mapping"] = "crs"
+    ds.attrs = dict(attrs)
+    return ds
+
+
+def _set_attrs(url: str, so: Mapping, attrs: Mapping) -> None:
+    import zarr
+
+    store = zarr.storage.FsspecStore.from_url(url, storage_options=dict(so)) \
+        if "://" in str(url) else zarr.storage.LocalStore(url)
+    zarr.open_group(store, mode="r+").attrs.update(dict(attrs))
+
+
+def _prepare_store(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[str, str], *,
+                   resume: bool, overwrite: bool, append: bool) -> None:
+    """Create, reuse or grow the output store; refuse one made by another configuration."""
+    state = storage.store_state(out, so)
+    if state["exists"] and not overwrite:
+        stored = storage.open_zarr(out, so)
+        made_by = stored.attrs.get(PREDICT_HASH_ATTR)
+        if made_by != hashes[PREDICT_HASH_ATTR]:
+            raise storage.StoreError(
+                f"output {out} was written by a different prediction configuration "
+                f"(hash {str(made_by)[:12]}, this run {hashes[PREDICT_HASH_ATTR][:12]}); "
+                "pass overwrite=True (--overwrite) to replace it, or choose another output")
+        old, new = stored["time"].values, template["time"].values
+        if old.size == new.size and np.array_equal(old, new):
+            if resume:
+                if state["config_hash"] != hashes[storage.HASH_ATTR]:
+                    _set_attrs(out, so, hashes)
+                return
+        elif append and old.size < new.size and np.array_equal(old, new[:old.size]):
+            grow = template.isel(time=slice(old.size, None))
+            grow = grow.drop_vars([v for v in grow.variables if "time" not in grow[v].dims])
+            attrs = {**stored.attrs, **hashes, storage.COMPLETE_ATTR: False}
+            _set_attrs(out, so, {storage.COMPLETE_ATTR: False})
+            grow.attrs = attrs  # to_zarr(append_dim) replaces the group's attributes
+            grow.to_zarr(out, append_dim="time", compute=False, consolidated=False,
+                         safe_chunks=False, storage_options=dict(so) or None)
+            return
+        elif resume:
+            raise storage.StoreError(
+                f"output {out} holds times {old[0]}..{old[-1]} ({old.size}); the inputs have "
+                f"{new[0]}..{new[-1]} ({new.size}): pass append=True (--append) when the inputs "
+                "extend the stored times, or overwrite=True to start again")
+    storage.write_template(template, out, so, config_hash=hashes[storage.HASH_ATTR])
+    _set_attrs(out, so, hashes)
+
+
+def _regions(sizes: Mapping[str, int], chunks: Mapping[str, int]):
+    ranges = [range(0, sizes[d], chunks[d]) for d in _DIMS]
+    for starts in itertools.product(*ranges):
+        region = {d: slice(s, min(s + chunks[d], sizes[d])) for d, s in zip(_DIMS, starts, strict=True)}
+        index = tuple(s // chunks[d] for d, s in zip(_DIMS, starts, strict=True))
+        yield index, region
+
+
+def _gpu_workers(client) -> list[str]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU", 0) >= 1]
+
+
+def _culled(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its dask graph cut down to the keys it needs (small to ship)."""
+    import dask
+
+    if any(v.chunks is not None for v in ds.variables.values()):
+        (ds,) = dask.optimize(ds)
+    return ds
+
+
+# --------------------------------------------------------------------------- the public entry
+def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
+                    params: xr.Dataset | Mapping[str, xr.Dataset] | str, out: str, *,
+                    n_noise: int = 10, noise_scale: float = 0.1, batch_size: int | None = None,
+                    device: Device = "auto", precision: Precision = "fp32",
+                    resume: bool = True, overwrite: bool = False, append: bool = False,
+                    chunks: Mapping[str, int] | None = None, seed: int = 0,
+                    storage_options: Mapping | None = None, client=None,
+                    config_hash: str | None = None,
+                    progress: Callable[[int, int], Any] | None = None) -> PredictSummary:
+    """Predict SM with an ensemble chunk by chunk into a Zarr store, with uncertainty.
+
+    Parameters
+    ----------
+    inputs : xarray.Dataset or str
+        Canonical TB dataset (lazy; ``time, y, x``; ``lat``/``lon``
+        coordinates) or the URL of such a Zarr store.  Its variables with a
+        ``time`` dimension must be exactly the model's TB inputs.
+    ensemble : sequence of str
+        Checkpoint directories (local paths or URLs), one per member.
+    params : xarray.Dataset, mapping of Datasets, or str
+        Seasonal parameters (``amplitude``, ``phase``, ``offset``,
+        ``residual_std`` over ``variable, y, x``) of every TB input and of the
+        target, e.g. ``{"inputs": smos_params, "target": smap_params}``.
+    out : str
+        Output Zarr URL (local path, ``gs://``, ``s3://``, ``memory://``).
+    n_noise : int
+        Noisy copies of the input per member (K).
+    noise_scale : float
+        Noise std as a fraction of each TB channel's residual std at the pixel.
+    batch_size : int, optional
+        Rows per forward pass (default 8192 on CPU, 65536 on CUDA); with the
+        chunk size it bounds peak memory.
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"``: CUDA where the worker has it.  With a ``client`` whose
+        workers declare ``GPU`` resources, tasks need ``GPU=1``.
+    precision : {"fp32", "bf16"}
+        ``"bf16"``: autocast to bfloat16 (CUDA, or CPUs with bf16 support).
+    resume : bool
+        Skip chunks recorded as finished by a run of the same configuration.
+    overwrite : bool
+        Replace a store written by another configuration instead of refusing.
+    append : bool
+        Grow the store's time axis when ``inputs`` extends the stored times
+        (the monthly update); only new chunks (and a grown partial last time
+        chunk) are computed.
+    chunks : mapping, optional
+        Output chunk sizes of ``time``, ``y``, ``x`` (default: the inputs' chunks).
+    seed : int
+        Base seed of the input noise.
+    storage_options : mapping, optional
+        fsspec options for ``out``, the checkpoints and URL inputs.
+    client : distributed.Client, optional
+        Run one task per chunk on this cluster; ``None`` runs in this process.
+    config_hash : str, optional
+        The pipeline's hash, recorded as ``casm_config_hash`` (default: the
+        inference hash).
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each finished chunk.
+
+    Returns
+    -------
+    PredictSummary
+
+    Raises
+    ------
+    casm_cloud.models.checkpoint.CheckpointError
+        If a checkpoint's inputs differ from the data's variables.
+    ValueError
+        For a missing seasonal parameter, bad sizes or options, a CUDA request
+        without a GPU.
+    casm_cloud.storage.StoreError
+        If ``out`` was written by a different configuration (and not
+        ``overwrite``), or holds other times (and not ``append``).
+    """
+    so = dict(storage_options or {})
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
+    if int(n_noise) < 1 or not noise_scale >= 0 or (batch_size is not None and batch_size < 1):
+        raise ValueError(f"n_noise={n_noise}, noise_scale={noise_scale}, batch_size="
+                         f"{batch_size}: expected n_noise >= 1, noise_scale >= 0, batch_size >= 1")
+    if isinstance(inputs, str):
+        inputs = storage.open_zarr(inputs, so)
+    if isinstance(params, str):
+        params = storage.open_zarr(params, so)
+    for d in _DIMS:
+        if d not in inputs.dims:
+            raise ValueError(f"inputs: dimension {d!r} is missing (have {tuple(inputs.dims)})")
+    members, meta = _member_specs(ensemble, so)
+    features, residual = _features(inputs, meta)
+    target = meta["target"]
+    params, params_id = _as_params(params)
+    _check_params(params, [*residual, target], inputs)
+    sizes = {d: inputs.sizes[d] for d in _DIMS}
+    chunk_sizes = _output_chunks(inputs, chunks, residual)
+    grid = [sizes["y"], sizes["x"], *(float(inputs[d][i]) for d in ("y", "x") for i in (0, -1))]
+    phash = predict_config_hash([m.content_hash for m in members], params_id,
+                                features=features, n_noise=n_noise, noise_scale=noise_scale,
+                                chunks=chunk_sizes, precision=precision, seed=seed, grid=grid)
+    hashes = {PREDICT_HASH_ATTR: phash, storage.HASH_ATTR: config_hash or phash}
+    if precision == "bf16" and device != "cuda" and not _bf16_native():
+        warnings.warn("precision='bf16' on a CPU without native bf16: autocast is emulated "
+                      "and slow", RuntimeWarning, stacklevel=2)
+
+    attrs = {k: v for k, v in inputs.attrs.items() if k.startswith("ease2_")}
+    attrs.update({
+        "title": "soil moisture predicted by a deep ensemble (CASM method)",
+        "casm_ensemble": json.dumps([m.path for m in members]),
+        "casm_inputs": json.dumps(features), "casm_n_noise": int(n_noise),
+        "casm_noise_scale": float(noise_scale), "casm_precision": precision,
+        "casm_seed": int(seed), **hashes,
+    })
+    template = _template(inputs, chunk_sizes, attrs)
+    _prepare_store(out, so, template, hashes, resume=resume, overwrite=overwrite, append=append)
+
+    spec = _Spec(members=tuple(members), features=tuple(features), residual=tuple(residual),
+                 target=target, n_noise=int(n_noise),
+                 noise_scale=float(noise_scale), seed=int(seed), batch_size=batch_size,
+                 device=device, precision=precision, out=out, storage_options=so)
+    record = storage.ChunkRecord(out, so)
+    done = record.done() if resume else set()
+    keep = [n for n in features if n in inputs.data_vars]
+    src = inputs[keep]
+    pieces, n_total = [], 0
+    for index, region in _regions(sizes, chunk_sizes):
+        n_total += 1
+        probe = _Piece(index, region, None, None)  # type: ignore[arg-type]
+        if record.key(_chunk_key(probe)) in done:
+            continue
+        sub = _culled(src.isel(region))
+        sp = _culled(params.isel(y=region["y"], x=region["x"]))
+        pieces.append(_Piece(index, region, sub, sp))
+    skipped = n_total - len(pieces)
+    log.info("predict %s: %d chunks, %d finished, %d to compute", out, n_total, skipped,
+             len(pieces))
+
+    if client is None:
+        for i, piece in enumerate(pieces, 1):
+            _run_chunk(spec, piece)
+            if progress is not None:
+                progress(skipped + i, n_total)
+    else:
+        _run_on_cluster(client, spec, pieces, phash, device, skipped, n_total, progress)
+
+    storage.mark_complete(out, so, config_hash=hashes[storage.HASH_ATTR])
+    return PredictSummary(url=out, config_hash=hashes[storage.HASH_ATTR], predict_hash=phash,
+                          n_chunks=n_total, computed=len(pieces), skipped=skipped)
+
+
+def _run_on_cluster(client, spec: _Spec, pieces: list[_Piece], phash: str, device: Device,
+                    skipped: int, n_total: int, progress) -> None:
+    from distributed import as_completed
+
+    gpus = _gpu_workers(client) if device != "cpu" else []
+    if device == "cuda" and not gpus:
+        raise ValueError("device='cuda' but no worker of the cluster declares a GPU resource "
+                         "(start workers with --resources GPU=1)")
+    resources = {"GPU": 1} if gpus else None
+    run = uuid.uuid4().hex[:8]
+    futures = [client.submit(_run_chunk, spec, p, resources=resources, pure=False,
+                             key=f"casm-predict-{phash[:8]}-{run}-{'-'.join(map(str, p.index))}")
+               for p in pieces]
+    try:
+        for i, fut in enumerate(as_completed(futures), 1):
+            fut.result()
+            if progress is not None:
+                progress(skipped + i, n_total)
+    except BaseException:
+        client.cancel(futures)
+        raise
