@@ -27,12 +27,18 @@ def _add_simulate(sub) -> None:
     p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     p.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stations", type=int, default=8, help="number of ISMN-like stations")
+    p.add_argument("--era5-native", action="store_true",
+                   help="write ERA5 on its native 0.25 deg lat/lon grid")
+    p.add_argument("--amsre-ease1", action="store_true",
+                   help="write AMSR-E on the EASE-Grid v1 25 km grid (NSIDC-0301)")
 
     def run(a):
         from casm_cloud.simulate import write_simulation
 
         path = write_simulation(a.out, region=a.region, grid=a.grid, start=a.start, end=a.end,
-                                seed=a.seed)
+                                seed=a.seed, n_stations=a.stations, era5_native=a.era5_native,
+                                amsre_ease1=a.amsre_ease1)
         print(f"catalog: {path}")
 
     p.set_defaults(func=run)
