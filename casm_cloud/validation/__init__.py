@@ -1,0 +1,51 @@
+"""Validation against in-situ stations (DESIGN.md §3 "Validate").
+
+Public API::
+
+    from casm_cloud.validation import read_ismn, select_stations, validate_product
+    stations = select_stations(read_ismn("ISMN_download.zip"))
+    table = validate_product(product, stations, variable="sm")
+    aggregate_metrics(table, by="network")
+    consistency_steps(product, reference, ["2015-03-31"])
+
+Modules: :mod:`.stations` (ISMN ingest and selection), :mod:`.metrics`
+(vectorised pairwise metrics, equal to pytesmo), :mod:`.collocate` (station
+to cell or location), :mod:`.evaluate` (the per-station table and its
+aggregation), :mod:`.consistency` (steps at sensor changes) and
+:mod:`.figures` (matplotlib, imported on use).
+"""
+
+from casm_cloud.validation.collocate import CollocationError, collocate
+from casm_cloud.validation.consistency import consistency_steps
+from casm_cloud.validation.evaluate import (
+    aggregate_metrics,
+    matched_pairs,
+    score_pairs,
+    validate_product,
+)
+from casm_cloud.validation.metrics import (
+    METRICS,
+    anomaly,
+    anomaly_r,
+    bias,
+    n_pairs,
+    nrmse,
+    pearson_r,
+    r2,
+    rmse,
+    ubrmse,
+)
+from casm_cloud.validation.stations import (
+    StationSelectionError,
+    read_ismn,
+    select_stations,
+    selection_report,
+)
+
+__all__ = [
+    "read_ismn", "select_stations", "selection_report", "StationSelectionError",
+    "collocate", "CollocationError", "matched_pairs", "score_pairs", "validate_product", "aggregate_metrics",
+    "consistency_steps",
+    "METRICS", "pearson_r", "rmse", "ubrmse", "bias", "nrmse", "anomaly_r", "anomaly", "r2",
+    "n_pairs",
+]

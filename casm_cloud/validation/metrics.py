@@ -1,0 +1,342 @@
+"""Pairwise validation metrics, vectorised over stations and grid cells.
+
+Every metric has one signature, ``f(x, y, dim="time") -> xarray.DataArray``
+(the pytesmo convention ``metric(x, y)``, labelled): ``x`` is the product
+(estimate), ``y`` the reference (station, target).  Only pairs where both are
+valid count; the result keeps every other dimension, so one call scores all
+stations (or all grid cells) at once, lazily when the inputs are dask-backed.
+
+The definitions are pytesmo's (:mod:`pytesmo.metrics`, version 0.18), which
+``tests/test_validation_metrics.py`` checks to 1e-9 on random pairs: pytesmo
+works on one station's 1-D arrays at a time, these on whole labelled arrays.
+Sums are taken in float64 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["pearson_r", "rmse", "ubrmse", "bias", "nrmse", "anomaly_r", "r2", "anomaly", "n_pairs",
+           "METRICS"]
+
+
+def _paired(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> tuple[xr.DataArray, xr.DataArray]:
+    """Both inputs in float64, aligned, with NaN wherever either one is NaN."""
+    for name, da in (("x", x), ("y", y)):
+        if not isinstance(da, xr.DataArray):
+            raise TypeError(f"{name} must be an xarray.DataArray, got {type(da).__name__}")
+        if dim not in da.dims:
+            raise ValueError(f"{name} has no dimension {dim!r} (dims: {da.dims})")
+    x, y = xr.align(x.astype(np.float64), y.astype(np.float64), join="inner")
+    both = x.notnull() & y.notnull()
+    return x.where(both), y.where(both)
+
+
+def n_pairs(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    """Number of pairs where both ``x`` and ``y`` are valid.
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+        Integer counts over the remaining dimensions.
+    """
+    x, y = _paired(x, y, dim)
+    return x.notnull().sum(dim)
+
+
+def bias(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    r"""Mean difference, product minus reference.
+
+    .. math:: b = \frac{1}{n}\sum_i (x_i - y_i) = \bar x - \bar y
+
+    Reference: ``pytesmo.metrics.bias`` (sign: mean(x) − mean(y)).
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+        Over the remaining dimensions; NaN where there is no pair.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input.
+    """
+    x, y = _paired(x, y, dim)
+    return (x - y).mean(dim)
+
+
+def rmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    r"""Root-mean-square error (deviation).
+
+    .. math:: \mathrm{RMSE} = \sqrt{\frac{1}{n}\sum_i (x_i - y_i)^2}
+
+    Reference: ``pytesmo.metrics.rmsd`` (ddof = 0).
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input.
+    """
+    x, y = _paired(x, y, dim)
+    return np.sqrt(((x - y) ** 2).mean(dim))
+
+
+def ubrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    r"""Unbiased RMSE: RMSE after removing each series' mean.
+
+    .. math:: \mathrm{ubRMSE} = \sqrt{\frac{1}{n}\sum_i
+              \big((x_i - \bar x) - (y_i - \bar y)\big)^2}
+
+    Reference: ``pytesmo.metrics.ubrmsd``; Entekhabi et al. (2010),
+    *Performance metrics for soil moisture retrievals and application
+    requirements*, J. Hydrometeorol. 11, 832-840.
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input.
+    """
+    x, y = _paired(x, y, dim)
+    d = (x - x.mean(dim)) - (y - y.mean(dim))
+    return np.sqrt((d**2).mean(dim))
+
+
+def nrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    r"""RMSE normalised by the joint range of both series.
+
+    .. math:: \mathrm{NRMSE} = \frac{\mathrm{RMSE}}
+              {\max(\max x, \max y) - \min(\min x, \min y)}
+
+    Reference: ``pytesmo.metrics.nrmsd`` (same normalisation, over the pairs).
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input.
+    """
+    x, y = _paired(x, y, dim)
+    span = np.fmax(x.max(dim), y.max(dim)) - np.fmin(x.min(dim), y.min(dim))
+    return np.sqrt(((x - y) ** 2).mean(dim)) / span
+
+
+def pearson_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    r"""Pearson's linear correlation coefficient.
+
+    .. math:: R = \frac{\sum_i (x_i - \bar x)(y_i - \bar y)}
+              {\sqrt{\sum_i (x_i - \bar x)^2 \sum_i (y_i - \bar y)^2}}
+
+    Reference: ``pytesmo.metrics.pearson_r`` (``scipy.stats.pearsonr``).
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+        NaN with fewer than two pairs or a constant series.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input.
+    """
+    x, y = _paired(x, y, dim)
+    return _r(x, y, dim)
+
+
+def _r(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> xr.DataArray:
+    xa = x - x.mean(dim)
+    ya = y - y.mean(dim)
+    den = np.sqrt((xa**2).sum(dim) * (ya**2).sum(dim))
+    r = (xa * ya).sum(dim) / den.where(den > 0)
+    # rounding can put |R| a hair above 1 (scipy clips the same way)
+    return r.clip(-1.0, 1.0)
+
+
+def r2(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    r"""Coefficient of determination of the product against the reference.
+
+    .. math:: R^2 = 1 - \frac{\sum_i (x_i - y_i)^2}{\sum_i (y_i - \bar y)^2}
+
+    The skill score form (not Pearson R squared): it is 1 for a perfect
+    estimate and falls below 0 for one worse than the reference mean, so
+    biases count.  It equals pytesmo's Nash-Sutcliffe efficiency
+    ``pytesmo.metrics.nash_sutcliffe(o=y, p=x)`` (pytesmo has no ``r2``), and
+    ``sklearn.metrics.r2_score(y, x)``.
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Estimate (e.g. predicted residual) and reference (target), sharing
+        ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+        NaN where the reference is constant.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input.
+    """
+    x, y = _paired(x, y, dim)
+    ss_tot = ((y - y.mean(dim)) ** 2).sum(dim)
+    return 1.0 - ((x - y) ** 2).sum(dim) / ss_tot.where(ss_tot > 0)
+
+
+def anomaly(da: xr.DataArray, dim: Hashable = "time", *, window_days: float = 35.0,
+            min_obs: int = 10) -> xr.DataArray:
+    r"""Short-term anomaly: value minus the mean of a centred time window.
+
+    .. math:: a_i = v_i - \overline{\{v_j : |t_j - t_i| \le w/2\}}
+
+    with ``w = window_days`` (35 days = ±17.5 days, the "±17-day" window of
+    the CASM paper) and at least ``min_obs`` valid values in the window,
+    else NaN.  Same rule as ``pytesmo.time_series.filtering.moving_average``
+    (``window_size=35, min_obs=10``).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Values with a datetime ``dim`` (sorted ascending).
+    dim : hashable
+        The time dimension.
+    window_days : float
+        Full window width in days.
+    min_obs : int
+        Fewest valid values in the window for a valid anomaly.
+
+    Returns
+    -------
+    xarray.DataArray
+        Same shape as ``da`` (float64).
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing, not datetime or not sorted.
+    """
+    from casm_cloud.kernels.metrics import _boxcar_anomaly
+
+    if dim not in da.dims:
+        raise ValueError(f"anomaly: no dimension {dim!r} (dims: {da.dims})")
+    t = da[dim].values
+    if not np.issubdtype(t.dtype, np.datetime64):
+        raise ValueError(f"anomaly: coordinate {dim!r} must be datetime64, got {t.dtype}")
+    t_days = (t - t[0]) / np.timedelta64(1, "D") if t.size else t.astype(np.float64)
+    if t.size > 1 and np.any(np.diff(t_days) < 0):
+        raise ValueError(f"anomaly: coordinate {dim!r} must be sorted ascending")
+    t_da = xr.DataArray(np.asarray(t_days, dtype=np.float64), dims=[dim])
+    return xr.apply_ufunc(
+        _boxcar_anomaly, da.astype(np.float64), t_da, window_days / 2.0, int(min_obs),
+        input_core_dims=[[dim], [dim], [], []], output_core_dims=[[dim]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"allow_rechunk": True},
+    ).transpose(*da.dims)
+
+
+def anomaly_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time", *,
+              window_days: float = 35.0, min_obs: int = 10) -> xr.DataArray:
+    r"""Pearson R of the short-term anomalies of the paired series.
+
+    Both series are first reduced to their common valid times, then each is
+    turned into anomalies with :func:`anomaly` (value − mean of a ±17-day
+    window with ≥ 10 values), and R is taken over times where both
+    anomalies exist.  Reference: CASM paper (Skulovich & Gentine 2023,
+    Sci. Data 10, 154), anomaly as in ``pytesmo.time_series.anomaly``
+    (moving-average reference), R as ``pytesmo.metrics.pearson_r``.
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing a datetime ``dim``.
+    dim : hashable
+        Time dimension.
+    window_days : float
+        Full window width in days (35 = ±17.5 days).
+    min_obs : int
+        Fewest valid paired values in the window.
+
+    Returns
+    -------
+    xarray.DataArray
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input or is not datetime.
+    """
+    x, y = _paired(x, y, dim)
+    ax = anomaly(x, dim, window_days=window_days, min_obs=min_obs)
+    ay = anomaly(y, dim, window_days=window_days, min_obs=min_obs)
+    both = ax.notnull() & ay.notnull()
+    return _r(ax.where(both), ay.where(both), dim)
+
+
+#: name used in tables -> metric function (a registry, not an if-chain)
+METRICS = {
+    "R": pearson_r,
+    "RMSE": rmse,
+    "ubRMSE": ubrmse,
+    "bias": bias,
+    "NRMSE": nrmse,
+    "anomaly_R": anomaly_r,
+    "R2": r2,
+}
