@@ -180,11 +180,57 @@ def _cluster_override(kind: str | None) -> dict:
     return {"cluster": {"kind": kind}} if kind else {}
 
 
+def _add_validate(sub) -> None:
+    p = sub.add_parser(
+        "validate", help="validate products against ISMN in-situ stations",
+        description="Score products against ISMN stations: writes metrics.csv, per-network and "
+                    "per-climate medians, figures and summary.md, and prints the table.")
+    p.add_argument("product", nargs="+",
+                   help="product: Zarr store, netCDF file, or folder of TU Wien time-series "
+                        "cell files; NAME=PATH names it in the table")
+    p.add_argument("--stations", required=True, help="ISMN download (folder or .zip)")
+    p.add_argument("--out", default="validation", help="output folder (default: validation)")
+    p.add_argument("--variable", action="append",
+                   help="product variable to score (default sm); once for all or once per product")
+    p.add_argument("--depth", nargs=2, type=float, default=(0.0, 0.05), metavar=("FROM", "TO"),
+                   help="sensor depth range in metres (default 0 0.05)")
+    p.add_argument("--good-fraction", type=float, default=0.9)
+    p.add_argument("--min-obs", type=int, default=100, help="fewest n-day means per station")
+    p.add_argument("--n-days", type=int, default=3)
+    p.add_argument("--anchor", default="2002-01-01")
+    p.add_argument("--max-distance-km", type=float, default=30.0,
+                   help="largest station-to-location distance for time-series products")
+    p.add_argument("--min-pairs", type=int, default=10)
+    p.add_argument("--no-figures", action="store_true")
+
+    def run(a):
+        from casm_cloud.validation.workflow import run_validation
+
+        products = {}
+        for item in a.product:
+            name, sep, path = item.partition("=")
+            if not sep:
+                name, path = item.rstrip("/").rsplit("/", 1)[-1], item
+            products[name] = path
+        table = run_validation(products, a.stations, a.out, variables=a.variable or ["sm"],
+                               depth=tuple(a.depth), good_fraction=a.good_fraction,
+                               min_obs=a.min_obs, n_days=a.n_days, anchor=a.anchor,
+                               max_distance=a.max_distance_km * 1000.0,
+                               min_pairs=a.min_pairs, figures=not a.no_figures)
+        cols = ["product", "network", "station_name", "n", "R", "RMSE", "ubRMSE", "bias",
+                "NRMSE", "anomaly_R", "R2"]
+        print(table[[c for c in cols if c in table]].to_string(index=False, float_format="%.3f"))
+        print(f"written: {a.out}/metrics.csv, summary.md and figures")
+
+    p.set_defaults(func=run)
+
+
 # Registry of subcommands, in the order `--help` lists them.
 _COMMANDS = [
     _add_recipe_commands,
     _add_simulate,
     _add_predict,
+    _add_validate,
 ]
 
 
