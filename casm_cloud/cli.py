@@ -44,6 +44,33 @@ def _add_simulate(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_seasonal(sub) -> None:
+    p = sub.add_parser("seasonal", help="fit the seasonal cycle of a Zarr store; write parameters")
+    p.add_argument("input", metavar="INPUT_ZARR", help="input Zarr store (path or fsspec URL)")
+    p.add_argument("--out", required=True, help="parameter Zarr store to write")
+    p.add_argument("--vars", default=None,
+                   help="comma-separated variables to fit (default: all with a time dim)")
+    p.add_argument("--min-obs", type=int, default=40,
+                   help="fewest valid values for a sine fit; fewer: the median (default: 40)")
+    p.add_argument("--residuals", default=None, metavar="URL",
+                   help="also write the residuals (value - cycle) to this Zarr store")
+
+    def run(a):
+        from casm_cloud import storage
+        from casm_cloud.seasonal import METHODS, seasonal_params, write_seasonal
+
+        ds = storage.open_zarr(a.input)
+        names = [v.strip() for v in a.vars.split(",") if v.strip()] if a.vars else None
+        params = seasonal_params(ds, names, min_obs=a.min_obs)
+        out = write_seasonal(params, a.out, data=ds, residuals_url=a.residuals)
+        counts = {name: int((out["method"] == code).sum()) for code, name in METHODS.items()}
+        print(f"parameters: {a.out} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+        if a.residuals:
+            print(f"residuals: {a.residuals}")
+
+    p.set_defaults(func=run)
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="ensemble prediction with uncertainty into a Zarr store "
                                        "(resumable; --append for new months)")
@@ -229,6 +256,7 @@ def _add_validate(sub) -> None:
 _COMMANDS = [
     _add_recipe_commands,
     _add_simulate,
+    _add_seasonal,
     _add_predict,
     _add_validate,
 ]
