@@ -165,7 +165,7 @@ class SimSettings:
     roughness_h: float = 0.15
     h_exponent: float = 0.5
     b_lband: float = 0.10
-    b_exponent: float = 0.5
+    b_exponent: float = 0.7
     omega: float = 0.05
     layer_mm: tuple[float, float, float] = (100.0, 200.0, 200.0)
 
