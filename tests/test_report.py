@@ -1,0 +1,171 @@
+"""The report: scores against the truth, sensor changes, the HTML page and figures."""
+
+from __future__ import annotations
+
+import re
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from casm_cloud.grid import EASE2Grid
+from casm_cloud.report import (
+    harmonic_anomaly,
+    scores_against_truth,
+    sensor_changes_from_source,
+    write_report,
+)
+from casm_cloud.testing import SENSOR_CHANGES, make_product, make_truth
+
+WINDOW = EASE2Grid("M25").window_by_name("tiny").subwindow(slice(0, 4), slice(0, 5))
+TIMES = pd.date_range("2008-07-01", "2013-03-01", freq="3D")
+
+
+@pytest.fixture(scope="module")
+def truth():
+    return make_truth(WINDOW, TIMES, seed=4, time_chunk=50)
+
+
+@pytest.fixture(scope="module")
+def product(truth):
+    return make_product(WINDOW, TIMES, seed=4, truth=truth, era_bias=(0.02, 0.0, -0.01),
+                        time_chunk=50)
+
+
+def _numpy_r(x, y):
+    ok = np.isfinite(x) & np.isfinite(y)
+    return np.corrcoef(x[ok], y[ok])[0, 1]
+
+
+def test_scores_against_numpy_reference(product, truth):
+    s = scores_against_truth(product, truth)
+    p, t = product["sm"].values.astype(float), truth["sm_l1"].values.astype(float)
+    r = [_numpy_r(p[:, j, i], t[:, j, i]) for j in range(p.shape[1]) for i in range(p.shape[2])]
+    assert s["R"] == pytest.approx(np.median(r), rel=1e-9)
+    ub = []
+    for j in range(p.shape[1]):
+        for i in range(p.shape[2]):
+            ok = np.isfinite(p[:, j, i])
+            d = (p[ok, j, i] - p[ok, j, i].mean()) - (t[ok, j, i] - t[ok, j, i].mean())
+            ub.append(np.sqrt(np.mean(d**2)))
+    assert s["ubRMSE"] == pytest.approx(np.median(ub), rel=1e-9)
+    assert s["n_pixels"] == 20
+    assert 0.5 < s["residual_R"] < s["R"] < 1.0
+    # The known bias steps of the factory: +0.02 -> 0 -> -0.01.
+    steps = s["bias_steps"]
+    assert list(steps.values()) == pytest.approx([-0.02, -0.01], abs=0.003)
+    assert s["bias_step"] == steps["nn_amsre → nn_amsre_nn_smos_mean"]
+
+
+def test_perfect_product_scores_perfectly(truth):
+    perfect = truth.rename({"sm_l1": "sm"})[["sm"]]
+    s = scores_against_truth(perfect, truth, sensor_changes={})
+    assert s["R"] == pytest.approx(1.0) and s["residual_R"] == pytest.approx(1.0)
+    assert s["ubRMSE"] == pytest.approx(0.0, abs=1e-7) and s["bias"] == pytest.approx(0.0)
+    assert s["bias_steps"] == {} and np.isnan(s["bias_step"])
+
+
+def test_daily_truth_is_binned_to_the_product(product):
+    daily = make_truth(WINDOW, pd.date_range("2008-06-28", "2013-03-05", freq="1D"), seed=9)
+    s = scores_against_truth(product, daily, sensor_changes=SENSOR_CHANGES)
+    assert np.isfinite(s["R"]) and s["n_pixels"] == 20
+
+
+def test_harmonic_anomaly_matches_lstsq():
+    rng = np.random.default_rng(2)
+    t = pd.date_range("2010-01-01", periods=400, freq="2D")
+    wt = 2 * np.pi * np.asarray(t.day_of_year - 1) / np.where(t.is_leap_year, 366, 365)
+    x = 0.2 + 0.05 * np.sin(wt)[:, None] + 0.03 * np.cos(wt)[:, None] \
+        + 0.02 * rng.standard_normal((400, 3))
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x[5:, 2] = np.nan  # too few values: the cycle is the mean
+    da = xr.DataArray(x, dims=("time", "x"), coords={"time": t}).chunk({"time": 64})
+    anom = harmonic_anomaly(da)
+    assert anom.chunks is not None
+    got = anom.values
+    for i in range(2):
+        ok = np.isfinite(x[:, i])
+        a = np.stack([np.ones(ok.sum()), np.sin(wt[ok]), np.cos(wt[ok])], axis=1)
+        coef = np.linalg.lstsq(a, x[ok, i], rcond=None)[0]
+        np.testing.assert_allclose(got[ok, i], x[ok, i] - a @ coef, atol=1e-12)
+        assert np.isnan(got[~ok, i]).all()
+    np.testing.assert_allclose(got[:5, 2], x[:5, 2] - np.nanmean(x[:5, 2]), atol=1e-12)
+
+
+def test_sensor_changes_from_source(product):
+    changes = sensor_changes_from_source(product)
+    assert list(changes) == ["nn_amsre → nn_amsre_nn_smos_mean", "nn_amsre_nn_smos_mean → nn_smos"]
+    # First product time step on or after each change.
+    for got, want in zip(changes.values(), SENSOR_CHANGES.values(), strict=True):
+        first = TIMES[TIMES >= pd.Timestamp(want)][0]
+        assert got == str(first.date())
+
+
+def _validation_table(seed=0):
+    rng = np.random.default_rng(seed)
+    n = 12
+    return pd.DataFrame({
+        "product": "casm", "station": [f"st{i}" for i in range(n)],
+        "network": rng.choice(["SCAN", "USCRN"], n), "lat": rng.uniform(37, 38.5, n),
+        "lon": rng.uniform(-99, -97.5, n), "n": rng.integers(100, 300, n),
+        "R": rng.uniform(0.4, 0.9, n), "ubRMSE": rng.uniform(0.02, 0.06, n),
+        "bias": rng.normal(0, 0.02, n),
+    })
+
+
+def test_write_report_page_figures_and_tables(tmp_path, product, truth):
+    consistency = pd.DataFrame({"date": ["2010-01-17"], "step": [0.001], "p_value": [0.4]})
+    index = write_report(tmp_path / "report", product=product, truth=truth,
+                         validation=_validation_table(), consistency=consistency,
+                         title="tiny <test>")
+    assert index == tmp_path / "report" / "index.html"
+    page = index.read_text()
+    assert "<title>tiny &lt;test&gt;</title>" in page
+    images = re.findall(r'<img src="([^"]+)"', page)
+    links = re.findall(r'<a href="([^"]+)"', page)
+    for name in images + links:
+        assert (index.parent / name).stat().st_size > 0, name
+    for expected in ("maps_mean_cv.png", "hovmoller.png", "uncertainty_maps.png",
+                     "global_mean.png", "source_share.png", "validation_boxplot.png",
+                     "validation_map_R.png"):
+        assert expected in images
+    for table in ("summary.csv", "scores_vs_truth.csv", "validation.csv", "consistency.csv"):
+        assert table in links
+    scores = pd.read_csv(index.parent / "scores_vs_truth.csv").set_index("score")["value"]
+    assert 0.5 < float(scores["R"]) < 1.0
+    assert "bias step: nn_amsre → nn_amsre_nn_smos_mean" in scores.index
+    assert "Scores against the truth" in page and "Validation against stations" in page
+    assert not list(tmp_path.glob(".report-*"))  # the working folder is gone
+
+
+def test_rewrite_replaces_and_refuses_foreign_folders(tmp_path, product):
+    small = product.isel(time=slice(0, 120))[["sm"]]
+    out = tmp_path / "report"
+    write_report(out, product=small)
+    (out / "stale.png").write_bytes(b"x")
+    write_report(out, product=small)
+    assert not (out / "stale.png").exists()
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    with pytest.raises(ValueError, match="not a report"):
+        write_report(foreign, product=small)
+    assert (foreign / "thesis.tex").exists()
+
+
+def test_write_report_to_a_url(product):
+    url = "memory://casm-test/report"
+    index = write_report(url, product=product.isel(time=slice(0, 60)))
+    fs = fsspec.filesystem("memory")
+    assert index == url + "/index.html"
+    assert fs.exists("/casm-test/report/index.html")
+    assert fs.exists("/casm-test/report/hovmoller.png")
+
+
+def test_missing_variables_are_named(tmp_path, product, truth):
+    with pytest.raises(KeyError, match="'sm'"):
+        write_report(tmp_path / "r", product=product.drop_vars("sm"))
+    with pytest.raises(KeyError, match="'sm_l1'"):
+        scores_against_truth(product, truth.drop_vars("sm_l1"))
