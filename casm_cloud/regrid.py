@@ -176,7 +176,9 @@ def _weights(src: _Source, window: GridWindow, method: str):
     """(index (p, k) into the source box, weight (p, k), y slice, x slice) of the box."""
     lat2, lon2 = np.meshgrid(window.lat, window.lon, indexing="ij")
     if src.crs == "EPSG:4326":
-        xs, ys = lon2.ravel(), lat2.ravel()
+        # Target longitudes into the source's convention (0..360 or -180..180).
+        lo = min(src.x.origin, src.x.origin + src.x.step * (src.x.size - 1)) - abs(src.x.step) / 2
+        xs, ys = lo + np.mod(lon2.ravel() - lo, 360.0), lat2.ravel()
     else:
         from pyproj import Transformer
 

@@ -78,8 +78,12 @@ def gcs_emulator():
 
     Yields ``(url_root, storage_options)``: ``("gs://casm-test", {...})``.
     """
+    import sys
+
     port = _free_port()
-    proc = _start_server(["gcp-storage-emulator", "start", "--host", "127.0.0.1", "--port",
+    # tests/_gcs_emulator.py runs the emulator with byte-exact multipart parsing (see there).
+    proc = _start_server([sys.executable, str(REPO / "tests" / "_gcs_emulator.py"), "start",
+                          "--host", "127.0.0.1", "--port",
                           str(port), "--in-memory", "--default-bucket", "casm-test", "-q"],
                          port, "gcs_emulator")
     endpoint = f"http://127.0.0.1:{port}"

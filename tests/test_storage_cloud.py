@@ -126,3 +126,13 @@ def test_no_secret_in_logs_catalogs_errors_or_attrs(s3_server, tmp_path, caplog)
     joined = "\n".join(seen)
     assert "tb_h" in joined and "casm_complete" in joined  # we did search real content
     assert SECRET not in joined
+
+
+@pytest.mark.parametrize("tail", [b"\r", b"\n", b"\r\n", b"--==0==--", b""])
+def test_object_bytes_round_trip_exactly(gcs_emulator, tail):
+    """Objects ending in line-break bytes keep them (see tests/_gcs_emulator.py)."""
+    root, so = gcs_emulator
+    fs, path = storage.url_to_fs(storage.join(root, "bytes", uuid.uuid4().hex), so)
+    data = bytes(range(256)) + tail
+    fs.pipe(path, data)
+    assert fs.cat(path) == data

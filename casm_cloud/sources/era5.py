@@ -170,7 +170,7 @@ def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None =
                    end: str | None = None, grid: str = "M25", region: str | None = None,
                    lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
                    daily: bool = True, min_count: int = 6,
-                   method: str = "bilinear") -> xr.Dataset:
+                   method: str = "bilinear", consolidated: bool | None = None) -> xr.Dataset:
     """ERA5 from an ARCO-layout Zarr store (hourly, global 0.25°), daily on an EASE2 window.
 
     Parameters
@@ -192,6 +192,9 @@ def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None =
         Least hourly values per day.
     method : {"bilinear", "nearest"}
         Regridding method.
+    consolidated : bool, optional
+        Whether the store has consolidated metadata (``None``: try, then
+        fall back to reading each array's metadata).
 
     Returns
     -------
@@ -206,7 +209,7 @@ def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None =
     so = dict(storage_options or {})
     if not so and str(urlpath).startswith("gs://"):
         so = {"token": "anon"}
-    ds = xr.open_zarr(str(urlpath), storage_options=so or None, chunks={}, consolidated=None)
+    ds = xr.open_zarr(str(urlpath), storage_options=so or None, chunks={}, consolidated=consolidated)
     return _era5(ds, str(urlpath), variables=variables, start=start, end=end, grid=grid,
                  region=region, lat=lat, lon=lon, daily=daily, min_count=min_count,
                  method=method)
