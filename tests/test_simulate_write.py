@@ -86,6 +86,19 @@ def test_write_simulation_native_grids_to_memory_url():
     amsre = storage.open_zarr(f"{url}/amsre.zarr", require_complete=True)
     assert era5.t2m.dims == ("time", "latitude", "longitude")
     assert amsre.tb_10v.dims == ("time", "row", "col") and amsre.lat.dims == ("row", "col")
+    # the catalog opens them (validated on their provider grids) and regrid
+    # brings them back to the window, close to the EASE2 simulation
+    from casm_cloud.catalog import open_catalog, open_source
+    from casm_cloud.regrid import regrid_to_window
+
+    window = EASE2Grid("M25").window_by_name("tiny")
+    ref = simulate(window, "2010-01-01", "2010-01-31", seed=2, chunks=SMALL,
+                   sources=["era5", "amsre"])
+    cat = open_catalog(path)
+    for name, var, tol in (("era5", "t2m", 0.5), ("amsre", "tb_36h", 1.5)):
+        back = regrid_to_window(open_source(cat, name), window)
+        assert back[var].dims == ("time", "y", "x")
+        assert float(abs(back[var] - ref[name][var]).mean()) < tol
     storage.remove(url)
 
 

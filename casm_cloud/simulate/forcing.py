@@ -5,7 +5,7 @@ Plain NumPy on one spatial block.  Random fields come in two kinds:
 * **chunk-independent** fields (static maps, storm pattern, bias fields)
   are hashed from (seed, stream, absolute grid row/column, day), so they are
   continuous across blocks and identical whatever the chunking;
-* **per-block** draws (rain amounts, temperature anomalies) use a NumPy
+* **per-block** draws (rain amounts) use a NumPy
   ``Generator`` seeded from (seed, stream, block origin, first day).
 """
 
@@ -22,7 +22,7 @@ __all__ = ["STREAMS", "hash_uniform", "smooth_noise", "static_fields", "daily_fo
 STREAMS: dict[str, int] = {
     "precip_mean": 1, "sand": 2, "clay": 3, "elevation": 4, "elevation_std": 5,
     "storm": 6, "forcing": 7, "era5_bias": 8, "smos": 11, "amsre": 12, "amsr2": 13,
-    "smap": 14, "smap_bias": 15, "swath": 16, "stations": 17,
+    "smap": 14, "smap_bias": 15, "swath": 16, "stations": 17, "weather": 18, "cloud": 19,
 }
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -223,13 +223,15 @@ def daily_forcing(seed: int, static: dict, rows: np.ndarray, cols: np.ndarray,
     mean_amount = static["mean_precip"] / pw0
     amount = rng.gamma(s.precip_shape, 1.0 / s.precip_shape, size=wet.shape) * mean_amount
     tp_mm = np.where(wet, amount, 0.0)
-    # synoptic temperature anomaly: AR(1), rho 0.7, sd 3 K, carried across chunks
+    # synoptic temperature anomaly: AR(1) in time (rho 0.7, sd 3 K, carried
+    # across chunks) of innovations that are smooth in space (weather systems)
     rho, sd = 0.7, 3.0
-    eps = rng.standard_normal(wet.shape)
+    eps = smooth_noise(seed, STREAMS["weather"], rows, cols, 4 * s.storm_cells, days=days)
     anom, _ = lfilter([sd * np.sqrt(1 - rho ** 2)], [1.0, -rho], eps, axis=0,
                       zi=(rho * t_anom0)[None])
     t2m = static["t_mean"] + static["t_amp"] * hemi_season_t + anom - 1.5 * wet
-    atm_tau = np.clip(0.72 - 0.32 * wet + 0.05 * rng.standard_normal(wet.shape), 0.15, 0.78)
+    cloud = smooth_noise(seed, STREAMS["cloud"], rows, cols, s.storm_cells, days=days)
+    atm_tau = np.clip(0.72 - 0.32 * wet + 0.05 * cloud, 0.15, 0.78)
     ssrd_mj = atm_tau * extraterrestrial_radiation(la, d)
     albedo = 0.20
     ssr_mj = (1 - albedo) * ssrd_mj
