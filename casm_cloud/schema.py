@@ -159,6 +159,9 @@ def validate(ds: xr.Dataset, kind: str, *, grid=None, values: str = "auto") -> x
     kind : {"smos", "amsre", "amsr2", "smap", "era5", "static", "truth", "product"}
     grid : EASE2Grid or GridWindow, optional
         If given, ``y``/``x`` must be exactly this grid's cell centres.
+        Datasets on a provider grid (:data:`NATIVE_GRIDS`: dims
+        ``latitude, longitude`` or ``row, col`` instead of ``y, x``) pass
+        without the EASE2 check, unless ``grid`` is given.
     values : {"auto", "all", "none"}
         Range check of the data: ``"all"`` reads everything; ``"auto"`` reads
         in-memory variables fully and only the first chunk of dask-backed
@@ -184,20 +187,26 @@ def validate(ds: xr.Dataset, kind: str, *, grid=None, values: str = "auto") -> x
             f"(have {sorted(ds.data_vars)})"
         )
     specs = {**req, **opt}
+    native = _native_dims(ds)
+    if native is not None and grid is not None:
+        raise SchemaError(f"{kind}: on a provider grid {native}; expected the EASE2 window {grid!r}")
     for name, sp in specs.items():
         if name not in ds.data_vars:
             continue
         da = ds[name]
+        expected = sp.dims if native is None else tuple(
+            {"y": native[0], "x": native[1]}.get(d, d) for d in sp.dims)
         units = da.attrs.get("units")
         if units != sp.units:
             raise SchemaError(
                 f"{kind}: variable {name!r} has units {units!r}; expected {sp.units!r}"
             )
-        if tuple(da.dims) != sp.dims:
+        if tuple(da.dims) != expected:
             raise SchemaError(
-                f"{kind}: variable {name!r} has dimensions {tuple(da.dims)}; expected {sp.dims}"
+                f"{kind}: variable {name!r} has dimensions {tuple(da.dims)}; expected {expected}"
             )
-    _check_spatial(ds, kind, grid)
+    if native is None:
+        _check_spatial(ds, kind, grid)
     if "time" in ds.dims:
         _check_time(ds, kind)
     if values != "none":
@@ -205,6 +214,24 @@ def validate(ds: xr.Dataset, kind: str, *, grid=None, values: str = "auto") -> x
             if name in ds.data_vars:
                 _check_range(ds[name], kind, name, sp, full=values == "all")
     return ds
+
+
+#: Provider grids a source may keep before regridding (``casm_cloud.regrid``):
+#: ERA5's regular lat/lon and AMSR-E's EASE-Grid v1.  Their dimensions stand
+#: in for (y, x) and the EASE2 grid check is skipped; units and ranges still apply.
+NATIVE_GRIDS: dict[tuple[str, str], str] = {
+    ("latitude", "longitude"): "regular latitude/longitude",
+    ("row", "col"): "EASE-Grid v1 global 25 km (EPSG:3410)",
+}
+
+
+def _native_dims(ds: xr.Dataset) -> tuple[str, str] | None:
+    if "y" in ds.dims or "x" in ds.dims:
+        return None
+    for pair in NATIVE_GRIDS:
+        if set(pair) <= set(ds.dims):
+            return pair
+    return None
 
 
 def _check_spatial(ds: xr.Dataset, kind: str, grid) -> None:
