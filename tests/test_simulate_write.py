@@ -71,6 +71,18 @@ def test_write_simulation_catalog(tmp_path):
     assert open_source(cat, "smap").sm.chunks[0][0] == SMALL["time"]
     ismn = _read_ismn(out / "stations", tmp_path / "meta")
     assert len(ismn["SIMNET"].stations) == 2
+    # the shipped demo catalog points where `casm-cloud simulate`/`demo` write
+    import shutil
+    from pathlib import Path
+
+    demo = tmp_path / "repo"
+    (demo / "catalogs").mkdir(parents=True)
+    shutil.copy(Path(__file__).parents[1] / "catalogs" / "demo.yaml", demo / "catalogs")
+    shutil.copytree(out, demo / "casm-demo" / "sources")
+    demo_cat = open_catalog(str(demo / "catalogs" / "demo.yaml"))
+    assert set(list_sources(demo_cat)) == {"truth", "era5", "static", "smos", "amsre", "amsr2",
+                                           "smap"}
+    np.testing.assert_array_equal(open_source(demo_cat, "smap").sm.values, ref.sm.values)
     # the folder is relocatable: the catalog names its stores relatively
     moved = tmp_path / "moved"
     out.rename(moved)
