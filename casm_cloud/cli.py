@@ -229,6 +229,9 @@ def _add_validate(sub) -> None:
                    help="largest station-to-location distance for time-series products")
     p.add_argument("--min-pairs", type=int, default=10)
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--where", action="append", default=[], metavar="[NAME:]FLAG=V1,V2",
+                   help="keep product values only where FLAG is one of the values, e.g. "
+                        "SMAP_L3:retrieval_qual_flag=0,8 (without NAME: every product)")
 
     def run(a):
         from casm_cloud.validation.workflow import run_validation
@@ -239,11 +242,19 @@ def _add_validate(sub) -> None:
             if not sep:
                 name, path = item.rstrip("/").rsplit("/", 1)[-1], item
             products[name] = path
+        where: dict = {}
+        for rule in a.where:
+            target, flag_values = rule.rsplit(":", 1) if ":" in rule else ("", rule)
+            flag, sep, values = flag_values.partition("=")
+            if not sep or not values:
+                raise ValueError(f"--where {rule!r}: expected [NAME:]FLAG=V1,V2")
+            for name in [target] if target else list(products):
+                where.setdefault(name, {})[flag] = [float(v) for v in values.split(",")]
         table = run_validation(products, a.stations, a.out, variables=a.variable or ["sm"],
                                depth=tuple(a.depth), good_fraction=a.good_fraction,
                                min_obs=a.min_obs, n_days=a.n_days, anchor=a.anchor,
                                max_distance=a.max_distance_km * 1000.0,
-                               min_pairs=a.min_pairs, figures=not a.no_figures)
+                               min_pairs=a.min_pairs, figures=not a.no_figures, where=where)
         cols = ["product", "network", "station_name", "n", "R", "RMSE", "ubRMSE", "bias",
                 "NRMSE", "anomaly_R", "R2"]
         print(table[[c for c in cols if c in table]].to_string(index=False, float_format="%.3f"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 
 from casm_cloud.cli import main
@@ -76,3 +77,15 @@ def test_validate_bad_input_is_one_clear_line(real_data, tmp_path, capsys):
                str(real_data / "ismn" / "Data_seperate_files_header_20170810_20180809"),
                "--out", str(tmp_path / "o3")])
     assert rc == 2 and "rule: depth" in capsys.readouterr().err
+
+
+def test_where_rules_mask_by_flag_and_bad_syntax_is_an_error(tmp_path, capsys):
+    from casm_cloud.validation.workflow import keep_where
+
+    ds = xr.Dataset({"sm": ("time", [0.1, 0.2, 0.3, 0.4]), "q": ("time", [0.0, 9.0, 8.0, 1.0])})
+    out = keep_where(ds, "sm", {"q": [0, 8]})
+    np.testing.assert_array_equal(out.sm.values, [0.1, np.nan, 0.3, np.nan])
+    with pytest.raises(KeyError, match="flag variable 'flags' is not in the product"):
+        keep_where(ds, "sm", {"flags": [0]})
+    rc = main(["validate", "p.zarr", "--stations", "x", "--where", "retrieval_qual_flag"])
+    assert rc == 2 and "expected [NAME:]FLAG=V1,V2" in capsys.readouterr().err

@@ -191,8 +191,8 @@ def _to_dataset(records: list[tuple[dict, pd.DataFrame]], variable: str) -> xr.D
            f"{m['depth_from']:g}-{m['depth_to']:g}" for m, _ in records]
     if len(set(ids)) != len(ids):  # the same sensor in two files: number them
         ids = [f"{s}#{i}" for i, s in enumerate(ids)]
-    time = pd.DatetimeIndex(sorted(set().union(*(f.index for _, f in records)))).astype(
-        "datetime64[ns]")
+    time = pd.DatetimeIndex(np.unique(np.concatenate(
+        [f.index.to_numpy(dtype="datetime64[ns]") for _, f in records])))
     values = np.full((len(records), time.size), np.nan, dtype=np.float32)
     flags = np.full((len(records), time.size), "", dtype=object)
     flag_col = f"{variable}_flag"

@@ -16,15 +16,15 @@ import xarray as xr
 from casm_cloud.validation.evaluate import aggregate_metrics, matched_pairs, score_pairs
 from casm_cloud.validation.stations import read_ismn, select_stations, selection_report
 
-__all__ = ["open_product", "run_validation"]
+__all__ = ["open_product", "keep_where", "run_validation"]
 
 _CELL_FILE = re.compile(r"^\d{4}\.nc$")
 _TABLE_COLUMNS = ["product", "network", "station_name", "lat", "lon", "n", "R", "RMSE",
                   "ubRMSE", "bias", "NRMSE", "anomaly_R", "R2"]
 
 
-def open_product(path: str, variable: str, *, storage_options: Mapping | None = None
-                 ) -> xr.Dataset:
+def open_product(path: str, variable: str, *, storage_options: Mapping | None = None,
+                 extra: Sequence[str] = ()) -> xr.Dataset:
     """Open a product for validation by its layout on disk, lazily.
 
     Parameters
@@ -34,9 +34,12 @@ def open_product(path: str, variable: str, *, storage_options: Mapping | None = 
         a netCDF/HDF5 file, or a folder of TU Wien time-series cell files
         (``NNNN.nc``).
     variable : str
-        The variable that will be scored (only it is read from cell files).
+        The variable that will be scored (only it and ``extra`` are read
+        from cell files).
     storage_options : mapping, optional
         fsspec options for Zarr URLs.
+    extra : sequence of str
+        Further variables needed (e.g. quality flags).
 
     Returns
     -------
@@ -60,17 +63,55 @@ def open_product(path: str, variable: str, *, storage_options: Mapping | None = 
         raise FileNotFoundError(f"product {path} does not exist")
     if p.is_dir():
         if any(_CELL_FILE.match(f.name) for f in p.iterdir()):
-            return open_tuw_ts(path, variables=[variable])
+            return open_tuw_ts(path, variables=[variable, *extra])
         raise ValueError(f"product folder {path} is neither a Zarr store nor a folder of "
                          "TU Wien time-series cell files (NNNN.nc)")
     return xr.open_dataset(p, chunks={})
+
+
+def keep_where(product: xr.Dataset, variable: str, rules: Mapping[str, Sequence[float]]
+               ) -> xr.Dataset:
+    """Mask ``variable`` wherever a flag variable is not one of the allowed values.
+
+    Parameters
+    ----------
+    product : xarray.Dataset
+        The product.
+    variable : str
+        Variable to mask.
+    rules : mapping
+        Flag variable -> allowed values, e.g. ``{"retrieval_qual_flag": [0, 8]}``
+        (SMAP L3: retrieval recommended, with or without the freeze/thaw bit).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``product`` with ``variable`` set to NaN where any rule fails (lazy).
+
+    Raises
+    ------
+    KeyError
+        If a flag variable is not in the product.
+    """
+    keep = None
+    for flag, allowed in rules.items():
+        if flag not in product:
+            raise KeyError(f"--where: flag variable {flag!r} is not in the product "
+                           f"(has {sorted(map(str, product.data_vars))})")
+        ok = product[flag].isin(list(allowed))
+        keep = ok if keep is None else keep & ok
+    if keep is None:
+        return product
+    return product.assign({variable: product[variable].where(keep)})
 
 
 def run_validation(products: Mapping[str, str], stations_path: str, out: str | Path, *,
                    variables: Sequence[str] = ("sm",), depth: tuple[float, float] = (0.0, 0.05),
                    good_fraction: float = 0.9, min_obs: int = 100, n_days: int = 3,
                    anchor: str = "2002-01-01", max_distance: float = 30_000.0,
-                   min_pairs: int = 10, figures: bool = True) -> pd.DataFrame:
+                   min_pairs: int = 10, figures: bool = True,
+                   where: Mapping[str, Mapping[str, Sequence[float]]] | None = None
+                   ) -> pd.DataFrame:
     """Validate products against an ISMN download and write the results.
 
     Writes into ``out``: ``metrics.csv`` (one row per station and product),
@@ -98,6 +139,9 @@ def run_validation(products: Mapping[str, str], stations_path: str, out: str | P
         Fewest pairs for a station's metrics.
     figures : bool
         Draw the figures.
+    where : mapping, optional
+        Product name -> quality rules for that product (see
+        :func:`keep_where`), e.g. ``{"SMAP_L3": {"retrieval_qual_flag": [0, 8]}}``.
 
     Returns
     -------
@@ -109,8 +153,13 @@ def run_validation(products: Mapping[str, str], stations_path: str, out: str | P
     ValueError
         If ``variables`` does not match the products, or no product could
         be validated (the message gives each product's reason).
+    KeyError
+        If ``where`` names a product that is not in ``products``.
     """
     names = list(products)
+    unknown = sorted(set(where or {}) - set(names))
+    if unknown:
+        raise KeyError(f"quality rules for unknown products {unknown} (products: {names})")
     if len(variables) == 1:
         variables = list(variables) * len(names)
     if len(variables) != len(names):
@@ -123,7 +172,8 @@ def run_validation(products: Mapping[str, str], stations_path: str, out: str | P
     tables, pairs, failures, removed = [], {}, {}, []
     for name, var in zip(names, variables, strict=True):
         try:
-            product = open_product(products[name], var)
+            rules = (where or {}).get(name, {})
+            product = keep_where(open_product(products[name], var, extra=list(rules)), var, rules)
             paired, matches = matched_pairs(product, stations, variable=var,
                                             max_distance=max_distance)
             table = score_pairs(paired, matches, name=name, min_pairs=min_pairs)
