@@ -1,0 +1,189 @@
+"""SMOS L3 brightness temperatures: CATDS-PDC L3TB daily netCDF on EASE2 25 km.
+
+Layout read here (CATDS-PDC L3TB product description, CATDS "MIR_CDF3TA" /
+"MIR_CDF3TD" products; Al Bitar et al. 2017, ESSD 9, 293-315): one file per
+UTC day and half-orbit (``SM_RE07_MIR_CDF3TA_YYYYMMDDT000000_YYYYMMDDT235959_
+…_.DBL.nc``; ``TA`` ascending 06:00, ``TD`` descending), dimensions
+``inc`` (14 incidence-angle classes: 2.5° to 62.5° by 5°, plus 40°), ``lat``
+(584, increasing south to north) and ``lon`` (1388) of the EASE2 25 km grid,
+and per angle class the packed int16 variables ``BT_H``, ``BT_V``, ``BT_3``,
+``BT_4`` (K, ``scale_factor``/``add_offset``, ``_FillValue`` -32768),
+``Pixel_Radiometric_Accuracy_H``/``_V`` (K), ``Nviews`` (views averaged) and
+``Nb_RFI_Flags`` (views flagged as RFI-contaminated), among others.
+
+The adapter picks the angle class nearest ``angle`` (42.5° for CASM),
+removes values whose RFI-flagged share of views exceeds ``max_rfi_fraction``
+or whose radiometric accuracy is worse than ``max_accuracy``, flips latitude
+to the canonical north-to-south order and cuts the window.  Cells are placed
+by matching the file's latitudes/longitudes to the M25 cell centres (checked
+against CATDS's own grid file in ``shared/data/real/smos``), so regional
+cuts of the global files work too.
+
+No real L3TB file was available to the tests; they write files in this
+layout on the real CATDS grid coordinates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+
+from casm_cloud import schema
+from casm_cloud.grid import EASE2Grid, GridWindow
+from casm_cloud.sources._common import (check_units, expand_paths, finish, local_file,
+                                        target_window, time_slice)
+
+__all__ = ["open_smos_l3tb", "ANGLE_CLASSES"]
+
+#: The 14 incidence-angle classes of the L3TB product (degrees).
+ANGLE_CLASSES = (2.5, 7.5, 12.5, 17.5, 22.5, 27.5, 32.5, 37.5, 40.0, 42.5, 47.5, 52.5, 57.5, 62.5)
+_NAME = re.compile(r"MIR_CDF3T([AD])_(\d{8})T\d{6}_")
+_TOL_DEG = 1e-3  # file lat/lon vs EASE2 cell centres (float32 storage ~1e-5 deg)
+
+
+def _index_of(values: np.ndarray, centres: np.ndarray, what: str, path: str) -> np.ndarray:
+    """Index into ``centres`` of each of ``values`` (must match within tolerance)."""
+    order = np.argsort(centres)
+    pos = np.clip(np.searchsorted(centres[order], values), 1, len(centres) - 1)
+    lo, hi = order[pos - 1], order[pos]
+    idx = np.where(np.abs(centres[lo] - values) <= np.abs(centres[hi] - values), lo, hi)
+    off = np.abs(centres[idx] - values)
+    if np.any(off > _TOL_DEG):
+        raise schema.SchemaError(
+            f"{path}: {what} values are not EASE2 M25 cell centres (off by up to "
+            f"{off.max():.3g} deg); expected a CATDS L3 file on the 25 km EASE2 grid")
+    return idx
+
+
+def _open_day(path: str, storage_options, angle: float, max_rfi_fraction: float | None,
+              max_accuracy: float | None) -> tuple[xr.Dataset, GridWindow, str, np.datetime64]:
+    m = _NAME.search(path.rsplit("/", 1)[-1])
+    if not m:
+        raise schema.SchemaError(
+            f"{path}: file name does not follow SM_*_MIR_CDF3T[A|D]_YYYYMMDDThhmmss_… (CATDS L3TB)")
+    orbit, day = m.group(1), np.datetime64(f"{m.group(2)[:4]}-{m.group(2)[4:6]}-{m.group(2)[6:]}",
+                                           "ns")
+    raw = xr.open_dataset(local_file(path, storage_options), engine="h5netcdf", chunks={})
+    for v in ("BT_H", "BT_V"):
+        if v not in raw.data_vars:
+            raise schema.SchemaError(f"{path}: missing variable {v!r} (have {sorted(raw.data_vars)})")
+        check_units(raw[v], "K", path)
+        if raw[v].dims != ("inc", "lat", "lon"):
+            raise schema.SchemaError(f"{path}: {v} has dimensions {raw[v].dims}; expected "
+                                     "('inc', 'lat', 'lon')")
+    inc = np.asarray(raw["inc"].values, dtype=np.float64)
+    k = int(np.argmin(np.abs(inc - angle)))
+    if abs(inc[k] - angle) > 0.01:
+        raise schema.SchemaError(f"{path}: no incidence-angle class {angle}° (classes {inc.tolist()})")
+    grid = EASE2Grid("M25")
+    rows = _index_of(np.asarray(raw["lat"].values, np.float64), grid.lat, "lat", path)
+    cols = _index_of(np.asarray(raw["lon"].values, np.float64), grid.lon, "lon", path)
+    if np.any(np.diff(np.sort(rows)) != 1) or np.any(np.diff(np.sort(cols)) != 1):
+        raise schema.SchemaError(f"{path}: lat/lon do not form a block of the EASE2 M25 grid")
+    block = GridWindow("M25", slice(int(rows.min()), int(rows.max()) + 1),
+                       slice(int(cols.min()), int(cols.max()) + 1))
+    sel = raw.isel(inc=k)
+    keep = None
+    if max_rfi_fraction is not None:
+        for v in ("Nviews", "Nb_RFI_Flags"):
+            if v not in sel:
+                raise schema.SchemaError(f"{path}: missing variable {v!r} needed for the RFI filter "
+                                         "(pass max_rfi_fraction=None to skip it)")
+        keep = sel["Nb_RFI_Flags"].fillna(0) <= max_rfi_fraction * sel["Nviews"].fillna(0)
+    out = {}
+    for pol in ("H", "V"):
+        tb = sel[f"BT_{pol}"]
+        ok = keep
+        if max_accuracy is not None:
+            acc = sel.get(f"Pixel_Radiometric_Accuracy_{pol}")
+            if acc is None:
+                raise schema.SchemaError(f"{path}: missing Pixel_Radiometric_Accuracy_{pol} needed "
+                                         "for max_accuracy")
+            ok = (acc <= max_accuracy) if ok is None else ok & (acc <= max_accuracy)
+        out[f"tb_{pol.lower()}"] = tb.where(ok) if ok is not None else tb
+    ds = xr.Dataset(out)
+    # file order -> canonical order (rows north to south, columns west to east)
+    ds = ds.isel(lat=np.argsort(rows), lon=np.argsort(cols))
+    ds = ds.drop_vars([c for c in ds.coords], errors="ignore").rename(lat="y", lon="x")
+    return ds, block, orbit, day
+
+
+def open_smos_l3tb(urlpath, *, storage_options: Mapping | None = None, angle: float = 42.5,
+                   orbit: Literal["A", "D"] | None = None,
+                   max_rfi_fraction: float | None = 0.0, max_accuracy: float | None = None,
+                   grid: str = "M25", region: str | None = None,
+                   lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
+                   start: str | None = None, end: str | None = None) -> xr.Dataset:
+    """CATDS L3TB daily files as a canonical ``smos`` dataset (``tb_h``, ``tb_v``).
+
+    Parameters
+    ----------
+    urlpath : str or list of str
+        ``.DBL.nc`` file(s), glob, or fsspec URL(s), one per day and orbit.
+    storage_options : mapping, optional
+        fsspec options (CATDS FTP/HTTPS credentials from the environment).
+    angle : float
+        Incidence-angle class in degrees (42.5 for CASM).
+    orbit : {"A", "D"}, optional
+        Keep only ascending or descending files; default: all, but one orbit
+        per day is required (the names say which).
+    max_rfi_fraction : float or None
+        Largest share of RFI-flagged views (``Nb_RFI_Flags / Nviews``)
+        accepted; 0 keeps only values with no flagged view; None: no filter.
+    max_accuracy : float or None
+        Largest ``Pixel_Radiometric_Accuracy`` (K) accepted; None: no filter.
+    grid, region, lat, lon
+        Target window; default the whole block the files cover.  A grid
+        other than M25 is reached by bilinear regridding.
+    start, end : str, optional
+        First and last day kept.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``tb_h``, ``tb_v`` (time, y, x) in K, one dask chunk per file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If no file matches.
+    casm_cloud.schema.SchemaError
+        A name that is not an L3TB file name, a missing variable or angle
+        class, wrong units, cells off the EASE2 grid, files on different
+        blocks, or two files for one day.
+    """
+    paths = expand_paths(urlpath, storage_options)
+    if orbit is not None:
+        paths = [p for p in paths if (_NAME.search(p.rsplit("/", 1)[-1]) or [None, None])[1] == orbit]
+        if not paths:
+            raise FileNotFoundError(f"no {orbit} (orbit) file among {urlpath}")
+    days = [_open_day(p, storage_options, angle, max_rfi_fraction, max_accuracy) for p in paths]
+    blocks = {b for _, b, _, _ in days}
+    if len(blocks) > 1:
+        raise schema.SchemaError(f"{urlpath}: files cover different blocks of the grid {blocks}")
+    block = blocks.pop()
+    days.sort(key=lambda d: d[3])
+    ds = xr.concat([d[0] for d in days], dim="time", join="exact")
+    ds = ds.assign_coords(time=np.array([d[3] for d in days], dtype="datetime64[ns]"),
+                          **block.coords()).assign_attrs(block.identity())
+    ds = time_slice(ds, start, end)
+    if region is None and lat is None and lon is None and grid == "M25":
+        window = block
+    else:
+        window = target_window(grid, region, lat, lon)
+    if grid == "M25":
+        r0, c0 = window.row_slice.start - block.row_slice.start, window.col_slice.start - block.col_slice.start
+        if r0 < 0 or c0 < 0 or r0 + window.shape[0] > block.shape[0] or \
+                c0 + window.shape[1] > block.shape[1]:
+            raise schema.SchemaError(f"{paths[0]}: the files cover {block!r}, not {window!r}")
+        ds = ds.isel(y=slice(r0, r0 + window.shape[0]), x=slice(c0, c0 + window.shape[1]))
+    else:
+        from casm_cloud.regrid import regrid_to_window
+
+        ds = regrid_to_window(ds, window)
+    orbits = "".join(sorted({d[2] for d in days}))
+    return finish(ds, "smos", window, {"source": f"SMOS CATDS L3TB ({orbits}, {angle} deg)"})
