@@ -115,11 +115,11 @@ def _bin_mean_block(block: np.ndarray, rel_bins: np.ndarray, nbins: int, min_cou
     valid values, and bins no step falls in, are NaN.
     """
     valid = ~np.isnan(block)
-    values = np.where(valid, block, 0.0).astype(np.float64, copy=False)
+    values = np.where(valid, block, 0)
     # Start of each run of equal bins (rel_bins is sorted within a block).
     run_starts = np.flatnonzero(np.r_[True, np.diff(rel_bins) != 0])
-    sums = np.add.reduceat(values, run_starts, axis=axis)
-    counts = np.add.reduceat(valid.astype(np.int32), run_starts, axis=axis)
+    sums = np.add.reduceat(values, run_starts, axis=axis, dtype=np.float64)
+    counts = np.add.reduceat(valid, run_starts, axis=axis, dtype=np.int32)
     out_shape = list(block.shape)
     out_shape[axis] = nbins
     out = np.full(out_shape, np.nan, dtype=block.dtype)
