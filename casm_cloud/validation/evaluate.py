@@ -20,7 +20,7 @@ import xarray as xr
 
 from casm_cloud.aggregate import nday_mean
 from casm_cloud.validation.collocate import CollocationError, collocate
-from casm_cloud.validation.metrics import METRICS, n_pairs
+from casm_cloud.validation.metrics import METRICS, pair_metrics
 
 __all__ = ["validate_product", "matched_pairs", "score_pairs", "aggregate_metrics",
            "METRIC_COLUMNS"]
@@ -194,23 +194,23 @@ def score_pairs(pairs: xr.Dataset, matches: pd.DataFrame, *, name: str = "produc
     table = matches
     if period is not None:
         pairs = pairs.sel(time=slice(*period))
-    x, y = pairs["product"], pairs["reference"]
-    n = n_pairs(x, y).values
+    scores = pair_metrics(pairs["product"], pairs["reference"]).compute()
+    n = scores["n"].values
     if not (n >= min_pairs).any():
         raise ValueError(
             f"no station has >= {min_pairs} paired {pairs.attrs['n_days']}-day means with the "
             "product (rule: min_pairs): "
             + ", ".join(f"{s}: {int(k)}" for s, k in zip(pairs.station.values, n, strict=True))
         )
-    enough = xr.DataArray(n >= min_pairs, dims="station")
+    enough = scores["n"] >= min_pairs
     out = pd.DataFrame({"product": name, "station": pairs.station.values})
     for col in _STATION_COLUMNS:
         if col in pairs.coords:
             out[col] = pairs[col].values
     out["distance_km"] = table.loc[pairs.station.values, "distance_km"].to_numpy()
     out["n"] = n.astype(int)
-    for col, fn in METRICS.items():
-        out[col] = fn(x, y).where(enough).values
+    for col in METRICS:
+        out[col] = scores[col].where(enough).values
     out.attrs["removed"] = [f"{s}: {r}" for s, r in table["reason"].items() if r]
     return out
 

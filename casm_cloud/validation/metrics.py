@@ -9,7 +9,10 @@ stations (or all grid cells) at once, lazily when the inputs are dask-backed.
 The definitions are pytesmo's (:mod:`pytesmo.metrics`, version 0.18), which
 ``tests/test_validation_metrics.py`` checks to 1e-9 on random pairs: pytesmo
 works on one station's 1-D arrays at a time, these on whole labelled arrays.
-Sums are taken in float64 whatever the input dtype.
+All pairwise metrics are closed forms of one set of pair moments (count,
+means, centred sums, range) computed by a numba kernel in one pass, in
+float64 whatever the input dtype; :func:`pair_metrics` returns them all at
+once.
 """
 
 from __future__ import annotations
@@ -20,19 +23,80 @@ import numpy as np
 import xarray as xr
 
 __all__ = ["pearson_r", "rmse", "ubrmse", "bias", "nrmse", "anomaly_r", "r2", "anomaly", "n_pairs",
-           "METRICS"]
+           "pair_moments", "pair_metrics", "METRICS"]
 
 
-def _paired(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> tuple[xr.DataArray, xr.DataArray]:
-    """Both inputs in float64, aligned, with NaN wherever either one is NaN."""
+def _check(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> tuple[xr.DataArray, xr.DataArray]:
+    """Both inputs as float64 DataArrays with ``dim``, aligned (inner join)."""
     for name, da in (("x", x), ("y", y)):
         if not isinstance(da, xr.DataArray):
             raise TypeError(f"{name} must be an xarray.DataArray, got {type(da).__name__}")
         if dim not in da.dims:
             raise ValueError(f"{name} has no dimension {dim!r} (dims: {da.dims})")
-    x, y = xr.align(x.astype(np.float64), y.astype(np.float64), join="inner")
+    return xr.align(x.astype(np.float64), y.astype(np.float64), join="inner")
+
+
+def _paired(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> tuple[xr.DataArray, xr.DataArray]:
+    """As :func:`_check`, with NaN wherever either one is NaN."""
+    x, y = _check(x, y, dim)
     both = x.notnull() & y.notnull()
     return x.where(both), y.where(both)
+
+
+def pair_moments(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.Dataset:
+    """Count, means, centred sums and range of the valid pairs (one pass).
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables ``n``, ``mean_x``, ``mean_y``, ``sxx`` = Σ(x−x̄)²,
+        ``syy``, ``sxy`` = Σ(x−x̄)(y−ȳ), ``min``, ``max`` (of both series),
+        over the remaining dimensions; lazy for dask inputs.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input.
+    """
+    from casm_cloud.kernels.metrics import MOMENTS, _pair_moments
+
+    x, y = _check(x, y, dim)
+    like = xr.DataArray(np.zeros(len(MOMENTS)), dims="moment")
+    m = xr.apply_ufunc(
+        _pair_moments, x, y, like,
+        input_core_dims=[[dim], [dim], ["moment"]], output_core_dims=[["moment"]],
+        dask="parallelized", output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"allow_rechunk": True},
+    )
+    return xr.Dataset({name: m.isel(moment=i, drop=True) for i, name in enumerate(MOMENTS)})
+
+
+def _msd_parts(m: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray]:
+    """(variance of x − y, bias) from the moments: MSD = var + bias²."""
+    var_d = ((m.sxx + m.syy - 2.0 * m.sxy) / m.n).clip(min=0.0)
+    return var_d, m.mean_x - m.mean_y
+
+
+def _from_moments(m: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Every pairwise metric as a closed form of the moments."""
+    var_d, b = _msd_parts(m)
+    msd = var_d + b**2
+    den = np.sqrt(m.sxx * m.syy)
+    return {
+        "R": (m.sxy / den.where(den > 0)).clip(-1.0, 1.0),
+        "RMSE": np.sqrt(msd),
+        "ubRMSE": np.sqrt(var_d),
+        "bias": b,
+        "NRMSE": np.sqrt(msd) / (m["max"] - m["min"]),
+        "R2": 1.0 - m.n * msd / m.syy.where(m.syy > 0),
+    }
 
 
 def n_pairs(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
@@ -50,8 +114,8 @@ def n_pairs(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.Data
     xarray.DataArray
         Integer counts over the remaining dimensions.
     """
-    x, y = _paired(x, y, dim)
-    return x.notnull().sum(dim)
+    x, y = _check(x, y, dim)
+    return (x.notnull() & y.notnull()).sum(dim)
 
 
 def bias(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
@@ -78,14 +142,14 @@ def bias(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArr
     ValueError
         If ``dim`` is missing from either input.
     """
-    x, y = _paired(x, y, dim)
-    return (x - y).mean(dim)
+    return _from_moments(pair_moments(x, y, dim))["bias"]
 
 
 def rmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
     r"""Root-mean-square error (deviation).
 
     .. math:: \mathrm{RMSE} = \sqrt{\frac{1}{n}\sum_i (x_i - y_i)^2}
+              = \sqrt{\mathrm{ubRMSE}^2 + b^2}
 
     Reference: ``pytesmo.metrics.rmsd`` (ddof = 0).
 
@@ -105,8 +169,7 @@ def rmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArr
     ValueError
         If ``dim`` is missing from either input.
     """
-    x, y = _paired(x, y, dim)
-    return np.sqrt(((x - y) ** 2).mean(dim))
+    return _from_moments(pair_moments(x, y, dim))["RMSE"]
 
 
 def ubrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
@@ -135,9 +198,7 @@ def ubrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataA
     ValueError
         If ``dim`` is missing from either input.
     """
-    x, y = _paired(x, y, dim)
-    d = (x - x.mean(dim)) - (y - y.mean(dim))
-    return np.sqrt((d**2).mean(dim))
+    return _from_moments(pair_moments(x, y, dim))["ubRMSE"]
 
 
 def nrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
@@ -164,9 +225,7 @@ def nrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataAr
     ValueError
         If ``dim`` is missing from either input.
     """
-    x, y = _paired(x, y, dim)
-    span = np.fmax(x.max(dim), y.max(dim)) - np.fmin(x.min(dim), y.min(dim))
-    return np.sqrt(((x - y) ** 2).mean(dim)) / span
+    return _from_moments(pair_moments(x, y, dim))["NRMSE"]
 
 
 def pearson_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
@@ -194,17 +253,11 @@ def pearson_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.Da
     ValueError
         If ``dim`` is missing from either input.
     """
-    x, y = _paired(x, y, dim)
-    return _r(x, y, dim)
+    return _from_moments(pair_moments(x, y, dim))["R"]
 
 
 def _r(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> xr.DataArray:
-    xa = x - x.mean(dim)
-    ya = y - y.mean(dim)
-    den = np.sqrt((xa**2).sum(dim) * (ya**2).sum(dim))
-    r = (xa * ya).sum(dim) / den.where(den > 0)
-    # rounding can put |R| a hair above 1 (scipy clips the same way)
-    return r.clip(-1.0, 1.0)
+    return _from_moments(pair_moments(x, y, dim))["R"]
 
 
 def r2(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
@@ -236,9 +289,7 @@ def r2(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray
     ValueError
         If ``dim`` is missing from either input.
     """
-    x, y = _paired(x, y, dim)
-    ss_tot = ((y - y.mean(dim)) ** 2).sum(dim)
-    return 1.0 - ((x - y) ** 2).sum(dim) / ss_tot.where(ss_tot > 0)
+    return _from_moments(pair_moments(x, y, dim))["R2"]
 
 
 def anomaly(da: xr.DataArray, dim: Hashable = "time", *, window_days: float = 35.0,
@@ -328,6 +379,40 @@ def anomaly_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time", *,
     ay = anomaly(y, dim, window_days=window_days, min_obs=min_obs)
     both = ax.notnull() & ay.notnull()
     return _r(ax.where(both), ay.where(both), dim)
+
+
+def pair_metrics(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time", *,
+                 anomalies: bool = True) -> xr.Dataset:
+    """Every metric of :data:`METRICS` (and ``n``) from one pass over the pairs.
+
+    Same values as calling each metric function, but the pair moments are
+    computed once.
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+    anomalies : bool
+        Also compute ``anomaly_R`` (needs a datetime ``dim``).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``n`` and one variable per metric name, over the remaining
+        dimensions.
+
+    Raises
+    ------
+    ValueError
+        If ``dim`` is missing from either input.
+    """
+    m = pair_moments(x, y, dim)
+    out = xr.Dataset({"n": m.n.astype(np.int64), **_from_moments(m)})
+    if anomalies:
+        out["anomaly_R"] = anomaly_r(x, y, dim)
+    return out[["n", *[k for k in METRICS if k in out]]]
 
 
 #: name used in tables -> metric function (a registry, not an if-chain)
