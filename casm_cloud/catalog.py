@@ -52,7 +52,7 @@ _SECRET_KEYS = {
     "token", "key", "secret", "password", "passwd", "client_secret", "session_token",
     "refresh_token", "access_token", "aws_access_key_id", "aws_secret_access_key",
     "aws_session_token", "access_key", "secret_key", "account_key", "sas_token",
-    "credentials", "auth", "headers", "client_kwargs",
+    "credentials", "auth", "authorization", "username", "user", "login",
 }
 # Values of "token" that select a credential *mechanism*, not a secret (gcsfs).
 _TOKEN_MODES = {"anon", "google_default", "cloud", "browser", None}
@@ -91,16 +91,27 @@ def _is_relative(urlpath: str) -> bool:
     return not ("://" in u or u.startswith("/") or u.startswith("{") or u.startswith("~"))
 
 
-def _check_no_secrets(urlpath: str, storage_options: Mapping | None, where: str) -> None:
-    for k, v in dict(storage_options or {}).items():
+def _secret_keys(options: Mapping, prefix: str = "") -> list[str]:
+    """Keys (dotted, at any depth, e.g. ``client_kwargs.headers.Authorization``) holding secrets."""
+    found = []
+    for k, v in options.items():
         if k == "token" and (v in _TOKEN_MODES or isinstance(v, bool)):
             continue
-        if k.lower() in _SECRET_KEYS:
-            raise CatalogError(
-                f"{where}: storage_options key {k!r} would write a credential into the catalog; "
-                "take credentials from the environment (e.g. GOOGLE_APPLICATION_CREDENTIALS, "
-                "AWS_* variables, ~/.netrc) instead"
-            )
+        if str(k).lower() in _SECRET_KEYS:
+            found.append(prefix + str(k))
+        elif isinstance(v, Mapping):
+            found += _secret_keys(v, f"{prefix}{k}.")
+    return found
+
+
+def _check_no_secrets(urlpath: str, storage_options: Mapping | None, where: str) -> None:
+    bad = _secret_keys(dict(storage_options or {}))
+    if bad:
+        raise CatalogError(
+            f"{where}: storage_options {bad} would write a credential into the catalog; "
+            "take credentials from the environment (e.g. GOOGLE_APPLICATION_CREDENTIALS, "
+            "AWS_* variables, ~/.netrc) or pass them to open_source() at run time"
+        )
     if "://" in str(urlpath):
         parts = urlsplit(str(urlpath))
         if parts.password or (parts.username and "@" in parts.netloc):

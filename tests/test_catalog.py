@@ -77,6 +77,11 @@ def test_errors_are_clear(tmp_path, smos_store):
     with pytest.raises(catalog.CatalogError, match="credential"):
         catalog.make_entry("canonical_zarr", "gs://b/x.zarr", kind="smos",
                            storage_options={"token": "/home/me/key.json"})
+    with pytest.raises(catalog.CatalogError, match=r"client_kwargs\.headers\.Authorization"):
+        catalog.make_entry("canonical_zarr", "https://h/x.zarr", kind="smos",
+                           storage_options={"client_kwargs": {"headers": {"Authorization": "b"}}})
+    assert catalog.make_entry("canonical_zarr", "https://h/x.zarr", kind="smos",
+                              storage_options={"client_kwargs": {"trust_env": True}})
     with pytest.raises(catalog.CatalogError, match="password"):
         catalog.make_entry("canonical_zarr", "https://me:pw@host/x.zarr", kind="smos")
     assert catalog.make_entry("canonical_zarr", "gs://b/x.zarr", kind="smos",
