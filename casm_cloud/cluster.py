@@ -152,6 +152,10 @@ def _local(n_workers, threads_per_worker, memory_limit, resources, dashboard):
         kwargs["resources"] = dict(resources)
     # None lets LocalCluster size itself to the machine's cores.
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k == "dashboard_address"}
+    if not dashboard:
+        # The scheduler's HTTP server (health, metrics) still starts without the
+        # dashboard; keep it off the default port 8787 that a user may hold.
+        kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
     with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
         yield client, (client.dashboard_link if dashboard else None)
 

@@ -165,6 +165,17 @@ def test_local_cluster_with_resources():
     assert cluster.status.name == "closed"
 
 
+def test_local_cluster_without_dashboard():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Port 8787 is already in use"
+        with get_client("local", n_workers=1, threads_per_worker=1, dashboard=False) as (client,
+                                                                                        link):
+            assert link is None
+            assert client.submit(abs, -3).result() == 3
+
+
 def test_existing_scheduler_is_left_running():
     from distributed import LocalCluster
 
