@@ -113,3 +113,12 @@ def test_missing_dimension_is_a_clear_error():
     x = xr.DataArray(np.zeros(3), dims="date")
     with pytest.raises(ValueError, match="no dimension 'time'"):
         vm.rmse(x, x)
+
+
+def test_pair_metrics_equals_the_single_metrics():
+    x, y = _pairs(seed=5, n_time=600, freq="1D")
+    all_ = vm.pair_metrics(x, y)
+    assert list(all_.data_vars) == ["n", *vm.METRICS]
+    np.testing.assert_array_equal(all_["n"].values, vm.n_pairs(x, y).values)
+    for name, fn in vm.METRICS.items():
+        np.testing.assert_allclose(all_[name].values, fn(x, y).values, atol=1e-12, err_msg=name)

@@ -126,3 +126,11 @@ def test_nothing_left_names_every_rule():
         select_stations(ds, min_obs=10_000)
     assert "NET/a/p/0.05-0.05: min_obs" in str(err.value)
     assert "NET/b/p/0.05-0.05: good_fraction 80" in str(err.value)
+
+
+def test_default_meta_path_never_writes_into_the_download(real_data):
+    zipped = real_data / "ismn" / "zip_archives" / "format_header_values"
+    before = _listing(zipped)
+    ds = read_ismn(zipped / "Data_SMOSMANIA.zip")
+    assert ds.sizes["station"] == 1
+    assert _listing(zipped) == before

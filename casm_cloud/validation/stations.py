@@ -20,6 +20,8 @@ n-day means, n-day means in the product's anchored bins
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import warnings
@@ -133,8 +135,16 @@ def _iter_sensors(path: Path, variable: str, meta_dir: Path, scratch: Path):
     from ismn.interface import ISMN_Interface
 
     meta_dir.mkdir(parents=True, exist_ok=True)
+    chatter = io.StringIO()  # ismn prints progress and notes; keep them in the log
+    # ismn's metadata collector logs every file at INFO through its own logger
+    # (and a file handler in meta_dir); keep that out of the user's console
+    # and close the handler before the scratch folder goes away.
+    collector = logging.getLogger("ismn_meta_collector")
+    handlers, propagate = list(collector.handlers), collector.propagate
+    collector.propagate = False
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), \
+                contextlib.redirect_stderr(chatter):
             warnings.simplefilter("ignore")
             iface = ISMN_Interface(path, meta_path=meta_dir, temp_root=scratch)
         ids = iface.get_dataset_ids(variable, min_depth=-np.inf, max_depth=np.inf)
@@ -144,8 +154,17 @@ def _iter_sensors(path: Path, variable: str, meta_dir: Path, scratch: Path):
         # file by file with the same package's DataFile reader.
         yield from _iter_loose_files(path, variable, scratch)
         return
+    finally:
+        collector.propagate = propagate
+        for h in [h for h in collector.handlers if h not in handlers]:
+            collector.removeHandler(h)
+            h.close()
+        if chatter.getvalue():
+            log.info("ismn: %s", chatter.getvalue().strip())
     for i in ids:
-        frame, meta = iface.read_ts(i, return_meta=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas deprecations inside ismn
+            frame, meta = iface.read_ts(i, return_meta=True)
         yield _meta_dict(meta), frame
     iface.close_files()
 
