@@ -236,7 +236,7 @@ def sensor_changes_from_source(product: xr.Dataset, *, min_share: float = 0.5) -
     ----------
     product : xarray.Dataset
         With an integer ``source`` variable carrying CF ``flag_values`` and
-        ``flag_meanings`` (a value of 0 or one named ``missing`` is ignored).
+        ``flag_meanings`` (0, ``none`` and ``missing`` are ignored).
     min_share : float
         A time step counts only where its dominant network holds at least
         this share of the valid cells (so sparse steps do not flicker).
@@ -255,7 +255,7 @@ def sensor_changes_from_source(product: xr.Dataset, *, min_share: float = 0.5) -
     values = np.atleast_1d(src.attrs.get("flag_values", []))
     meanings = str(src.attrs.get("flag_meanings", "")).split()
     names = dict(zip((int(v) for v in values), meanings, strict=False))
-    codes = [v for v in names if v != 0 and names[v] != "missing"]
+    codes = [v for v in names if v != 0 and names[v] not in ("none", "missing")]
     if not codes:
         return {}
     space = [d for d in src.dims if d != "time"]

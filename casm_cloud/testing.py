@@ -23,6 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud.grid import EASE2Grid, GridWindow
+from casm_cloud.merge import SOURCE_CODES
 from casm_cloud.schema import apply_attrs
 
 __all__ = [
@@ -34,8 +35,10 @@ __all__ = [
     "make_tb_dataset",
 ]
 
-#: ``source`` codes of the merged product: which network made each value.
-SOURCE_FLAGS: dict[int, str] = {1: "nn_amsre", 2: "nn_amsre_nn_smos_mean", 3: "nn_smos"}
+#: ``source`` codes of the three eras (AMSR-E network, overlap mean, SMOS
+#: network), as ``casm_cloud.merge.SOURCE_CODES`` writes them; 0 is missing.
+SOURCE_FLAGS: dict[int, str] = {SOURCE_CODES[k]: k
+                                for k in ("nn_amsre", "mean_nn_amsre_nn_smos", "nn_smos")}
 
 #: Sensor changes of the CASM record (label -> first day of the new era).
 SENSOR_CHANGES: dict[str, str] = {
@@ -201,8 +204,8 @@ def make_product(window: GridWindow | EASE2Grid, times: Sequence, *, seed: int =
     ds = apply_attrs(ds, "product")
     ds["source"].attrs.update({
         "long_name": "network that made the value",
-        "flag_values": np.asarray([0, *SOURCE_FLAGS], dtype=np.int8),
-        "flag_meanings": " ".join(["missing", *SOURCE_FLAGS.values()]),
+        "flag_values": np.asarray(list(SOURCE_CODES.values()), dtype=np.int8),
+        "flag_meanings": " ".join(SOURCE_CODES),
     })
     return _chunked(ds, time_chunk)
 

@@ -56,7 +56,7 @@ def test_scores_against_numpy_reference(product, truth):
     # The known bias steps of the factory: +0.02 -> 0 -> -0.01.
     steps = s["bias_steps"]
     assert list(steps.values()) == pytest.approx([-0.02, -0.01], abs=0.003)
-    assert s["bias_step"] == steps["nn_amsre → nn_amsre_nn_smos_mean"]
+    assert s["bias_step"] == steps["nn_amsre → mean_nn_amsre_nn_smos"]
 
 
 def test_perfect_product_scores_perfectly(truth):
@@ -96,7 +96,7 @@ def test_harmonic_anomaly_matches_lstsq():
 
 def test_sensor_changes_from_source(product):
     changes = sensor_changes_from_source(product)
-    assert list(changes) == ["nn_amsre → nn_amsre_nn_smos_mean", "nn_amsre_nn_smos_mean → nn_smos"]
+    assert list(changes) == ["nn_amsre → mean_nn_amsre_nn_smos", "mean_nn_amsre_nn_smos → nn_smos"]
     # First product time step on or after each change.
     for got, want in zip(changes.values(), SENSOR_CHANGES.values(), strict=True):
         first = TIMES[TIMES >= pd.Timestamp(want)][0]
@@ -135,7 +135,7 @@ def test_write_report_page_figures_and_tables(tmp_path, product, truth):
         assert table in links
     scores = pd.read_csv(index.parent / "scores_vs_truth.csv").set_index("score")["value"]
     assert 0.5 < float(scores["R"]) < 1.0
-    assert "bias step: nn_amsre → nn_amsre_nn_smos_mean" in scores.index
+    assert "bias step: nn_amsre → mean_nn_amsre_nn_smos" in scores.index
     assert "Scores against the truth" in page and "Validation against stations" in page
     assert not list(tmp_path.glob(".report-*"))  # the working folder is gone
 
