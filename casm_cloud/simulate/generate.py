@@ -81,16 +81,30 @@ def _static_task(b: _Block) -> dict:
     return static_fields(b.seed, b.rows, b.cols, b.lat, b.lon, b.u, b.settings)
 
 
+_SLAB = 61  # days generated at once inside a chain task (bounds the float64 temporaries)
+
+
 def _chain_task(b: _Block, static: dict, day0: int, n: int, prev):
     """Generate forcing and soil water of ``n`` days from ``day0``; pass the state on."""
     if prev is None:
         state, anom = initial_state(static), np.zeros(static["fc"].shape)
     else:
         state, anom = prev[1]
-    days = np.arange(day0, day0 + n)
+    rng = block_rng(b.seed, "forcing", b.rows[0], b.cols[0], day0)
+    out: dict[str, np.ndarray] = {}
+    for s0 in range(0, n, _SLAB):
+        days = np.arange(day0 + s0, day0 + min(n, s0 + _SLAB))
+        part, state, anom = _slab(b, static, days, rng, state, anom)
+        for k, v in part.items():
+            if k not in out:
+                out[k] = np.empty((n,) + v.shape[1:], dtype=np.float32)
+            out[k][s0:s0 + days.size] = v
+    return out, (state, anom)
+
+
+def _slab(b: _Block, static: dict, days: np.ndarray, rng, state, anom):
     dates = _EPOCH + days
     doy = (dates - dates.astype("datetime64[Y]")).astype(np.int64) + 1
-    rng = block_rng(b.seed, "forcing", b.rows[0], b.cols[0], day0)
     f, anom = daily_forcing(b.seed, static, b.rows, b.cols, days, doy, rng, anom, b.settings)
     theta, state = run_bucket(f["tp_mm"], f["pet"], state, static, b.settings.layer_mm)
     beta = np.clip((theta[0] - static["wp"]) / (static["fc"] - static["wp"]), 0.0, 1.0)
@@ -105,7 +119,7 @@ def _chain_task(b: _Block, static: dict, day0: int, n: int, prev):
     for i in range(3):
         bias = 0.02 * smooth_noise(b.seed, STREAMS["era5_bias"] * 10 + i, b.rows, b.cols, 8)
         out[f"swvl{i + 1}"] = np.clip(0.85 * theta[i] + 0.04 + bias, 0.01, static["porosity"])
-    return {k: v.astype(np.float32) for k, v in out.items()}, (state, anom)
+    return out, state, anom
 
 
 def _sensor_task(b: _Block, name: str, static: dict, chain, day0: int, n: int) -> dict:

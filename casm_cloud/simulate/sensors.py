@@ -16,6 +16,8 @@ from casm_cloud.simulate.settings import Sensor
 
 __all__ = ["ORBIT_SPACING_DEG", "swath_mask", "overpass_temperature", "observe"]
 
+_SLAB = 32  # days per emission call
+
 #: Longitude between successive ground tracks of a ~14.6 orbits/day sun-synchronous orbit.
 ORBIT_SPACING_DEG = 360.0 / 14.57
 
@@ -63,6 +65,7 @@ def observe(sensor_name: str, sensor: Sensor, seed: int, fields: dict, static: d
     seen = swath_mask(seed, sensor_name, days, lat, lon, sensor.coverage) if noise else (
         np.ones(shape, dtype=bool))
     t_skin = overpass_temperature(fields["skt"], fields["skt_amp"], sensor.overpass_hour)
+    t_skin = t_skin.astype(np.float32, copy=False)
     out = {}
     if sensor.product == "sm":
         bias = sensor.sm_bias_std * smooth_noise(seed, STREAMS["smap_bias"], rows, cols, 6)
@@ -75,16 +78,21 @@ def observe(sensor_name: str, sensor: Sensor, seed: int, fields: dict, static: d
     for (name, freq, pol), nedt, offset in zip(sensor.channels, sensor.nedt_k, sensor.offset_k):
         # L band sees deeper than the skin: half skin at overpass, half daily mean
         t_soil = 0.5 * (t_skin + fields["skt"]) if freq < 5 else t_skin
-        tb = brightness_temperature(
-            fields["sm_l1"], t_soil, t_skin, fields["vwc"], static["sand"], static["clay"],
-            bulk, freq_ghz=freq, pol=pol, incidence_deg=sensor.incidence_deg,
-            roughness_h=settings.roughness_h, h_exponent=settings.h_exponent,
-            b_lband=settings.b_lband, b_exponent=settings.b_exponent, omega=settings.omega,
-        ) + offset
+        tb = np.empty(shape, dtype=np.float32)
+        for t in range(0, shape[0], _SLAB):  # slabs of days: bounded complex temporaries
+            sl = slice(t, t + _SLAB)
+            tb[sl] = brightness_temperature(
+                fields["sm_l1"][sl], t_soil[sl], t_skin[sl], fields["vwc"][sl], static["sand"],
+                static["clay"], bulk, freq_ghz=freq, pol=pol,
+                incidence_deg=sensor.incidence_deg, roughness_h=settings.roughness_h,
+                h_exponent=settings.h_exponent, b_lband=settings.b_lband,
+                b_exponent=settings.b_exponent, omega=settings.omega,
+            )
+        tb += np.float32(offset)
         if noise:
-            tb = tb + nedt * rng.standard_normal(shape)
+            tb += nedt * rng.standard_normal(shape, dtype=np.float32)
             if sensor.rfi_fraction > 0:
-                hit = rng.random(shape) < sensor.rfi_fraction
-                tb = tb + np.where(hit, rng.uniform(*sensor.rfi_k, size=shape), 0.0)
+                hit = rng.random(shape, dtype=np.float32) < sensor.rfi_fraction
+                tb[hit] += rng.uniform(*sensor.rfi_k, size=int(hit.sum())).astype(np.float32)
         out[name] = np.where(seen, tb, np.nan).astype(np.float32)
     return out
