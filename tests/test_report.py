@@ -169,3 +169,26 @@ def test_missing_variables_are_named(tmp_path, product, truth):
         write_report(tmp_path / "r", product=product.drop_vars("sm"))
     with pytest.raises(KeyError, match="'sm_l1'"):
         scores_against_truth(product, truth.drop_vars("sm_l1"))
+
+
+def test_report_computes_only_small_aggregates(tmp_path):
+    """Everything the report pulls out of dask is far smaller than one variable."""
+    import dask
+    import dask.threaded
+    from dask.core import flatten
+
+    window = EASE2Grid("M25").window_by_name("demo")
+    times = pd.date_range("2009-06-01", "2011-06-01", freq="3D")
+    truth = make_truth(window, times, seed=1, time_chunk=60)
+    product = make_product(window, times, seed=1, truth=truth, time_chunk=60)
+    one_variable = product["sm"].nbytes
+    pulled = []
+
+    def get(dsk, keys, **kwargs):
+        out = dask.threaded.get(dsk, keys, **kwargs)
+        pulled.append(sum(np.asarray(x).nbytes for x in flatten(out)))
+        return out
+
+    with dask.config.set(scheduler=get):
+        write_report(tmp_path / "report", product=product, truth=truth)
+    assert pulled and max(pulled) < one_variable / 4, (max(pulled), one_variable)
