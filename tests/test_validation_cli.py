@@ -89,3 +89,21 @@ def test_where_rules_mask_by_flag_and_bad_syntax_is_an_error(tmp_path, capsys):
         keep_where(ds, "sm", {"flags": [0]})
     rc = main(["validate", "p.zarr", "--stations", "x", "--where", "retrieval_qual_flag"])
     assert rc == 2 and "expected [NAME:]FLAG=V1,V2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_validate_simulated_products_against_simulated_stations(tmp_path, capsys):
+    """Simulator end to end: the true SM scores better than the noisy SMAP retrieval."""
+    from casm_cloud.simulate import write_simulation
+
+    sim = tmp_path / "sim"
+    write_simulation(str(sim), region="tiny", grid="M25", start="2015-04-01", end="2016-12-31",
+                     seed=1, n_stations=6)
+    rc = main(["validate", f"smap={sim / 'smap.zarr'}", f"truth={sim / 'truth.zarr'}",
+               "--variable", "sm", "--variable", "sm_l1", "--stations", str(sim / "stations"),
+               "--min-obs", "50", "--out", str(tmp_path / "val"), "--no-figures"])
+    assert rc == 0
+    table = pd.read_csv(tmp_path / "val" / "metrics.csv")
+    med = table.groupby("product")[["R", "ubRMSE"]].median()
+    assert med.loc["truth", "R"] > med.loc["smap", "R"] > 0.5
+    assert med.loc["truth", "ubRMSE"] < med.loc["smap", "ubRMSE"]

@@ -36,7 +36,8 @@ def _product_array(product: xr.Dataset | xr.DataArray, variable: str) -> xr.Data
     if isinstance(product, xr.Dataset):
         if variable not in product.data_vars:
             raise KeyError(f"product has no variable {variable!r} "
-                           f"(has {sorted(map(str, product.data_vars))}); pass variable=...")
+                           f"(has {sorted(map(str, product.data_vars))}); choose one with "
+                           "variable= (CLI: --variable)")
         da = product[variable]
         da.attrs = {**product.attrs, **da.attrs}
         return da
