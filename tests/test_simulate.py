@@ -202,7 +202,7 @@ def test_amsr2_calibration_offset(window):
     chain = next(v for k, v in graph.items() if isinstance(k, tuple) and k[1:2] == ("chain",))
     fn, blk, skey, d0, n, prev = chain
     static = g._static_task(blk)
-    prev_out = g._chain_task(blk, static, *graph[prev][3:5], None) if prev else None
+    prev_out = g._chain_task(blk, static, *graph[prev][3:5], None, False) if prev else None
     fields, _ = g._chain_task(blk, static, d0, n, prev_out)
     days = np.arange(d0, d0 + n)
     args = (2, fields, static, blk.rows, blk.cols, blk.lat, blk.lon, days, s)

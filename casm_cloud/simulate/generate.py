@@ -84,8 +84,12 @@ def _static_task(b: _Block) -> dict:
 _SLAB = 61  # days generated at once inside a chain task (bounds the float64 temporaries)
 
 
-def _chain_task(b: _Block, static: dict, day0: int, n: int, prev):
-    """Generate forcing and soil water of ``n`` days from ``day0``; pass the state on."""
+def _chain_task(b: _Block, static: dict, day0: int, n: int, prev, keep: bool = True):
+    """Generate forcing and soil water of ``n`` days from ``day0``; pass the state on.
+
+    ``keep=False`` (the spin-up) returns only the state, so that no full
+    chunk of fields waits in memory for the next task.
+    """
     if prev is None:
         state, anom = initial_state(static), np.zeros(static["fc"].shape)
     else:
@@ -95,6 +99,8 @@ def _chain_task(b: _Block, static: dict, day0: int, n: int, prev):
     for s0 in range(0, n, _SLAB):
         days = np.arange(day0 + s0, day0 + min(n, s0 + _SLAB))
         part, state, anom = _slab(b, static, days, rng, state, anom)
+        if not keep:
+            continue
         for k, v in part.items():
             if k not in out:
                 out[k] = np.empty((n,) + v.shape[1:], dtype=np.float32)
@@ -186,7 +192,7 @@ def build(window, start, end, seed: int = 0, *, chunks=None, sources=None,
             if settings.spinup_days > 0:
                 prev = (core_name, "spinup", i, j)
                 core[prev] = (_chain_task, b, skey, day_start - settings.spinup_days,
-                              settings.spinup_days, None)
+                              settings.spinup_days, None, False)
             for k, (d0, n) in enumerate(zip(day0s, tch)):
                 key = (core_name, "chain", i, j, k)
                 core[key] = (_chain_task, b, skey, int(d0), int(n), prev)

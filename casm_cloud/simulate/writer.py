@@ -20,11 +20,12 @@ import posixpath
 from collections.abc import Mapping
 
 import dask
+import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.simulate.generate import DEFAULT_CHUNKS, parse_day
 
-__all__ = ["write_simulation"]
+__all__ = ["write_simulation", "write_sources"]
 
 _DESCRIPTIONS = {
     "truth": "true soil moisture of the three layers (the answer key)",
@@ -46,6 +47,37 @@ def _check_writable(out: str, storage_options: Mapping | None) -> None:
         fs.rm(probe)
     except (OSError, ValueError) as err:
         raise PermissionError(f"cannot write to output {out!r}: {err}") from None
+
+
+def write_sources(sources: Mapping[str, xr.Dataset], out: str,
+                  storage_options: Mapping | None = None, *,
+                  config_hash: str | None = None) -> dict[str, str]:
+    """Write lazy datasets to ``<out>/<name>.zarr`` in one streamed computation.
+
+    Templates first, then every chunk of every store in a single
+    ``dask.compute`` (shared bucket chains run once), then the completion
+    attribute of each store.  Runs on the active dask scheduler or client.
+
+    Returns
+    -------
+    dict of str to str
+        Source name -> store URL.
+    """
+    so = dict(storage_options or {})
+    writes, urls = [], {}
+    for name, ds in sources.items():
+        url = storage.join(out, f"{name}.zarr")
+        urls[name] = url
+        storage.write_template(ds, url, so, config_hash=config_hash)
+        data = ds.drop_vars([v for v in ds.variables if v not in ds.data_vars])
+        data.attrs = {}
+        region = {d: slice(0, n) for d, n in data.sizes.items()}
+        writes.append(data.to_zarr(url, mode="r+", region=region, compute=False,
+                                   consolidated=False, storage_options=so or None))
+    dask.compute(*writes)
+    for url in urls.values():
+        storage.mark_complete(url, so, config_hash=config_hash)
+    return urls
 
 
 def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start, end,
@@ -114,20 +146,7 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
 
     sources = simulate(window, t0, t1, seed, chunks=ch, era5_native=era5_native,
                        amsre_ease1=amsre_ease1, settings=settings)
-    writes = []
-    urls = {}
-    for name, ds in sources.items():
-        url = storage.join(out, f"{name}.zarr")
-        urls[name] = url
-        storage.write_template(ds, url, so, config_hash=config_hash)
-        data = ds.drop_vars([v for v in ds.variables if v not in ds.data_vars])
-        data.attrs = {}
-        region_ = {d: slice(0, n) for d, n in data.sizes.items()}
-        writes.append(data.to_zarr(url, mode="r+", region=region_, compute=False,
-                                   consolidated=False, storage_options=so or None))
-    dask.compute(*writes)
-    for url in urls.values():
-        storage.mark_complete(url, so, config_hash=config_hash)
+    urls = write_sources(sources, out, so, config_hash=config_hash)
 
     truth = storage.open_zarr(urls["truth"], so, require_complete=True)
     static = storage.open_zarr(urls["static"], so, require_complete=True).load()
