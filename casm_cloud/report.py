@@ -122,22 +122,28 @@ def harmonic_anomaly(da: xr.DataArray) -> xr.DataArray:
     return x - cycle.transpose(*da.dims)
 
 
-def _truth_on_product_times(truth: xr.DataArray, product: xr.DataArray) -> xr.DataArray:
-    """Truth at the product's time labels; averaged into its n-day bins if needed."""
-    if np.isin(product["time"].values, truth["time"].values).all():
-        return truth.sel(time=product["time"].values)
-    nday = product["time"].attrs.get("casm_nday")
-    if nday is None:
-        steps = np.diff(product["time"].values).astype("timedelta64[D]").astype(int)
-        nday = int(np.median(steps)) if steps.size else 1
-    from casm_cloud.aggregate import nday_mean
+def _median_step_days(times) -> float:
+    t = np.asarray(times, dtype="datetime64[ns]")
+    if t.size < 2:
+        return float("inf")
+    return float(np.median(np.diff(t)) / np.timedelta64(1, "D"))
 
-    anchor = product["time"].attrs.get("casm_anchor", str(pd.Timestamp(product.time.values[0]).date()))
-    binned = nday_mean(truth.to_dataset(name="v"), int(nday), anchor=anchor)["v"]
-    common = np.intersect1d(product["time"].values, binned["time"].values)
+
+def _truth_on_product_times(truth: xr.DataArray, product: xr.DataArray) -> xr.DataArray:
+    """Truth on the product's time labels, averaged into its n-day bins if finer."""
+    nday = product["time"].attrs.get("casm_nday")
+    p_step = float(nday) if nday is not None else _median_step_days(product["time"].values)
+    if _median_step_days(truth["time"].values) < p_step and np.isfinite(p_step):
+        from casm_cloud.aggregate import DEFAULT_ANCHOR, nday_mean
+
+        anchor = product["time"].attrs.get("casm_anchor", DEFAULT_ANCHOR)
+        truth = nday_mean(truth.to_dataset(name="v"), max(int(round(p_step)), 1),
+                          anchor=anchor)["v"]
+    common = np.intersect1d(product["time"].values, truth["time"].values)
     if common.size == 0:
-        raise ValueError("truth and product share no time step (even after n-day binning)")
-    return binned.sel(time=common)
+        raise ValueError("truth and product share no time step (after n-day binning of a "
+                         "finer truth); check their periods and bins")
+    return truth.sel(time=common)
 
 
 def scores_against_truth(product: xr.Dataset, truth: xr.Dataset, *, variable: str = "sm",

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from casm_cloud.aggregate import nday_mean
 from casm_cloud.grid import EASE2Grid
 from casm_cloud.report import (
     harmonic_anomaly,
@@ -71,6 +72,11 @@ def test_daily_truth_is_binned_to_the_product(product):
     daily = make_truth(WINDOW, pd.date_range("2008-06-28", "2013-03-05", freq="1D"), seed=9)
     s = scores_against_truth(product, daily, sensor_changes=SENSOR_CHANGES)
     assert np.isfinite(s["R"]) and s["n_pixels"] == 20
+    # The same as scoring against the truth's own 3-day means (not its values on bin starts).
+    binned = nday_mean(daily, 3)
+    assert s == scores_against_truth(product, binned, sensor_changes=SENSOR_CHANGES)
+    on_starts = daily.sel(time=product.time.values)
+    assert s["R"] != scores_against_truth(product, on_starts, sensor_changes={})["R"]
 
 
 def test_harmonic_anomaly_matches_lstsq():
