@@ -454,7 +454,10 @@ class SampleLoader:
 
     Reads table chunks (never the whole table), in a new seeded order each
     epoch, shuffles samples within a buffer of ``buffer_chunks`` chunks, and
-    reads the next buffer in a background thread while the current one is used.
+    prepares the next buffer in a background thread (its chunks read
+    concurrently, then shuffled and scaled) while the current one is used,
+    so the consumer only slices batches (views, no copies).  Two loaders
+    with the same ``shuffle_seed`` yield identical batches, epoch by epoch.
 
     Parameters
     ----------
@@ -524,13 +527,32 @@ class SampleLoader:
         n = self.n_samples / self.batch_size
         return math.floor(n) if self.drop_last else math.ceil(n)
 
-    def _read(self, ranges: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-        xs = [self._x[a:b] for a, b in ranges]
-        ys = [self._y[a:b] for a, b in ranges]
-        x = np.concatenate(xs)[:, self._cols] if xs else np.empty((0, self._cols.size))
-        x = (x - self._xmean) / self._xstd
-        y = (np.concatenate(ys) - self._ymean) / self._ystd if ys else np.empty(0)
-        return x.astype(np.float32, copy=False), y.astype(np.float32, copy=False)
+    def _read(self, ranges: list[tuple[int, int]], seed: int | None,
+              io: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray]:
+        """One shuffle buffer: read ``ranges``, shuffle (with a seed), select and scale.
+
+        Runs in the background thread; the table chunks are read concurrently
+        on ``io`` (one request each, which matters on object stores).
+        """
+        if not ranges:
+            return np.empty((0, self._cols.size), np.float32), np.empty(0, np.float32)
+        jobs = [(arr, a, b) for arr in (self._x, self._y) for a, b in ranges]
+        parts = list(io.map(lambda job: job[0][job[1]:job[2]], jobs))
+        x = np.concatenate(parts[:len(ranges)])
+        y = np.concatenate(parts[len(ranges):])
+        if seed is not None:
+            perm = np.random.default_rng(seed).permutation(y.size)
+            x, y = np.take(x, perm, axis=0), np.take(y, perm)
+        if not np.array_equal(self._cols, np.arange(x.shape[1])):
+            x = x[:, self._cols]
+        # In place, in float32: the batches are views of these two arrays.
+        x = x.astype(np.float32, copy=False)
+        y = y.astype(np.float32, copy=False)
+        x -= self._xmean
+        x /= self._xstd
+        y -= np.float32(self._ymean)
+        y /= np.float32(self._ystd)
+        return x, y
 
     def __iter__(self) -> Iterator:
         import torch  # lazy: the table is useful without torch
@@ -542,21 +564,37 @@ class SampleLoader:
             if rng is not None else list(self._ranges)
         groups = [ranges[i:i + self.buffer_chunks] for i in range(0, len(ranges),
                                                                      self.buffer_chunks)]
-        carry_x = np.empty((0, self._cols.size), np.float32)
-        carry_y = np.empty(0, np.float32)
-        with ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(self._read, groups[0]) if groups else None
+        # One seed per buffer, drawn here in order: the shuffle runs in the
+        # background thread and is still the same for the same seed and epoch.
+        seeds = ([int(s) for s in rng.integers(0, 2**63 - 1, size=len(groups))]
+                 if rng is not None else [None] * len(groups))
+        bs = self.batch_size
+        carry_x: list[np.ndarray] = []  # the head of a batch that spans two buffers
+        carry_y: list[np.ndarray] = []
+        n_carry = 0
+        with ThreadPoolExecutor(2 * max(1, self.buffer_chunks)) as io, \
+                ThreadPoolExecutor(1) as pool:
+            nxt = pool.submit(self._read, groups[0], seeds[0], io) if groups else None
             for gi in range(len(groups)):
                 x, y = nxt.result()
-                nxt = pool.submit(self._read, groups[gi + 1]) if gi + 1 < len(groups) else None
-                if rng is not None:
-                    perm = rng.permutation(y.size)
-                    x, y = x[perm], y[perm]
-                x, y = np.concatenate([carry_x, x]), np.concatenate([carry_y, y])
-                n_full = y.size // self.batch_size * self.batch_size
-                for i in range(0, n_full, self.batch_size):
-                    yield (torch.from_numpy(x[i:i + self.batch_size]),
-                           torch.from_numpy(y[i:i + self.batch_size, None]))
-                carry_x, carry_y = x[n_full:], y[n_full:]
-        if carry_y.size and not self.drop_last:
-            yield torch.from_numpy(carry_x), torch.from_numpy(carry_y[:, None])
+                nxt = (pool.submit(self._read, groups[gi + 1], seeds[gi + 1], io)
+                       if gi + 1 < len(groups) else None)
+                i = 0
+                if n_carry:
+                    i = min(bs - n_carry, y.size)
+                    carry_x.append(x[:i])
+                    carry_y.append(y[:i])
+                    n_carry += i
+                    if n_carry < bs:
+                        continue
+                    yield (torch.from_numpy(np.concatenate(carry_x)),
+                           torch.from_numpy(np.concatenate(carry_y)[:, None]))
+                    carry_x, carry_y, n_carry = [], [], 0
+                n_full = i + (y.size - i) // bs * bs
+                for j in range(i, n_full, bs):
+                    yield torch.from_numpy(x[j:j + bs]), torch.from_numpy(y[j:j + bs, None])
+                if n_full < y.size:
+                    carry_x, carry_y, n_carry = [x[n_full:]], [y[n_full:]], y.size - n_full
+        if n_carry and not self.drop_last:
+            yield (torch.from_numpy(np.concatenate(carry_x)),
+                   torch.from_numpy(np.concatenate(carry_y)[:, None]))
