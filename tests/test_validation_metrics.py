@@ -122,3 +122,17 @@ def test_pair_metrics_equals_the_single_metrics():
     np.testing.assert_array_equal(all_["n"].values, vm.n_pairs(x, y).values)
     for name, fn in vm.METRICS.items():
         np.testing.assert_allclose(all_[name].values, fn(x, y).values, atol=1e-12, err_msg=name)
+
+
+def test_metrics_run_in_dask_worker_processes():
+    """The numba kernels run inside worker processes (a pickled gufunc segfaults there)."""
+    from distributed import Client, LocalCluster
+
+    x, y = _pairs(seed=3)
+    x, y = x.chunk({"station": 3}), y.chunk({"station": 3})
+    here = {name: fn(x, y).values for name, fn in vm.METRICS.items()}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster):
+        there = {name: fn(x, y).values for name, fn in vm.METRICS.items()}
+    for name in here:
+        np.testing.assert_array_equal(there[name], here[name], err_msg=name)

@@ -43,6 +43,21 @@ def _paired(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> tuple[xr.DataArr
     return x.where(both), y.where(both)
 
 
+# Dask tasks carry these module-level functions (pickled by reference), never the
+# numba gufuncs themselves: a GUFunc pickled into another process (a dask worker)
+# segfaults when called there (numba 0.68); imported there, it works.
+def _call_pair_moments(x, y, like):
+    from casm_cloud.kernels.metrics import _pair_moments
+
+    return _pair_moments(x, y, like)
+
+
+def _call_boxcar_anomaly(values, t_days, half_window, min_obs):
+    from casm_cloud.kernels.metrics import _boxcar_anomaly
+
+    return _boxcar_anomaly(values, t_days, half_window, min_obs)
+
+
 def pair_moments(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.Dataset:
     """Count, means, centred sums and range of the valid pairs (one pass).
 
@@ -65,12 +80,12 @@ def pair_moments(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr
     ValueError
         If ``dim`` is missing from either input.
     """
-    from casm_cloud.kernels.metrics import MOMENTS, _pair_moments
+    from casm_cloud.kernels.metrics import MOMENTS
 
     x, y = _check(x, y, dim)
     like = xr.DataArray(np.zeros(len(MOMENTS)), dims="moment")
     m = xr.apply_ufunc(
-        _pair_moments, x, y, like,
+        _call_pair_moments, x, y, like,
         input_core_dims=[[dim], [dim], ["moment"]], output_core_dims=[["moment"]],
         dask="parallelized", output_dtypes=[np.float64],
         dask_gufunc_kwargs={"allow_rechunk": True},
@@ -324,8 +339,6 @@ def anomaly(da: xr.DataArray, dim: Hashable = "time", *, window_days: float = 35
     ValueError
         If ``dim`` is missing, not datetime or not sorted.
     """
-    from casm_cloud.kernels.metrics import _boxcar_anomaly
-
     if dim not in da.dims:
         raise ValueError(f"anomaly: no dimension {dim!r} (dims: {da.dims})")
     t = da[dim].values
@@ -336,7 +349,7 @@ def anomaly(da: xr.DataArray, dim: Hashable = "time", *, window_days: float = 35
         raise ValueError(f"anomaly: coordinate {dim!r} must be sorted ascending")
     t_da = xr.DataArray(np.asarray(t_days, dtype=np.float64), dims=[dim])
     return xr.apply_ufunc(
-        _boxcar_anomaly, da.astype(np.float64), t_da, window_days / 2.0, int(min_obs),
+        _call_boxcar_anomaly, da.astype(np.float64), t_da, window_days / 2.0, int(min_obs),
         input_core_dims=[[dim], [dim], [], []], output_core_dims=[[dim]],
         dask="parallelized", output_dtypes=[np.float64],
         dask_gufunc_kwargs={"allow_rechunk": True},
