@@ -73,6 +73,11 @@ def _open(ctx: RunContext, stage: str, name: str) -> xr.Dataset:
     return storage.open_zarr(ctx.url(stage, name), ctx.so, require_complete=True)
 
 
+def _target_params(ctx: RunContext) -> xr.Dataset:
+    """Seasonal parameters of the SMAP target, without the ``variable`` dim."""
+    return _open(ctx, "seasonal", "smap.zarr").sel(variable="sm", drop=True)
+
+
 def _agg_sources(recipe: Recipe) -> dict[str, str]:
     """Canonical source kind -> catalog entry name, for the entries in use."""
     s = recipe.sources
@@ -176,7 +181,7 @@ def stage_pairs(ctx: RunContext, h: str) -> None:
 
     r = ctx.recipe
     smap = _open(ctx, "aggregate", "smap.zarr")
-    smap_p = _open(ctx, "seasonal", "smap.zarr")
+    smap_p = _target_params(ctx)
     for net, kind in _DIRECT_NETS.items():
         inputs = _open(ctx, "aggregate", f"{kind}.zarr")
         params = _open(ctx, "seasonal", f"{kind}.zarr")
@@ -247,7 +252,7 @@ def stage_transfer(ctx: RunContext, h: str) -> None:
     target = _open(ctx, "predict_smos", "nn_smos.zarr")["sm"].sel(time=sl)
     inputs = _open(ctx, "aggregate", "amsre.zarr").sel(time=sl)
     pairs = build_pairs(inputs, target, _open(ctx, "seasonal", "amsre.zarr"),
-                        _open(ctx, "seasonal", "smap.zarr"), **_split_kwargs(r))
+                        _target_params(ctx), **_split_kwargs(r))
     url = ctx.url("pairs", "nn_amsre_transfer.zarr")
     write_pairs(pairs, url, storage_options=ctx.so)
     for i, member in enumerate(_members(ctx, "nn_amsr2")):
@@ -286,7 +291,7 @@ def stage_merge(ctx: RunContext, h: str) -> None:
 
 def stage_validate(ctx: RunContext, h: str) -> None:
     from casm_cloud.validation import stations as st
-    from casm_cloud.validation.metrics import validate_product
+    from casm_cloud.validation import validate_product
 
     r = ctx.recipe
     if not r.sources.stations:
