@@ -113,6 +113,9 @@ def write_template(template: xr.Dataset, url: str, storage_options: Mapping | No
     is replaced.
     """
     ds = template.copy()
+    # to_zarr(compute=False) leaves every dask-backed variable unwritten, coordinates
+    # too: load them (1-D lat/lon, small) so the template carries them.
+    ds = ds.assign_coords({k: c.compute() for k, c in ds.coords.items() if c.chunks is not None})
     ds.attrs = {k: v for k, v in ds.attrs.items() if k != COMPLETE_ATTR}
     if config_hash is not None:
         ds.attrs[HASH_ATTR] = config_hash

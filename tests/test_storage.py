@@ -41,6 +41,15 @@ def test_template_regions_record_and_completion(tmp_path):
     assert storage.store_state(url)["complete"]
 
 
+def test_template_writes_lazy_coordinates(tmp_path):
+    """lat/lon opened lazily from a stage's store end up in the template, not as NaN."""
+    url = str(tmp_path / "lazy.zarr")
+    tpl = _template()
+    lat = xr.DataArray(da.from_array(np.linspace(40.0, 39.0, 4), chunks=2), dims="y")
+    storage.write_template(tpl.assign_coords(lat=lat), url)
+    np.testing.assert_array_equal(xr.open_zarr(url)["lat"].values, np.linspace(40.0, 39.0, 4))
+
+
 def test_rewriting_template_resets_completion(tmp_path):
     url = str(tmp_path / "a.zarr")
     storage.write_template(_template(), url)
