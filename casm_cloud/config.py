@@ -204,8 +204,16 @@ class Recipe(_Section):
                                     "report": "report"}[which])
 
     def section_hash(self, *sections: str) -> str:
-        """sha256 (16 hex digits) of the named sections, for stage skip/resume."""
-        data = {s: _jsonable(getattr(self, s)) for s in sections}
+        """sha256 (16 hex digits) of the named sections, for stage skip/resume.
+
+        A name is a section (``"training"``) or one key of it (``"training.epochs"``).
+        """
+        data = {}
+        for s in sections:
+            obj = self
+            for part in s.split("."):
+                obj = getattr(obj, part)
+            data[s] = _jsonable(obj)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

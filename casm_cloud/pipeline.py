@@ -17,6 +17,7 @@ Stage order (DESIGN.md §1, §3 "CASM training scheme")::
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
@@ -41,6 +42,12 @@ class RunContext:
     dashboard: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    until: dt.date | None = None  # end of the data after monthly updates
+
+    @property
+    def end(self) -> dt.date:
+        """Last day of data: the recipe's period end, or where updates took it."""
+        return max(self.recipe.period.end, self.until or self.recipe.period.end)
 
     @property
     def so(self) -> dict:
@@ -102,32 +109,84 @@ def _channels(recipe: Recipe, kind: str) -> list[str]:
 # --------------------------------------------------------------------------
 # stages
 # --------------------------------------------------------------------------
+def _aggregated(ctx: RunContext, cat, kind: str, entry: str, start) -> xr.Dataset | None:
+    """Lazy n-day means of one source on the window from ``start`` to ``ctx.end``.
+
+    Only complete bins (ending on or before ``ctx.end``) are kept: a partial
+    last bin comes with the next update, so stored bins never change.
+    ``None`` when the source has no such bin.
+    """
+    from casm_cloud.aggregate import nday_mean
+    from casm_cloud.catalog import open_source
+
+    r = ctx.recipe
+    ds = open_source(cat, entry)
+    if "y" not in ds.dims or "x" not in ds.dims:
+        from casm_cloud.regrid import regrid_to_window
+
+        ds = regrid_to_window(ds, ctx.window)
+    else:
+        ds = _select_window(ds, ctx.window, kind)
+    ds = ds[_channels(r, kind)].sel(time=slice(str(start), str(ctx.end)))
+    if ds.sizes["time"] == 0:
+        return None
+    n = r.aggregate.n_days
+    out = nday_mean(ds, n, anchor=str(r.aggregate.anchor), min_count=r.aggregate.min_count)
+    last_start = np.datetime64(ctx.end) + np.timedelta64(1 - n, "D")
+    out = out.sel(time=slice(None, last_start))
+    if out.sizes["time"] == 0:
+        return None
+    out = out.chunk(_chunks(r))
+    out.attrs.update(ctx.window.identity())
+    return out
+
+
 def stage_aggregate(ctx: RunContext, h: str) -> None:
     """open → regrid (if not on the window) → anchored n-day means → Zarr."""
-    from casm_cloud.aggregate import nday_mean
-    from casm_cloud.catalog import open_catalog, open_source
+    from casm_cloud.catalog import open_catalog
 
     r = ctx.recipe
     cat = open_catalog(r.sources.catalog, storage_options=ctx.so)
-    window = ctx.window
     for kind, entry in _agg_sources(r).items():
-        ds = open_source(cat, entry)
-        if "y" not in ds.dims or "x" not in ds.dims:
-            from casm_cloud.regrid import regrid_to_window
-
-            ds = regrid_to_window(ds, window)
-        else:
-            ds = _select_window(ds, window, kind)
-        ds = ds[_channels(r, kind)].sel(time=slice(str(r.period.start), str(r.period.end)))
-        if ds.sizes["time"] == 0:
-            log.warning("aggregate: %s has no data in %s..%s; skipped", kind, r.period.start,
-                        r.period.end)
+        out = _aggregated(ctx, cat, kind, entry, r.period.start)
+        if out is None:
+            log.warning("aggregate: %s has no complete %d-day bin in %s..%s; skipped", kind,
+                        r.aggregate.n_days, r.period.start, ctx.end)
             continue
-        out = nday_mean(ds, r.aggregate.n_days, anchor=str(r.aggregate.anchor),
-                        min_count=r.aggregate.min_count)
-        out = out.chunk(_chunks(r))
-        out.attrs.update(window.identity())
         _write_dataset(out, ctx.url("aggregate", f"{kind}.zarr"), ctx.so, h)
+
+
+def _next_bin(ctx: RunContext, stage: str, url: str) -> np.datetime64:
+    """Start of the first n-day bin that a stage's store still needs.
+
+    The bin after the stage's last finished run (its marker), or after the
+    store's last time where that is earlier (a source that had no data at the
+    end of the last run).  An update killed while it grew the store so writes
+    the same bins again rather than leaving a hole.
+    """
+    a = ctx.recipe.aggregate
+    step = np.timedelta64(a.n_days, "D")
+    prev = (stage_state(ctx.recipe, stage) or {}).get("until", str(ctx.recipe.period.end))
+    anchor = np.datetime64(a.anchor, "D")
+    end = np.datetime64(prev, "D") + np.timedelta64(1, "D")  # exclusive
+    k = (end - anchor).astype(int) // a.n_days                  # bins before k are complete
+    last = storage.open_zarr(url, ctx.so)["time"].values[-1].astype("datetime64[D]")
+    return min(anchor + k * step, last + step)
+
+
+def update_aggregate(ctx: RunContext, h: str) -> None:
+    """Append the new complete bins of every source to its aggregate store."""
+    from casm_cloud.catalog import open_catalog
+
+    r = ctx.recipe
+    cat = open_catalog(r.sources.catalog, storage_options=ctx.so)
+    for kind, entry in _agg_sources(r).items():
+        url = ctx.url("aggregate", f"{kind}.zarr")
+        if not storage.store_state(url, ctx.so)["exists"]:
+            continue
+        new = _aggregated(ctx, cat, kind, entry, _next_bin(ctx, "aggregate", url))
+        added = 0 if new is None else storage.append_time(new, url, ctx.so, config_hash=h)
+        log.info("update: %s gained %d bins", kind, added)
 
 
 def _chunks(r: Recipe) -> dict[str, int]:
@@ -229,15 +288,19 @@ def _predict(ctx: RunContext, h: str, net: str, kind: str, period: slice, out: s
     inputs = _open(ctx, "aggregate", f"{kind}.zarr").sel(time=period)
     params = {"inputs": _open(ctx, "seasonal", f"{kind}.zarr"),
               "target": _open(ctx, "seasonal", "smap.zarr")}
+    # A store this stage made under another recipe is replaced (the runner decided to
+    # re-run); one of this recipe resumes its finished chunks, or grows (updates).
+    state = storage.store_state(out, ctx.so)
     predict_to_zarr(inputs, _members(ctx, net), params, out, n_noise=r.ensemble.n_noise,
                     noise_scale=r.ensemble.noise_scale, batch_size=r.predict.batch_size,
                     device=r.predict.device, precision=r.predict.precision, resume=True,
+                    overwrite=state["exists"] and state["config_hash"] != h, append=True,
                     storage_options=ctx.so, client=ctx.client, config_hash=h)
 
 
 def stage_predict_smos(ctx: RunContext, h: str) -> None:
     r = ctx.recipe
-    sl = slice(str(max(r.period.start, r.periods.smos_from)), str(r.period.end))
+    sl = slice(str(max(r.period.start, r.periods.smos_from)), str(ctx.end))
     _predict(ctx, h, "nn_smos", "smos", sl, ctx.url("predict_smos", "nn_smos.zarr"))
 
 
@@ -265,7 +328,7 @@ def stage_transfer(ctx: RunContext, h: str) -> None:
 
 def stage_predict_amsre(ctx: RunContext, h: str) -> None:
     r = ctx.recipe
-    sl = slice(str(r.period.start), str(min(r.period.end, r.periods.amsre_until)))
+    sl = slice(str(r.period.start), str(min(ctx.end, r.periods.amsre_until)))
     _predict(ctx, h, "nn_amsre", "amsre", sl, ctx.url("predict_amsre", "nn_amsre.zarr"))
 
 
@@ -278,15 +341,30 @@ def _eras(ctx: RunContext) -> dict[str, xr.Dataset]:
     return eras
 
 
-def stage_merge(ctx: RunContext, h: str) -> None:
+def _merged(ctx: RunContext) -> xr.Dataset:
     from casm_cloud.merge import merge_eras
-    from casm_cloud.schema import validate
 
     product = merge_eras(_eras(ctx))
     product.attrs.update(ctx.window.identity())
-    product = product.chunk(_chunks(ctx.recipe))
-    _write_dataset(product, ctx.recipe.output("product"), ctx.so, h)
+    return product.chunk(_chunks(ctx.recipe))
+
+
+def stage_merge(ctx: RunContext, h: str) -> None:
+    from casm_cloud.schema import validate
+
+    _write_dataset(_merged(ctx), ctx.recipe.output("product"), ctx.so, h)
     validate(storage.open_zarr(ctx.recipe.output("product"), ctx.so), "product")
+
+
+def update_merge(ctx: RunContext, h: str) -> None:
+    """Append the product's new time bins (the eras' times after its last one)."""
+    from casm_cloud.schema import validate
+
+    url = ctx.recipe.output("product")
+    merged = _merged(ctx)
+    new = merged.sel(time=merged["time"] >= _next_bin(ctx, "merge", url))
+    storage.append_time(new, url, ctx.so, config_hash=h)
+    validate(storage.open_zarr(url, ctx.so), "product")
 
 
 def stage_validate(ctx: RunContext, h: str) -> None:
@@ -318,7 +396,8 @@ def stage_report(ctx: RunContext, h: str) -> None:
     truth = None
     if r.sources.truth:
         truth = _open(ctx, "aggregate", "truth.zarr")
-        ctx.summary["scores"] = scores_against_truth(product, truth)
+        ctx.summary["scores"] = scores_against_truth(product, truth,
+                                                     sensor_changes=_sensor_changes(r))
     validation = None
     fs, path = storage.url_to_fs(ctx.url("validate", "metrics.csv"), ctx.so)
     if fs.exists(path):
@@ -326,10 +405,16 @@ def stage_report(ctx: RunContext, h: str) -> None:
 
         with fs.open(path) as f:
             validation = pd.read_csv(f)
-    changes = {"AMSR-E → SMOS": str(r.periods.smos_from)}
     ctx.summary["report"] = write_report(
         r.output("report"), product=product, truth=truth, validation=validation,
-        sensor_changes=changes, scores=ctx.summary.get("scores"), title=f"casm_cloud: {r.name}")
+        sensor_changes=_sensor_changes(r), scores=ctx.summary.get("scores"),
+        title=f"casm_cloud: {r.name}")
+
+
+def _sensor_changes(r: Recipe) -> dict[str, str]:
+    """Where the merged record changes network: SMOS joins, then AMSR-E leaves."""
+    return {"AMSR-E → AMSR-E + SMOS": str(r.periods.smos_from),
+            "AMSR-E + SMOS → SMOS": str(r.periods.amsre_until)}
 
 
 def stage_export(ctx: RunContext, h: str) -> None:
@@ -337,11 +422,21 @@ def stage_export(ctx: RunContext, h: str) -> None:
     export_casm(r.output("product"), r.output("export"), ctx.so)
 
 
-def export_casm(product_url: str, out: str, storage_options: dict | None = None) -> list[str]:
+def update_export(ctx: RunContext, h: str) -> None:
+    """Re-export the years the update touched (from the previous end's year on)."""
+    r = ctx.recipe
+    done = stage_state(r, "export") or {}
+    since = dt.date.fromisoformat(done.get("until", str(r.period.end))).year
+    export_casm(r.output("product"), r.output("export"), ctx.so,
+                years=range(since, ctx.end.year + 1))
+
+
+def export_casm(product_url: str, out: str, storage_options: dict | None = None, *,
+                years=None) -> list[str]:
     """Write the published CASM layout, one netCDF file per year, under ``out``.
 
     Each year is computed and written on its own, so memory is bounded by one
-    year of the window.
+    year of the window.  ``years`` limits the export to those years.
     """
     import os
     import tempfile
@@ -354,6 +449,8 @@ def export_casm(product_url: str, out: str, storage_options: dict | None = None)
     fs.makedirs(root, exist_ok=True)
     written = []
     for year in np.unique(casm["date"].dt.year.values):
+        if years is not None and year not in years:
+            continue
         part = casm.sel(date=str(year))
         enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in part.data_vars}
         with tempfile.TemporaryDirectory() as tmp:
@@ -367,53 +464,110 @@ def export_casm(product_url: str, out: str, storage_options: dict | None = None)
 
 @dataclass(frozen=True)
 class Stage:
+    """A stage: what it reads of the recipe, which stages' outputs it reads, its run.
+
+    ``update`` extends the stage's output to new months (``casm-cloud update``);
+    ``None`` keeps it as it is (seasonal parameters and models are not refitted),
+    ``"rerun"`` runs it again on the grown inputs.
+    """
+
     name: str
     sections: tuple[str, ...]
+    after: tuple[str, ...]
     run: Callable[[RunContext, str], None]
+    update: Callable[[RunContext, str], None] | str | None = None
 
+
+_SPLIT = ("training.split", "training.block_size", "training.val_fraction",
+          "training.test_fraction", "training.seed")
+_FIT = ("training.epochs", "training.batch_size", "training.lr", "training.patience",
+        "training.seed")
+_PREDICT = ("ensemble.n_noise", "ensemble.noise_scale", "predict")
+_AGG_SOURCES = ("sources.catalog", "sources.smos", "sources.amsre", "sources.amsr2",
+                "sources.smap", "sources.truth")
 
 STAGES: tuple[Stage, ...] = (
-    Stage("aggregate", ("sources", "grid", "period", "channels", "aggregate"), stage_aggregate),
-    Stage("seasonal", ("seasonal",), stage_seasonal),
-    Stage("pairs", ("training",), stage_pairs),
-    Stage("train", ("network", "training", "ensemble"), stage_train),
-    Stage("predict_smos", ("ensemble", "predict"), stage_predict_smos),
-    Stage("transfer", ("periods",), stage_transfer),
-    Stage("predict_amsre", (), stage_predict_amsre),
-    Stage("merge", ("outputs",), stage_merge),
-    Stage("validate", ("validation",), stage_validate),
-    Stage("report", (), stage_report),
-    Stage("export", (), stage_export),
+    Stage("aggregate", (*_AGG_SOURCES, "grid", "period", "channels", "aggregate"), (),
+          stage_aggregate, update_aggregate),
+    Stage("seasonal", ("seasonal",), ("aggregate",), stage_seasonal),
+    Stage("pairs", _SPLIT, ("aggregate", "seasonal"), stage_pairs),
+    Stage("train", ("network", *_FIT, "ensemble.members"), ("pairs",), stage_train),
+    Stage("predict_smos", (*_PREDICT, "periods.smos_from"), ("aggregate", "seasonal", "train"),
+          stage_predict_smos, stage_predict_smos),
+    Stage("transfer", (*_SPLIT, *_FIT, "periods.transfer", "training.fine_tune_epochs",
+                       "training.freeze_first"), ("predict_smos",), stage_transfer),
+    Stage("predict_amsre", (*_PREDICT, "periods.amsre_until"),
+          ("aggregate", "seasonal", "transfer"), stage_predict_amsre, stage_predict_amsre),
+    Stage("merge", ("outputs.product",), ("predict_smos", "predict_amsre"), stage_merge,
+          update_merge),
+    Stage("validate", ("validation", "sources.stations", "aggregate"), ("merge",),
+          stage_validate, "rerun"),
+    Stage("report", ("outputs.report", "periods.smos_from", "periods.amsre_until"),
+          ("merge", "validate"), stage_report, "rerun"),
+    Stage("export", ("outputs.export",), ("merge",), stage_export, update_export),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def stage_hashes(recipe: Recipe) -> dict[str, str]:
-    """Each stage's hash: its own sections chained with the stages before it."""
-    out, prev = {}, ""
-    for s in STAGES:
-        import hashlib
+    """Each stage's hash: the recipe keys it reads and the hashes of the stages it reads.
 
-        own = recipe.section_hash(*s.sections) if s.sections else ""
-        prev = hashlib.sha256(f"{prev}|{s.name}|{own}".encode()).hexdigest()[:16]
-        out[s.name] = prev
+    A change re-runs exactly the stages that read the changed keys and those
+    downstream of them (changing ``validation.min_obs`` re-runs validate and
+    report, never training or the export).
+    """
+    out: dict[str, str] = {}
+    for s in STAGES:
+        own = recipe.section_hash(*s.sections)
+        ups = ",".join(out[u] for u in s.after)
+        out[s.name] = hashlib.sha256(f"{s.name}|{own}|{ups}".encode()).hexdigest()[:16]
     return out
 
 
+def _marker_url(recipe: Recipe, name: str) -> str:
+    return storage.join(recipe.run_root, name, "_stage.json")
+
+
 def stage_state(recipe: Recipe, name: str) -> dict | None:
-    fs, path = storage.url_to_fs(storage.join(recipe.run_root, name, "_stage.json"),
-                                 dict(recipe.storage_options))
+    """The stage's marker (``config_hash``, ``seconds``, ``finished``, ``until``), or None."""
+    fs, path = storage.url_to_fs(_marker_url(recipe, name), dict(recipe.storage_options))
     if not fs.exists(path):
         return None
     return json.loads(fs.cat(path))
 
 
-def _mark_stage(recipe: Recipe, name: str, h: str, seconds: float) -> None:
-    fs, path = storage.url_to_fs(storage.join(recipe.run_root, name, "_stage.json"),
-                                 dict(recipe.storage_options))
+def _mark_stage(recipe: Recipe, name: str, h: str, seconds: float,
+                until: dt.date | None = None) -> None:
+    fs, path = storage.url_to_fs(_marker_url(recipe, name), dict(recipe.storage_options))
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe(path, json.dumps({"stage": name, "config_hash": h, "seconds": round(seconds, 2),
-                              "finished": dt.datetime.now(dt.UTC).isoformat()}).encode())
+    marker = {"stage": name, "config_hash": h, "seconds": round(seconds, 2),
+              "finished": dt.datetime.now(dt.UTC).isoformat()}
+    if until is not None:
+        marker["until"] = str(until)
+    fs.pipe(path, json.dumps(marker).encode())
+
+
+def _recorded_until(recipe: Recipe) -> dt.date | None:
+    """How far updates took the run (the aggregate stage's marker), if at all."""
+    st = stage_state(recipe, "aggregate")
+    return dt.date.fromisoformat(st["until"]) if st and st.get("until") else None
+
+
+def _with_client(recipe: Recipe, client, fn: Callable[[RunContext], RunContext]) -> RunContext:
+    """Run ``fn`` on a context with ``client``, or on a cluster built from the recipe."""
+    if client is not None:
+        return fn(RunContext(recipe, client, getattr(client, "dashboard_link", None)))
+    from casm_cloud.cluster import get_client
+
+    c = recipe.cluster
+    with get_client(c.kind, n_workers=c.n_workers, threads_per_worker=c.threads_per_worker,
+                    memory_limit=c.memory_limit, gateway_options=dict(c.gateway)) as (cl, dash):
+        return fn(RunContext(recipe, cl, dash))
+
+
+def _say(progress: bool, name: str, what: str) -> None:
+    if progress:
+        print(f"[casm-cloud] {name:<14} {what}", flush=True)
 
 
 def run_recipe(recipe: Recipe, *, start_from: str | None = None, until: str | None = None,
@@ -429,6 +583,8 @@ def run_recipe(recipe: Recipe, *, start_from: str | None = None, until: str | No
         Stop after this stage.
     client : distributed.Client, optional
         Use this client; otherwise one is built from ``recipe.cluster``.
+    progress : bool
+        Print one line per stage.
 
     Raises
     ------
@@ -438,37 +594,26 @@ def run_recipe(recipe: Recipe, *, start_from: str | None = None, until: str | No
     for name in (start_from, until):
         if name is not None and name not in STAGE_NAMES:
             raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
-    if client is None:
-        from casm_cloud.cluster import get_client
-
-        c = recipe.cluster
-        with get_client(c.kind, n_workers=c.n_workers, threads_per_worker=c.threads_per_worker,
-                        memory_limit=c.memory_limit, gateway_options=dict(c.gateway)) as (cl, dash):
-            return _run(RunContext(recipe, cl, dash), start_from, until, progress)
-    return _run(RunContext(recipe, client, getattr(client, "dashboard_link", None)), start_from,
-                until, progress)
+    return _with_client(recipe, client, lambda ctx: _run(ctx, start_from, until, progress))
 
 
 def _run(ctx: RunContext, start_from, until, progress) -> RunContext:
     hashes = stage_hashes(ctx.recipe)
+    ctx.until = _recorded_until(ctx.recipe)
     forced = False
     for s in STAGES:
         forced = forced or s.name == start_from
         st = stage_state(ctx.recipe, s.name)
         if not forced and st is not None and st.get("config_hash") == hashes[s.name]:
             log.info("stage %s: up to date, skipped", s.name)
-            if progress:
-                print(f"[casm-cloud] {s.name:<14} up to date", flush=True)
+            _say(progress, s.name, "up to date")
         else:
-            if progress:
-                print(f"[casm-cloud] {s.name:<14} running ...", flush=True)
+            _say(progress, s.name, "running ...")
             t0 = time.perf_counter()
             s.run(ctx, hashes[s.name])
-            dt_s = time.perf_counter() - t0
-            ctx.timings[s.name] = dt_s
-            _mark_stage(ctx.recipe, s.name, hashes[s.name], dt_s)
-            if progress:
-                print(f"[casm-cloud] {s.name:<14} done in {dt_s:.1f} s", flush=True)
+            ctx.timings[s.name] = time.perf_counter() - t0
+            _mark_stage(ctx.recipe, s.name, hashes[s.name], ctx.timings[s.name], ctx.until)
+            _say(progress, s.name, f"done in {ctx.timings[s.name]:.1f} s")
         if s.name == until:
             break
     return ctx
@@ -500,6 +645,66 @@ def run_demo(out: str = "casm-demo", *, start_from: str | None = None, until: st
     return run_recipe(recipe, start_from=start_from, until=until, client=client)
 
 
-def update_recipe(recipe: Recipe, until: dt.date, **kw) -> RunContext:
-    """Extend a finished run to ``until`` (new months) — placeholder wired below."""
-    raise NotImplementedError
+def update_recipe(recipe: Recipe, until, *, client=None, progress: bool = True) -> RunContext:
+    """Extend a finished run with new months up to ``until`` (the monthly update).
+
+    Stored seasonal parameters and trained networks are reused as they are;
+    the new complete n-day bins of every source are appended to the
+    aggregates, predicted (only new chunks, and a grown last time chunk), and
+    appended to the product; validation, report and the export of the
+    touched years are redone.  Each stage records how far it got, so running
+    the same update again changes nothing, and a killed update continues.
+
+    Parameters
+    ----------
+    recipe : Recipe
+        The recipe of a finished run (same hashes as its stage markers).
+    until : str or datetime.date
+        Last day of new data to take.
+    client : distributed.Client, optional
+    progress : bool
+
+    Raises
+    ------
+    ValueError
+        If ``until`` is not a date after the recipe's period.
+    casm_cloud.storage.StoreError
+        If the run is not finished with this recipe (run it first).
+    """
+    try:
+        until = until if isinstance(until, dt.date) else dt.date.fromisoformat(str(until))
+    except ValueError:
+        raise ValueError(f"--until {until!r}: expected a date YYYY-MM-DD") from None
+    if until <= recipe.period.end:
+        raise ValueError(f"--until {until}: the recipe's period already ends on "
+                         f"{recipe.period.end}; an update extends past it")
+    hashes = stage_hashes(recipe)
+    for s in STAGES:
+        st = stage_state(recipe, s.name)
+        if st is None or st.get("config_hash") != hashes[s.name]:
+            why = "has not run" if st is None else "ran with another recipe"
+            raise storage.StoreError(
+                f"stage {s.name!r} {why} under {recipe.run_root}: run the recipe first "
+                f"(casm-cloud run), then update it")
+
+    def go(ctx: RunContext) -> RunContext:
+        ctx.until = until
+        for s in STAGES:
+            done = dt.date.fromisoformat(stage_state(recipe, s.name).get(
+                "until", str(recipe.period.end)))
+            if done >= until:
+                _say(progress, s.name, f"up to date (until {done})")
+                continue
+            if s.update is None:
+                _say(progress, s.name, "kept (not refitted)")
+                _mark_stage(recipe, s.name, hashes[s.name], 0.0, until)
+                continue
+            _say(progress, s.name, f"updating to {until} ...")
+            t0 = time.perf_counter()
+            (s.run if s.update == "rerun" else s.update)(ctx, hashes[s.name])
+            ctx.timings[s.name] = time.perf_counter() - t0
+            _mark_stage(recipe, s.name, hashes[s.name], ctx.timings[s.name], until)
+            _say(progress, s.name, f"done in {ctx.timings[s.name]:.1f} s")
+        return ctx
+
+    return _with_client(recipe, client, go)

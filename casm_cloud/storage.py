@@ -40,6 +40,7 @@ __all__ = [
     "write_region",
     "ChunkRecord",
     "mark_complete",
+    "append_time",
     "store_state",
 ]
 
@@ -179,17 +180,84 @@ class ChunkRecord:
         return self._fs.exists(posixpath.join(self._root, self.key(index)))
 
 
+def _group(url: str, storage_options: Mapping | None) -> zarr.Group:
+    store = zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {})) \
+        if "://" in str(url) else zarr.storage.LocalStore(url)
+    return zarr.open_group(store, mode="r+")
+
+
 def mark_complete(url: str, storage_options: Mapping | None = None, *,
                   config_hash: str | None = None, **attrs) -> None:
     """Set the completion attribute (last step of every write)."""
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {})) \
-        if "://" in str(url) else zarr.storage.LocalStore(url)
-    group = zarr.open_group(store, mode="r+")
+    group = _group(url, storage_options)
     new = dict(attrs)
     if config_hash is not None:
         new[HASH_ATTR] = config_hash
     new[COMPLETE_ATTR] = True
     group.attrs.update(new)
+
+
+def append_time(ds: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
+                config_hash: str | None = None) -> int:
+    """Write ``ds`` onto the end of a store's time axis (the monthly update).
+
+    Times of ``ds`` up to the store's last one must be the store's last times
+    (a killed append that grew the axis): they are written again in place;
+    later ones are appended.  Writes are chunked to line up with the store's
+    chunks, so dask workers never share a Zarr chunk.  The store reads as
+    unfinished until the write is done; its attributes stay.
+
+    Returns
+    -------
+    int
+        Number of time steps the store gained (``ds`` empty: nothing is touched).
+
+    Raises
+    ------
+    StoreError
+        If the store is missing, or ``ds`` starts at a time the store does not
+        have or lacks some of the store's times after its start.
+    """
+    so = dict(storage_options or {})
+    stored = open_zarr(url, so)
+    if ds.sizes.get("time", 0) == 0:
+        return 0
+    old, times = stored["time"].values, ds["time"].values
+    i0 = int(old.searchsorted(times[0]))
+    n_over = old.size - i0
+    if n_over > times.size or (old[i0:] != times[:n_over]).any():
+        raise StoreError(f"cannot append to {url}: its times end at {old[-1]}, the new ones "
+                         f"({times[0]}..{times[-1]}) do not continue them")
+    new = ds[[v for v in ds.data_vars if "time" in ds[v].dims]]
+    new = new.drop_vars([c for c in new.coords if c != "time" and "time" in new[c].dims])
+    chunks = {}
+    for name in new.data_vars:
+        chunks.update(zip(stored[name].dims, stored[name].encoding["chunks"], strict=True))
+    attrs = {k: v for k, v in stored.attrs.items() if k != COMPLETE_ATTR}
+    _group(url, so).attrs[COMPLETE_ATTR] = False
+    if n_over:
+        over = new.isel(time=slice(0, n_over))
+        over = over.chunk({**chunks, "time": _aligned(n_over, i0, chunks["time"])})
+        write_region(over, url, so, region={d: slice(i0, None) if d == "time" else slice(None)
+                                            for d in over.dims})
+    rest = new.isel(time=slice(n_over, None))
+    if rest.sizes["time"]:
+        rest = rest.chunk({**chunks, "time": _aligned(rest.sizes["time"], old.size,
+                                                       chunks["time"])})
+        rest.attrs = attrs  # to_zarr(append_dim) replaces the group's attributes
+        rest.to_zarr(url, append_dim="time", consolidated=False, storage_options=so or None)
+    mark_complete(url, so, config_hash=config_hash or attrs.get(HASH_ATTR))
+    return int(times.size - n_over)
+
+
+def _aligned(n: int, offset: int, step: int) -> tuple[int, ...]:
+    """Chunk sizes of ``n`` steps written from ``offset`` on Zarr chunks of ``step``."""
+    sizes, pos = [], offset
+    while pos < offset + n:
+        end = min((pos // step + 1) * step, offset + n)
+        sizes.append(end - pos)
+        pos = end
+    return tuple(sizes)
 
 
 def store_state(url: str, storage_options: Mapping | None = None) -> dict:

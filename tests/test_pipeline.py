@@ -1,0 +1,202 @@
+"""The CASM recipe end to end on a tiny simulated region: run, resume after a kill,
+monthly update, and which stages a changed recipe re-runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import yaml
+
+from casm_cloud import storage
+from casm_cloud.config import recipe_from_dict
+from casm_cloud.pipeline import STAGE_NAMES, run_recipe, stage_hashes, stage_state, update_recipe
+from casm_cloud.schema import validate
+
+START, END, UNTIL = "2011-01-01", "2015-12-31", "2016-02-29"
+PRODUCT_VARS = ["sm", "sm_residual", "seasonal_cycle", "structural_uncertainty",
+                "data_uncertainty", "source"]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    from casm_cloud.simulate import write_simulation
+
+    out = tmp_path_factory.mktemp("sources")
+    write_simulation(str(out), region="tiny", start=START, end="2016-03-31", seed=0,
+                     amsre_ease1=True)
+    return out
+
+
+def _raw(sources: Path, root: Path) -> dict:
+    """A recipe sized for seconds: 6x6 cells, AMSR-E/SMOS/SMAP eras, tiny networks."""
+    return {
+        "name": "tiny", "run_root": str(root / "run"),
+        "sources": {"catalog": str(sources / "catalog.yaml"), "truth": "truth",
+                    "stations": str(sources / "stations")},
+        "grid": {"name": "M25", "region": "tiny"},
+        "period": {"start": START, "end": END},
+        "periods": {"transfer": {"start": START, "end": "2011-10-03"}},
+        "network": {"hidden": [32, 32, 32, 32]},
+        "training": {"epochs": 4, "fine_tune_epochs": 2, "batch_size": 256, "lr": 0.003,
+                     "patience": 2, "block_size": 2},
+        "ensemble": {"members": 2, "n_noise": 3},
+        "predict": {"chunks": {"time": 64, "y": 8, "x": 8}},
+        "validation": {"min_obs": 20},
+        "cluster": {"n_workers": 2, "threads_per_worker": 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(sources, client, tmp_path_factory):
+    """An uninterrupted run: (recipe, context)."""
+    recipe = recipe_from_dict(_raw(sources, tmp_path_factory.mktemp("reference")))
+    return recipe, run_recipe(recipe, client=client, progress=False)
+
+
+def _product(recipe) -> xr.Dataset:
+    return xr.open_zarr(recipe.output("product"), consolidated=False).load()
+
+
+def _copy_run(recipe, root: Path, **changes):
+    """The reference run's outputs under a new root, with a recipe changed by ``changes``."""
+    shutil.copytree(Path(recipe.run_root), root / "run")
+    raw = recipe.model_dump(mode="json")
+    raw.update(run_root=str(root / "run"), outputs={})
+    for key, value in changes.items():
+        section, name = key.split(".")
+        raw[section] = {**raw[section], name: value}
+    return recipe_from_dict(raw)
+
+
+def test_recipe_end_to_end(reference):
+    recipe, ctx = reference
+    assert list(ctx.timings) == list(STAGE_NAMES)
+    product = _product(recipe)  # plain xarray, no casm_cloud reader
+    validate(product, "product")
+    assert set(PRODUCT_VARS) <= set(product.data_vars)
+    # both eras and their overlap are in the record
+    codes = set(np.unique(product["source"].values)) - {0}
+    assert len(codes) == 3, codes
+    assert product.time.values[0] <= np.datetime64("2011-01-03")
+    # the last complete 3-day bin (anchored on 2002-01-01) of the period
+    assert product.time.values[-1] == np.datetime64("2015-12-28")
+    assert np.isfinite(product["lat"].values).all() and np.isfinite(product["lon"].values).all()
+    years = sorted(p.name for p in Path(recipe.output("export")).glob("*.nc"))
+    assert years == [f"CASM_SM_{y}.nc" for y in range(2011, 2016)]
+    casm = xr.open_dataset(Path(recipe.output("export")) / "CASM_SM_2013.nc")
+    assert {"CASM_soil_moisture", "structural_uncertainty"} <= set(casm.data_vars)
+    assert (Path(recipe.output("report")) / "index.html").is_file()
+    assert Path(recipe.run_root, "validate", "metrics.csv").is_file()
+    scores = ctx.summary["scores"]
+    # The networks' residuals follow the truth's (a broken chain gives about 0).
+    assert scores["residual_R"] > 0.3 and scores["n_pixels"] >= 30, scores
+    for name in STAGE_NAMES:
+        assert stage_state(recipe, name)["config_hash"] == stage_hashes(recipe)[name]
+
+
+def test_run_killed_between_stages_resumes_to_the_same_product(sources, reference, client,
+                                                               tmp_path):
+    recipe = recipe_from_dict(_raw(sources, tmp_path))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    exe = Path(sys.executable).parent / "casm-cloud"
+    proc = subprocess.Popen([str(exe), "run", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("[casm-cloud] predict_smos") and "running" in line:
+                os.killpg(proc.pid, signal.SIGKILL)  # train finished, prediction under way
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert stage_state(recipe, "train") is not None and stage_state(recipe, "merge") is None
+
+    ctx = run_recipe(recipe, client=client, progress=False)
+    assert list(ctx.timings) == list(STAGE_NAMES[STAGE_NAMES.index("predict_smos"):])
+    got, want = _product(recipe), _product(reference[0])
+    for name in PRODUCT_VARS:
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+
+
+def test_update_appends_exactly_the_new_bins_and_is_idempotent(reference, client, tmp_path):
+    recipe = _copy_run(reference[0], tmp_path)
+    before = _product(recipe)
+    ctx = update_recipe(recipe, UNTIL, client=client, progress=False)
+    assert set(ctx.timings) == {"aggregate", "predict_smos", "predict_amsre", "merge",
+                                "validate", "report", "export"}
+    after = _product(recipe)
+    # the complete anchored 3-day bins after the last one through 2016-02-29
+    new = pd.date_range("2015-12-31", "2016-02-26", freq="3D").values
+    np.testing.assert_array_equal(after.time.values, np.concatenate([before.time.values, new]))
+    for name in PRODUCT_VARS:  # stored bins untouched
+        np.testing.assert_array_equal(after[name].isel(time=slice(0, before.sizes["time"])),
+                                      before[name], err_msg=name)
+    tail = after.sel(time=new)
+    assert np.isfinite(tail["sm"].values).mean() > 0.5
+    assert (tail["source"].values[np.isfinite(tail["sm"].values)] == 2).all()  # SMOS era
+    assert (Path(recipe.output("export")) / "CASM_SM_2016.nc").is_file()
+    aggregate = storage.open_zarr(recipe.run_root + "/aggregate/smos.zarr", require_complete=True)
+    assert aggregate.time.values[-1] == new[-1]
+
+    def files(root):
+        return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+    snapshot = files(recipe.output("product"))
+    again = update_recipe(recipe, UNTIL, client=client, progress=False)
+    assert again.timings == {}
+    assert files(recipe.output("product")) == snapshot
+
+
+def test_update_needs_a_finished_run_and_a_later_date(sources, reference, tmp_path):
+    with pytest.raises(ValueError, match="already ends on 2015-12-31"):
+        update_recipe(reference[0], "2015-06-30", progress=False)
+    with pytest.raises(ValueError, match="expected a date"):
+        update_recipe(reference[0], "next month", progress=False)
+    fresh = recipe_from_dict(_raw(sources, tmp_path))
+    with pytest.raises(storage.StoreError, match="stage 'aggregate' has not run"):
+        update_recipe(fresh, UNTIL, progress=False)
+
+
+@pytest.mark.parametrize(("change", "reruns"), [
+    ({"validation.min_obs": 30}, {"validate", "report"}),
+    ({"outputs.export": "elsewhere"}, {"export"}),
+    ({"ensemble.n_noise": 5}, {"predict_smos", "transfer", "predict_amsre", "merge",
+                               "validate", "report", "export"}),
+    ({"training.fine_tune_epochs": 3}, {"transfer", "predict_amsre", "merge", "validate",
+                                        "report", "export"}),
+    ({"seasonal.min_obs": 30}, set(STAGE_NAMES) - {"aggregate"}),
+])
+def test_a_changed_recipe_reruns_the_stages_it_affects(reference, change, reruns):
+    recipe = reference[0]
+    raw = recipe.model_dump(mode="json")
+    for key, value in change.items():
+        section, name = key.split(".")
+        raw[section] = {**raw[section], name: value}
+    a, b = stage_hashes(recipe), stage_hashes(recipe_from_dict(raw))
+    assert {s for s in STAGE_NAMES if a[s] != b[s]} == reruns
+
+
+def test_a_changed_recipe_runs_only_those_stages(reference, client, tmp_path):
+    recipe = _copy_run(reference[0], tmp_path, **{"validation.min_obs": 30})
+    ctx = run_recipe(recipe, client=client, progress=False)
+    assert list(ctx.timings) == ["validate", "report"]
