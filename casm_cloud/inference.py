@@ -546,6 +546,11 @@ def _prepare_store(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[
                    resume: bool, overwrite: bool, append: bool) -> None:
     """Create, reuse or grow the output store; refuse one made by another configuration."""
     state = storage.store_state(out, so)
+    if not state["exists"] and not overwrite and _has_content(out, so):
+        # write_template removes whatever is at ``out``: never a user's files unasked.
+        raise storage.StoreError(
+            f"output {out} exists and is not a Zarr store (a file, or a folder with other "
+            "content); pass overwrite=True (--overwrite) to replace it, or choose another output")
     if state["exists"] and not overwrite:
         stored = storage.open_zarr(out, so)
         made_by = stored.attrs.get(PREDICT_HASH_ATTR)
@@ -576,6 +581,14 @@ def _prepare_store(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[
                 "extend the stored times, or overwrite=True to start again")
     storage.write_template(template, out, so, config_hash=hashes[storage.HASH_ATTR])
     _set_attrs(out, so, hashes)
+
+
+def _has_content(url: str, so: Mapping) -> bool:
+    fs, path = storage.url_to_fs(url, so)
+    try:
+        return fs.isfile(path) or (fs.isdir(path) and bool(fs.ls(path, detail=False)))
+    except FileNotFoundError:
+        return False
 
 
 def _regions(sizes: Mapping[str, int], chunks: Mapping[str, int]):

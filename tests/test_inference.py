@@ -306,6 +306,30 @@ def test_store_of_another_configuration_is_refused(tmp_path, tb, params, members
     assert s.computed == s.n_chunks and storage.store_state(out)["complete"]
 
 
+def test_output_that_is_not_a_prediction_is_refused(tmp_path, tb, params, members):
+    # another stage's Zarr store at the output path: refused, left as it was
+    other = str(tmp_path / "tb.zarr")
+    tb.to_zarr(other, consolidated=False, zarr_format=3)
+    with pytest.raises(storage.StoreError, match="different prediction configuration"):
+        inference.predict_to_zarr(tb, members, params, other, n_noise=2, device="cpu")
+    assert set(storage.open_zarr(other).data_vars) == set(tb.data_vars)
+    # a folder with other files, and a plain file: refused, not deleted
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    plain = tmp_path / "out.zarr"
+    plain.write_text("not a store")
+    for out in (folder, plain):
+        with pytest.raises(storage.StoreError, match="not a Zarr store"):
+            inference.predict_to_zarr(tb, members, params, str(out), n_noise=2, device="cpu")
+    assert (folder / "notes.txt").read_text() == "keep me" and plain.read_text() == "not a store"
+    # an empty folder is a fine place for a new store
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    s = inference.predict_to_zarr(tb, members, params, str(empty), n_noise=2, device="cpu")
+    assert s.computed == s.n_chunks and storage.store_state(str(empty))["complete"]
+
+
 def test_cli_predict(tmp_path, tb, params, members, capsys):
     from casm_cloud.cli import main
 
