@@ -33,6 +33,7 @@ from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
 
 from casm_cloud.sources import ADAPTERS, get_adapter
+from casm_cloud.storage import secret_keys
 
 __all__ = [
     "CasmSource",
@@ -46,17 +47,6 @@ __all__ = [
 ]
 
 _DIR_TOKEN = "{CATALOG_DIR}"
-
-# storage_options keys that hold secrets (gcsfs, s3fs, adlfs, http auth).
-_SECRET_KEYS = {
-    "token", "key", "secret", "password", "passwd", "client_secret", "session_token",
-    "refresh_token", "access_token", "aws_access_key_id", "aws_secret_access_key",
-    "aws_session_token", "access_key", "secret_key", "account_key", "sas_token",
-    "credentials", "auth", "authorization", "username", "user", "login",
-}
-# Values of "token" that select a credential *mechanism*, not a secret (gcsfs).
-_TOKEN_MODES = {"anon", "google_default", "cloud", "browser", None}
-
 
 class CatalogError(ValueError):
     """A catalog or entry that cannot be written or read as asked."""
@@ -91,21 +81,8 @@ def _is_relative(urlpath: str) -> bool:
     return not ("://" in u or u.startswith("/") or u.startswith("{") or u.startswith("~"))
 
 
-def _secret_keys(options: Mapping, prefix: str = "") -> list[str]:
-    """Keys (dotted, at any depth, e.g. ``client_kwargs.headers.Authorization``) holding secrets."""
-    found = []
-    for k, v in options.items():
-        if k == "token" and (v in _TOKEN_MODES or isinstance(v, bool)):
-            continue
-        if str(k).lower() in _SECRET_KEYS:
-            found.append(prefix + str(k))
-        elif isinstance(v, Mapping):
-            found += _secret_keys(v, f"{prefix}{k}.")
-    return found
-
-
 def _check_no_secrets(urlpath: str, storage_options: Mapping | None, where: str) -> None:
-    bad = _secret_keys(dict(storage_options or {}))
+    bad = secret_keys(dict(storage_options or {}))
     if bad:
         raise CatalogError(
             f"{where}: storage_options {bad} would write a credential into the catalog; "

@@ -76,6 +76,25 @@ class Sources(_Section):
     smap: str = "smap"
     truth: str | None = None
     stations: str | None = None  # ISMN folder or zip (path or URL)
+    # fsspec options to reach the catalog (the run root's are Recipe.storage_options)
+    storage_options: dict[str, Any] = {}
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict) -> dict:
+        return _no_credentials(v)
+
+
+def _no_credentials(options: dict) -> dict:
+    from casm_cloud.storage import secret_keys
+
+    bad = sorted(secret_keys(options))
+    if bad:
+        raise ValueError(
+            f"credentials ({', '.join(bad)}) do not belong in a recipe; give them through "
+            "the environment (e.g. GOOGLE_APPLICATION_CREDENTIALS, AWS_* variables)"
+        )
+    return options
 
 
 class Channels(_Section):
@@ -184,14 +203,7 @@ class Recipe(_Section):
     @field_validator("storage_options")
     @classmethod
     def _no_secrets(cls, v: dict) -> dict:
-        secret = {"token", "secret", "password", "key", "secret_access_key", "access_key_id"}
-        bad = sorted(k for k in v if k.lower() in secret)
-        if bad:
-            raise ValueError(
-                f"credentials ({', '.join(bad)}) do not belong in a recipe; give them through "
-                "the environment (e.g. GOOGLE_APPLICATION_CREDENTIALS, AWS_* variables)"
-            )
-        return v
+        return _no_credentials(v)
 
     # -- derived --------------------------------------------------------
     def output(self, which: Literal["product", "export", "report"]) -> str:

@@ -80,6 +80,11 @@ def _open(ctx: RunContext, stage: str, name: str) -> xr.Dataset:
     return storage.open_zarr(ctx.url(stage, name), ctx.so, require_complete=True)
 
 
+def _aggregate(ctx: RunContext, kind: str) -> xr.Dataset:
+    """A source's n-day means, its channels in the recipe's order (the model's input order)."""
+    return _open(ctx, "aggregate", f"{kind}.zarr")[_channels(ctx.recipe, kind)]
+
+
 def _target_params(ctx: RunContext) -> xr.Dataset:
     """Seasonal parameters of the SMAP target, without the ``variable`` dim."""
     return _open(ctx, "seasonal", "smap.zarr").sel(variable="sm", drop=True)
@@ -146,7 +151,7 @@ def stage_aggregate(ctx: RunContext, h: str) -> None:
     from casm_cloud.catalog import open_catalog
 
     r = ctx.recipe
-    cat = open_catalog(r.sources.catalog, storage_options=ctx.so)
+    cat = open_catalog(r.sources.catalog, storage_options=r.sources.storage_options)
     for kind, entry in _agg_sources(r).items():
         out = _aggregated(ctx, cat, kind, entry, r.period.start)
         if out is None:
@@ -179,7 +184,7 @@ def update_aggregate(ctx: RunContext, h: str) -> None:
     from casm_cloud.catalog import open_catalog
 
     r = ctx.recipe
-    cat = open_catalog(r.sources.catalog, storage_options=ctx.so)
+    cat = open_catalog(r.sources.catalog, storage_options=r.sources.storage_options)
     for kind, entry in _agg_sources(r).items():
         url = ctx.url("aggregate", f"{kind}.zarr")
         if not storage.store_state(url, ctx.so)["exists"]:
@@ -220,7 +225,7 @@ def stage_seasonal(ctx: RunContext, h: str) -> None:
         url = ctx.url("aggregate", f"{kind}.zarr")
         if not storage.store_state(url, ctx.so)["complete"]:
             continue
-        ds = _open(ctx, "aggregate", f"{kind}.zarr")
+        ds = _aggregate(ctx, kind)
         params = fit_seasonal_cycle(ds.to_dataarray("variable"), min_obs=r.seasonal.min_obs)
         params.attrs.update(ctx.window.identity())
         _write_dataset(params, ctx.url("seasonal", f"{kind}.zarr"), ctx.so, h)
@@ -239,10 +244,10 @@ def stage_pairs(ctx: RunContext, h: str) -> None:
     from casm_cloud.pairs import build_pairs, write_pairs
 
     r = ctx.recipe
-    smap = _open(ctx, "aggregate", "smap.zarr")
+    smap = _aggregate(ctx, "smap")
     smap_p = _target_params(ctx)
     for net, kind in _DIRECT_NETS.items():
-        inputs = _open(ctx, "aggregate", f"{kind}.zarr")
+        inputs = _aggregate(ctx, kind)
         params = _open(ctx, "seasonal", f"{kind}.zarr")
         sl = _smap_overlap(ctx, kind)
         pairs = build_pairs(inputs.sel(time=sl), smap["sm"].sel(time=sl), params, smap_p,
@@ -285,7 +290,7 @@ def _predict(ctx: RunContext, h: str, net: str, kind: str, period: slice, out: s
     from casm_cloud.inference import predict_to_zarr
 
     r = ctx.recipe
-    inputs = _open(ctx, "aggregate", f"{kind}.zarr").sel(time=period)
+    inputs = _aggregate(ctx, kind).sel(time=period)
     params = {"inputs": _open(ctx, "seasonal", f"{kind}.zarr"),
               "target": _open(ctx, "seasonal", "smap.zarr")}
     # A store this stage made under another recipe is replaced (the runner decided to
@@ -313,7 +318,7 @@ def stage_transfer(ctx: RunContext, h: str) -> None:
     tp = r.periods.transfer
     sl = slice(str(max(tp.start, r.period.start)), str(min(tp.end, r.period.end)))
     target = _open(ctx, "predict_smos", "nn_smos.zarr")["sm"].sel(time=sl)
-    inputs = _open(ctx, "aggregate", "amsre.zarr").sel(time=sl)
+    inputs = _aggregate(ctx, "amsre").sel(time=sl)
     pairs = build_pairs(inputs, target, _open(ctx, "seasonal", "amsre.zarr"),
                         _target_params(ctx), **_split_kwargs(r))
     url = ctx.url("pairs", "nn_amsre_transfer.zarr")
@@ -395,7 +400,7 @@ def stage_report(ctx: RunContext, h: str) -> None:
     product = storage.open_zarr(r.output("product"), ctx.so)
     truth = None
     if r.sources.truth:
-        truth = _open(ctx, "aggregate", "truth.zarr")
+        truth = _aggregate(ctx, "truth")
         ctx.summary["scores"] = scores_against_truth(product, truth,
                                                      sensor_changes=_sensor_changes(r))
     validation = None
@@ -483,7 +488,7 @@ _SPLIT = ("training.split", "training.block_size", "training.val_fraction",
 _FIT = ("training.epochs", "training.batch_size", "training.lr", "training.patience",
         "training.seed")
 _PREDICT = ("ensemble.n_noise", "ensemble.noise_scale", "predict")
-_AGG_SOURCES = ("sources.catalog", "sources.smos", "sources.amsre", "sources.amsr2",
+_AGG_SOURCES = ("sources.catalog", "sources.storage_options", "sources.smos", "sources.amsre", "sources.amsr2",
                 "sources.smap", "sources.truth")
 
 STAGES: tuple[Stage, ...] = (

@@ -42,11 +42,37 @@ __all__ = [
     "mark_complete",
     "append_time",
     "store_state",
+    "secret_keys",
 ]
 
 COMPLETE_ATTR = "casm_complete"
 HASH_ATTR = "casm_config_hash"
 _RECORD_DIR = "_casm_chunks"
+
+
+# storage_options keys that hold secrets (gcsfs, s3fs, adlfs, http auth).
+_SECRET_KEYS = {
+    "token", "key", "secret", "password", "passwd", "client_secret", "session_token",
+    "refresh_token", "access_token", "aws_access_key_id", "aws_secret_access_key",
+    "aws_session_token", "access_key", "secret_key", "account_key", "sas_token",
+    "credentials", "auth", "authorization", "username", "user", "login",
+}
+# Values of "token" that select a credential *mechanism*, not a secret (gcsfs).
+_TOKEN_MODES = {"anon", "google_default", "cloud", "browser", None}
+
+
+def secret_keys(options: Mapping, prefix: str = "") -> list[str]:
+    """Keys of ``storage_options`` (dotted, at any depth, e.g.
+    ``client_kwargs.headers.Authorization``) that hold credentials."""
+    found = []
+    for k, v in options.items():
+        if k == "token" and (v in _TOKEN_MODES or isinstance(v, bool)):
+            continue
+        if str(k).lower() in _SECRET_KEYS:
+            found.append(prefix + str(k))
+        elif isinstance(v, Mapping):
+            found += secret_keys(v, f"{prefix}{k}.")
+    return found
 
 
 class StoreError(ValueError):
@@ -88,7 +114,7 @@ def zarr_encoding(ds: xr.Dataset, *, level: int = 3) -> dict:
 
 def open_zarr(url: str, storage_options: Mapping | None = None, *,
               require_complete: bool = False, **kwargs) -> xr.Dataset:
-    """Open a Zarr store lazily (dask-backed, on-disk chunks).
+    """Open a Zarr store lazily (dask-backed, on-disk chunks), variables sorted by name.
 
     Raises
     ------
@@ -100,6 +126,9 @@ def open_zarr(url: str, storage_options: Mapping | None = None, *,
     kwargs.setdefault("chunks", {})
     kwargs.setdefault("consolidated", False)
     ds = xr.open_zarr(url, storage_options=dict(storage_options or {}) or None, **kwargs)
+    # Variables in name order: a store lists them in its backend's order (a local
+    # folder's is the file system's), and models and fits take them in order.
+    ds = ds[sorted(ds.data_vars)]
     if require_complete and not ds.attrs.get(COMPLETE_ATTR, False):
         raise StoreError(f"Zarr store {url} is unfinished (no {COMPLETE_ATTR} attribute)")
     return ds

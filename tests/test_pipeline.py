@@ -200,3 +200,22 @@ def test_a_changed_recipe_runs_only_those_stages(reference, client, tmp_path):
     recipe = _copy_run(reference[0], tmp_path, **{"validation.min_obs": 30})
     ctx = run_recipe(recipe, client=client, progress=False)
     assert list(ctx.timings) == ["validate", "report"]
+
+
+def test_run_root_on_gcs_gives_the_same_product(sources, reference, client, gcs_emulator):
+    """The whole recipe with its run root on gs:// (a real GCS emulator) = on local disk."""
+    import gcsfs
+
+    root, so = gcs_emulator
+    raw = _raw(sources, Path("unused"))
+    raw.update(run_root=f"{root}/pipeline-run", storage_options=so)
+    recipe = recipe_from_dict(raw)
+    ctx = run_recipe(recipe, client=client, progress=False)
+    assert list(ctx.timings) == list(STAGE_NAMES)
+    fs = gcsfs.GCSFileSystem(**so)
+    assert fs.exists(f"{root}/pipeline-run/casm/CASM_SM_2015.nc")
+    assert fs.exists(f"{root}/pipeline-run/report/index.html")
+    got = xr.open_zarr(recipe.output("product"), storage_options=so, consolidated=False).load()
+    want = _product(reference[0])
+    for name in PRODUCT_VARS:
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)

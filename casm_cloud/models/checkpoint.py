@@ -123,7 +123,9 @@ def save_checkpoint(model: nn.Module, path: str, meta: Mapping,
     text = json.dumps(meta, indent=1, sort_keys=True).encode()
     fs, root = url_to_fs(path, storage_options)
     fs.makedirs(root, exist_ok=True)
-    fs.rm([p for p in (join(root, META), join(root, WEIGHTS)) if fs.exists(p)])
+    old = [p for p in (join(root, META), join(root, WEIGHTS)) if fs.exists(p)]
+    if old:  # (gcsfs refuses an empty list)
+        fs.rm(old)
     fs.pipe(join(root, WEIGHTS), weights)
     fs.pipe(join(root, META), text)  # last: its presence marks a complete checkpoint
     return str(path)
