@@ -219,3 +219,15 @@ def test_run_root_on_gcs_gives_the_same_product(sources, reference, client, gcs_
     want = _product(reference[0])
     for name in PRODUCT_VARS:
         np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+
+
+def test_cli_update_errors_are_one_line_and_a_failure_code(sources, tmp_path, capsys):
+    from casm_cloud.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_raw(sources, tmp_path)))
+    assert main(["update", str(path), "--until", "2015-06-30"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already ends on 2015-12-31" in err
+    assert main(["update", str(path), "--until", UNTIL]) == 2
+    assert "run the recipe first" in capsys.readouterr().err

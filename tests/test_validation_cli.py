@@ -107,3 +107,16 @@ def test_validate_simulated_products_against_simulated_stations(tmp_path, capsys
     med = table.groupby("product")[["R", "ubRMSE"]].median()
     assert med.loc["truth", "R"] > med.loc["smap", "R"] > 0.5
     assert med.loc["truth", "ubRMSE"] < med.loc["smap", "ubRMSE"]
+
+
+def test_hawaii_smos_station_without_pairs_is_explained(real_data, tmp_path):
+    h = real_data / "qa4sm_hawaii"
+    out = tmp_path / "val"
+    rc = main(["validate", f"SMOS_L3={h / 'SMOS_L3' / 'SMOSL3_v339_ASC'}",
+               "--variable", "Soil_Moisture", "--stations", str(h / "ISMN_V20250617"),
+               "--out", str(out), "--no-figures"])
+    assert rc == 0
+    table = pd.read_csv(out / "metrics.csv").set_index("station_name")
+    assert table.loc["Kainaliu", "n"] == 0 and np.isnan(table.loc["Kainaliu", "R"])
+    summary = (out / "summary.md").read_text()
+    assert "* Kainaliu (SMOS_L3): 0 valid pairs, fewer than 10: no metrics" in summary

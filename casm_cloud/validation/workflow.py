@@ -203,7 +203,7 @@ def run_validation(products: Mapping[str, str], stations_path: str, out: str | P
 
         write_figures(table, pairs, out)
     _write_summary(out / "summary.md", table, by_net, by_clim, stations, failures, coll,
-                   products, stations_path)
+                   products, stations_path, min_pairs)
     return table
 
 
@@ -218,7 +218,7 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def _write_summary(path: Path, table, by_net, by_clim, stations, failures, coll, products,
-                   stations_path) -> None:
+                   stations_path, min_pairs: int) -> None:
     a = stations.attrs
     lines = [
         "# Validation against ISMN stations", "",
@@ -241,6 +241,12 @@ def _write_summary(path: Path, table, by_net, by_clim, stations, failures, coll,
         lines += [f"* {r.station}: {r.reason}" for r in removed.itertuples()]
         lines += [f"* {r.station} ({r.product}): {r.reason}" for r in coll.itertuples()]
         lines.append("")
+    unscored = table[table["R"].isna()] if "R" in table else table.iloc[:0]
+    if len(unscored):
+        lines += ["## Stations without metrics", ""]
+        lines += [f"* {r.station_name} ({r.product}): {int(r.n)} valid pairs, fewer than "
+                  f"{min_pairs}: no metrics"
+                  for r in unscored.itertuples()] + [""]
     if failures:
         lines += ["## Products not validated", ""]
         lines += [f"* {k}: {v}" for k, v in failures.items()] + [""]
