@@ -16,6 +16,7 @@ Stage order (DESIGN.md §1, §3 "CASM training scheme")::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -43,6 +44,7 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
     until: dt.date | None = None  # end of the data after monthly updates
+    progress: bool = True           # stage lines on stdout, bars for chunked stages
 
     @property
     def end(self) -> dt.date:
@@ -296,11 +298,33 @@ def _predict(ctx: RunContext, h: str, net: str, kind: str, period: slice, out: s
     # A store this stage made under another recipe is replaced (the runner decided to
     # re-run); one of this recipe resumes its finished chunks, or grows (updates).
     state = storage.store_state(out, ctx.so)
-    predict_to_zarr(inputs, _members(ctx, net), params, out, n_noise=r.ensemble.n_noise,
-                    noise_scale=r.ensemble.noise_scale, batch_size=r.predict.batch_size,
-                    device=r.predict.device, precision=r.predict.precision, resume=True,
-                    overwrite=state["exists"] and state["config_hash"] != h, append=True,
-                    storage_options=ctx.so, client=ctx.client, config_hash=h)
+    with _chunk_bar(ctx, net) as progress:
+        predict_to_zarr(inputs, _members(ctx, net), params, out, n_noise=r.ensemble.n_noise,
+                        noise_scale=r.ensemble.noise_scale, batch_size=r.predict.batch_size,
+                        device=r.predict.device, precision=r.predict.precision, resume=True,
+                        overwrite=state["exists"] and state["config_hash"] != h, append=True,
+                        storage_options=ctx.so, client=ctx.client, config_hash=h,
+                        progress=progress)
+
+
+@contextlib.contextmanager
+def _chunk_bar(ctx: RunContext, what: str):
+    """A progress bar over a stage's chunks: yields ``progress(done, total)`` or None."""
+    if not ctx.progress:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=f"[casm-cloud]   {what}", unit="chunk", leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
 def stage_predict_smos(ctx: RunContext, h: str) -> None:
@@ -603,6 +627,7 @@ def run_recipe(recipe: Recipe, *, start_from: str | None = None, until: str | No
 
 
 def _run(ctx: RunContext, start_from, until, progress) -> RunContext:
+    ctx.progress = progress
     hashes = stage_hashes(ctx.recipe)
     ctx.until = _recorded_until(ctx.recipe)
     forced = False
@@ -693,7 +718,7 @@ def update_recipe(recipe: Recipe, until, *, client=None, progress: bool = True) 
                 f"(casm-cloud run), then update it")
 
     def go(ctx: RunContext) -> RunContext:
-        ctx.until = until
+        ctx.until, ctx.progress = until, progress
         for s in STAGES:
             done = dt.date.fromisoformat(stage_state(recipe, s.name).get(
                 "until", str(recipe.period.end)))
