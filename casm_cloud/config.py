@@ -75,6 +75,7 @@ class Sources(_Section):
     amsr2: str = "amsr2"
     smap: str = "smap"
     truth: str | None = None
+    era5: str | None = None      # ERA5 entry whose skin temperature screens frozen soil
     stations: str | None = None  # ISMN folder or zip (path or URL)
     # fsspec options to reach the catalog (the run root's are Recipe.storage_options)
     storage_options: dict[str, Any] = {}
@@ -114,6 +115,10 @@ class Aggregate(_Section):
     n_days: int = Field(3, ge=1, le=31)
     anchor: dt.date = dt.date(2002, 1, 1)
     min_count: int = Field(1, ge=1)
+    # Days whose ERA5 daily-mean skin temperature (sources.era5) is below this leave
+    # the satellite means: over frozen soil TB stops following soil moisture and
+    # SMAP retrieves none.  None keeps every day.
+    frozen_skt_k: float | None = Field(273.15, gt=0)
 
 
 class Seasonal(_Section):
@@ -335,6 +340,7 @@ run_root: PLACEHOLDER
 sources:
   catalog: PLACEHOLDER
   truth: truth
+  era5: era5
 grid: {name: M25, region: demo}
 period: {start: 2008-01-01, end: 2017-12-31}
 network: {hidden: [128, 128, 128, 128]}

@@ -127,16 +127,12 @@ def _aggregated(ctx: RunContext, cat, kind: str, entry: str, start) -> xr.Datase
     from casm_cloud.catalog import open_source
 
     r = ctx.recipe
-    ds = open_source(cat, entry)
-    if "y" not in ds.dims or "x" not in ds.dims:
-        from casm_cloud.regrid import regrid_to_window
-
-        ds = regrid_to_window(ds, ctx.window)
-    else:
-        ds = _select_window(ds, ctx.window, kind)
+    ds = _on_window(ctx, open_source(cat, entry), kind)
     ds = ds[_channels(r, kind)].sel(time=slice(str(start), str(ctx.end)))
     if ds.sizes["time"] == 0:
         return None
+    if kind != "truth" and r.sources.era5 and r.aggregate.frozen_skt_k is not None:
+        ds = _unfrozen(ctx, cat, ds)
     n = r.aggregate.n_days
     out = nday_mean(ds, n, anchor=str(r.aggregate.anchor), min_count=r.aggregate.min_count)
     last_start = np.datetime64(ctx.end) + np.timedelta64(1 - n, "D")
@@ -146,6 +142,28 @@ def _aggregated(ctx: RunContext, cat, kind: str, entry: str, start) -> xr.Datase
     out = out.chunk(_chunks(r))
     out.attrs.update(ctx.window.identity())
     return out
+
+
+def _on_window(ctx: RunContext, ds: xr.Dataset, kind: str) -> xr.Dataset:
+    """A canonical source on the recipe's window (regridded if on another grid)."""
+    if "y" not in ds.dims or "x" not in ds.dims:
+        from casm_cloud.regrid import regrid_to_window
+
+        return regrid_to_window(ds, ctx.window)
+    return _select_window(ds, ctx.window, kind)
+
+
+def _unfrozen(ctx: RunContext, cat, ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` without its days of frozen soil (ERA5 daily-mean ``skt`` below the threshold).
+
+    Days that ERA5 does not cover (yet: its latency is days) are kept.
+    """
+    from casm_cloud.catalog import open_source
+
+    skt = _on_window(ctx, open_source(cat, ctx.recipe.sources.era5), "era5")["skt"]
+    days = ds["time"].dt.floor("D").values
+    skt = skt.reindex(time=days).assign_coords(time=ds["time"].values)
+    return ds.where(~(skt < ctx.recipe.aggregate.frozen_skt_k))  # NaN skt: not frozen
 
 
 def stage_aggregate(ctx: RunContext, h: str) -> None:
@@ -512,7 +530,7 @@ _SPLIT = ("training.split", "training.block_size", "training.val_fraction",
 _FIT = ("training.epochs", "training.batch_size", "training.lr", "training.patience",
         "training.seed")
 _PREDICT = ("ensemble.n_noise", "ensemble.noise_scale", "predict")
-_AGG_SOURCES = ("sources.catalog", "sources.storage_options", "sources.smos", "sources.amsre", "sources.amsr2",
+_AGG_SOURCES = ("sources.catalog", "sources.storage_options", "sources.era5", "sources.smos", "sources.amsre", "sources.amsr2",
                 "sources.smap", "sources.truth")
 
 STAGES: tuple[Stage, ...] = (
