@@ -530,8 +530,8 @@ _SPLIT = ("training.split", "training.block_size", "training.val_fraction",
 _FIT = ("training.epochs", "training.batch_size", "training.lr", "training.patience",
         "training.seed")
 _PREDICT = ("ensemble.n_noise", "ensemble.noise_scale", "predict")
-_AGG_SOURCES = ("sources.catalog", "sources.storage_options", "sources.era5", "sources.smos", "sources.amsre", "sources.amsr2",
-                "sources.smap", "sources.truth")
+_AGG_SOURCES = ("sources.catalog", "sources.storage_options", "sources.era5", "sources.smos",
+                "sources.amsre", "sources.amsr2", "sources.smap", "sources.truth")
 
 STAGES: tuple[Stage, ...] = (
     Stage("aggregate", (*_AGG_SOURCES, "grid", "period", "channels", "aggregate"), (),
