@@ -78,7 +78,9 @@ METHODS: dict[int, str] = {_k.EMPTY: "empty", _k.SINE: "sine", _k.MEDIAN: "media
 #: Data variables of a parameter dataset.
 PARAM_NAMES: tuple[str, ...] = _k.PARAMS
 _MIN_OBS_FLOOR = 4
-_SPLIT_EVERY = 8
+# Binary tree: each merge frees its two inputs at once, so the partials held at
+# a time grow with the depth of the tree (log2 of the time chunks), not its width.
+_SPLIT_EVERY = 2
 
 
 # --------------------------------------------------------------------------- time

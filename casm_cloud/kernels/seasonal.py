@@ -194,12 +194,20 @@ def merge(left, right, kbuf):
     """Merge two packed partials into a new one (sums add, buffers concatenate).
 
     A pixel's merged buffer is only kept while its total count is at most
-    ``kbuf``; then every partial held all of its values.
+    ``kbuf``; then every partial held all of its values.  The merged buffer
+    has as many rows as the largest count it keeps (none once every pixel
+    has more than ``kbuf`` values), so partials shrink to the nine sums as
+    the reduction goes up the tree (unless some pixel stays sparse).
     """
     npix = left.shape[1]
     kl = left.shape[0] - NSUMS
     kr = right.shape[0] - NSUMS
-    kb = min(kbuf, kl + kr)
+    kmax = min(kbuf, kl + kr)
+    kb = 0
+    for p in range(npix):
+        n = int(left[0, p]) + int(right[0, p])
+        if kb < n <= kmax:
+            kb = n
     out = np.full((NSUMS + kb, npix), np.nan)
     for p in range(npix):
         for k in range(NSUMS):
