@@ -299,11 +299,11 @@ def build_pairs(inputs: xr.Dataset, target: xr.DataArray,
             ys = slice(yst[iy], yst[iy + 1])
             for ix in range(len(xch)):
                 xs = slice(xst[ix], xst[ix + 1])
-                sub = lambda p: None if p is None else p.isel(y=ys, x=xs).data  # noqa: E731
+                sub = [None if p is None else p.isel(y=ys, x=xs).data for p in (in_p, tg_p)]
                 packed.append(gather(
                     time[ts], lat[ys], lon[xs], int(ys.start), int(xs.start), int(ts.start),
                     shape, [blocks[v][it, iy, ix] for v in names],
-                    blocks["__target__"][it, iy, ix], sub(in_p), sub(tg_p), labels[ys, xs],
+                    blocks["__target__"][it, iy, ix], *sub, labels[ys, xs],
                     split, val_fraction, test_fraction, seed, len(packed)))
     # The one compute of this stage: how many samples each chunk gives to each split.
     counts = np.stack(dask.compute(*[dask.delayed(_count)(p) for p in packed]))
@@ -408,8 +408,8 @@ def write_pairs(pairs: xr.Dataset, url: str, storage_options: Mapping | None = N
     _, sx, sxx, sy, syy = dask.compute(write, x.sum(0), (x * x).sum(0), y.sum(), (y * y).sum())
     n = b - a
     names = list(pairs.attrs[FEATURES_ATTR])
-    mean = {k: float(v) for k, v in zip(names, sx / n)}
-    std = {k: float(v) for k, v in zip(names, np.sqrt(np.maximum(sxx / n - (sx / n) ** 2, 0)))}
+    mean = {k: float(v) for k, v in zip(names, sx / n, strict=True)}
+    std = {k: float(v) for k, v in zip(names, np.sqrt(np.maximum(sxx / n - (sx / n) ** 2, 0)), strict=True)}
     tname = pairs.attrs[TARGET_ATTR]
     mean[tname] = float(sy / n)
     std[tname] = float(math.sqrt(max(syy / n - (sy / n) ** 2, 0.0)))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from casm_cloud.models import MODELS, DenseNet, EALSTM, build_model
+from casm_cloud.models import EALSTM, MODELS, DenseNet, build_model
 from casm_cloud.models.checkpoint import (
     CheckpointError,
     check_inputs,

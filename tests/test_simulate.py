@@ -177,7 +177,7 @@ def test_noise_rfi_gaps_as_configured(year, noisy_settings):
     assert agree > 0.9 > c ** 2 + (1 - c) ** 2
     # AMSR2: NEdT below 1 K as configured
     for (name, _, _), nedt in zip(DEFAULT_SENSORS["amsr2"].channels,
-                                  DEFAULT_SENSORS["amsr2"].nedt_k):
+                                  DEFAULT_SENSORS["amsr2"].nedt_k, strict=True):
         e = (noisy["amsr2"][name] - quiet["amsr2"][name]).values
         assert np.nanstd(e) == pytest.approx(nedt, rel=0.1)
     # SMAP: retrieval error (ubRMSE) as configured, plus a constant bias field
@@ -211,7 +211,7 @@ def test_amsr2_calibration_offset(window):
         **dataclasses.asdict(s.sensors["amsr2"]), "coverage": 1.0}), *args)
     e_cov = dataclasses.replace(s.sensors["amsre"], coverage=1.0)
     e = observe("amsre", e_cov, *args)
-    for (name, _, _), off in zip(s.sensors["amsr2"].channels, s.sensors["amsr2"].offset_k):
+    for (name, _, _), off in zip(s.sensors["amsr2"].channels, s.sensors["amsr2"].offset_k, strict=True):
         diff = np.mean(a2[name] - e[name])
         assert 1.0 <= off <= 5.0
         assert diff == pytest.approx(off, abs=0.1), name

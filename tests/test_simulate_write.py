@@ -144,7 +144,7 @@ def test_failed_write_leaves_nothing_looking_complete(tmp_path, monkeypatch):
 def test_cli_bad_input_one_line(tmp_path, capsys, args, message):
     base = {"--out": str(tmp_path / "o"), "--start": "2015-01-01", "--end": "2015-01-10",
             "--region": "tiny"}
-    for k, v in zip(args[::2], args[1::2]):
+    for k, v in zip(args[::2], args[1::2], strict=True):
         base[k] = v
     argv = ["simulate"] + [x for kv in base.items() for x in kv]
     assert main(argv) == 2

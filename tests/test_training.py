@@ -11,8 +11,14 @@ from test_pairs import fit_params  # the seasonal fit (the seasonal stage's wher
 from casm_cloud.grid import EASE2Grid
 from casm_cloud.models import build_model
 from casm_cloud.models.checkpoint import load_checkpoint
-from casm_cloud.pairs import PairsError, SampleLoader, build_pairs, cycle_values, open_pairs, \
-    write_pairs
+from casm_cloud.pairs import (
+    PairsError,
+    SampleLoader,
+    build_pairs,
+    cycle_values,
+    open_pairs,
+    write_pairs,
+)
 from casm_cloud.training import (
     ArrayLoader,
     NonFiniteError,

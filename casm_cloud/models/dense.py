@@ -49,7 +49,7 @@ class DenseNet(nn.Module):
         self.architecture = {"name": "dense", "n_inputs": int(n_inputs), "hidden": list(hidden),
                              "activation": activation}
         widths = (int(n_inputs), *hidden)
-        self.hidden_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.hidden_layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.act = ACTIVATIONS[activation]()
         self.head = nn.Linear(widths[-1], 1)
 

@@ -179,8 +179,8 @@ def build(window, start, end, seed: int = 0, *, chunks=None, sources=None,
     u_all = np.linspace(0.0, 1.0, nx) if nx > 1 else np.full(1, 0.5)
     r_off = np.concatenate([[0], np.cumsum(ych)[:-1]])
     c_off = np.concatenate([[0], np.cumsum(xch)[:-1]])
-    for i, (r0, rn) in enumerate(zip(r_off, ych)):
-        for j, (c0, cn) in enumerate(zip(c_off, xch)):
+    for i, (r0, rn) in enumerate(zip(r_off, ych, strict=True)):
+        for j, (c0, cn) in enumerate(zip(c_off, xch, strict=True)):
             rs, cs = slice(r0, r0 + rn), slice(c0, c0 + cn)
             b = _Block(int(seed), np.arange(window.row_slice.start + r0,
                                             window.row_slice.start + r0 + rn),
@@ -193,7 +193,7 @@ def build(window, start, end, seed: int = 0, *, chunks=None, sources=None,
                 prev = (core_name, "spinup", i, j)
                 core[prev] = (_chain_task, b, skey, day_start - settings.spinup_days,
                               settings.spinup_days, None, False)
-            for k, (d0, n) in enumerate(zip(day0s, tch)):
+            for k, (d0, n) in enumerate(zip(day0s, tch, strict=True)):
                 key = (core_name, "chain", i, j, k)
                 core[key] = (_chain_task, b, skey, int(d0), int(n), prev)
                 prev = key

@@ -75,7 +75,7 @@ def observe(sensor_name: str, sensor: Sensor, seed: int, fields: dict, static: d
         out["sm"] = np.where(ok, sm, np.nan).astype(np.float32)
         return out
     bulk = (1.0 - static["porosity"]) * 2.66
-    for (name, freq, pol), nedt, offset in zip(sensor.channels, sensor.nedt_k, sensor.offset_k):
+    for (name, freq, pol), nedt, offset in zip(sensor.channels, sensor.nedt_k, sensor.offset_k, strict=True):
         # L band sees deeper than the skin: half skin at overpass, half daily mean
         t_soil = 0.5 * (t_skin + fields["skt"]) if freq < 5 else t_skin
         tb = np.empty(shape, dtype=np.float32)

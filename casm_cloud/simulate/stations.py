@@ -195,7 +195,7 @@ def write_ismn(stations: xr.Dataset, path: str, storage_options: Mapping | None 
         folder = join(path, net, str(name))
         fs.makedirs(url_to_fs(folder, storage_options)[1], exist_ok=True)
         body = "\n".join(f"{s} {v:.4f} {f} M" for s, v, f in
-                         zip(stamps[ok], sm[k][ok], flags[k][ok]))
+                         zip(stamps[ok], sm[k][ok], flags[k][ok], strict=True))
         text = _header(net, str(name), float(c["lat"]), float(c["lon"]),
                        float(c["elevation"]), float(c["depth_from"]), float(c["depth_to"]),
                        sensor) + body + "\n"

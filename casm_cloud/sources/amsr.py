@@ -43,8 +43,14 @@ from casm_cloud import schema
 from casm_cloud.grid import EASE2Grid
 from casm_cloud.regrid import EASE1_GLOBAL, regrid_to_window
 from casm_cloud.schema import AMSR_CHANNELS
-from casm_cloud.sources._common import (check_units, expand_paths, finish, local_file,
-                                        target_window, time_slice)
+from casm_cloud.sources._common import (
+    check_units,
+    expand_paths,
+    finish,
+    local_file,
+    target_window,
+    time_slice,
+)
 
 __all__ = ["open_amsre_nsidc0301", "open_amsr2_cetb", "channel_name"]
 

@@ -35,8 +35,14 @@ import xarray as xr
 
 from casm_cloud import schema
 from casm_cloud.regrid import regrid_to_window
-from casm_cloud.sources._common import (check_units, expand_paths, finish, local_file,
-                                        target_window, time_slice)
+from casm_cloud.sources._common import (
+    check_units,
+    expand_paths,
+    finish,
+    local_file,
+    target_window,
+    time_slice,
+)
 
 __all__ = ["ARCO_URL", "ARCO_NAMES", "ACCUMULATED", "open_era5_arco", "open_era5_cds",
            "daily_from_hourly"]

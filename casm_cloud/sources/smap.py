@@ -40,8 +40,14 @@ import xarray as xr
 
 from casm_cloud import schema
 from casm_cloud.grid import EASE2Grid, GridError, GridWindow
-from casm_cloud.sources._common import (check_units, expand_paths, finish, local_file,
-                                        target_window, time_slice)
+from casm_cloud.sources._common import (
+    check_units,
+    expand_paths,
+    finish,
+    local_file,
+    target_window,
+    time_slice,
+)
 
 __all__ = ["open_smap_l3", "smap_granule_window", "GROUPS"]
 
