@@ -112,11 +112,20 @@ class ArrayLoader:
             yield batch if self.sigma is None else (*batch, self.sigma[idx])
 
 
-def _unpack(batch, device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
+def _split(batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
     xs, y, *rest = batch
     xs = tuple(xs) if isinstance(xs, tuple | list) else (xs,)
-    sigma = rest[0].to(device) if rest else None
-    return tuple(x.to(device) for x in xs), y.to(device), sigma
+    return xs, y, (rest[0] if rest else None)
+
+
+def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:
+    # Asynchronous host-to-device copies (from pinned memory where the loader pins it).
+    return None if t is None else t.to(device, non_blocking=True)
+
+
+def _unpack(batch, device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
+    xs, y, sigma = _split(batch)
+    return tuple(_to(x, device) for x in xs), _to(y, device), _to(sigma, device)
 
 
 def _check_finite(xs: tuple[torch.Tensor, ...], y: torch.Tensor, loader, where: str) -> None:
@@ -143,25 +152,41 @@ def _deterministic():
 
 
 def _epoch_loss(model, loader, loss_fn, device, optimizer=None) -> float:
-    total, count = 0.0, 0
+    """Mean loss of one pass over ``loader`` (a training step per batch with ``optimizer``).
+
+    Inputs are checked on the host before they are copied.  On a GPU the loss
+    is summed on the device and read once per epoch, so the GPU never waits
+    for the host inside the loop (a diverged loss is then reported at the end
+    of the epoch); on the CPU it is checked at every batch.
+    """
+    total, count = None, 0
     where = "training" if optimizer is not None else "validation"
+    per_batch = torch.device(device).type == "cpu"
     for batch in loader:
-        xs, y, sigma = _unpack(batch, device)
+        xs, y, sigma = _split(batch)
         _check_finite(xs, y, loader, where)
+        xs, y, sigma = tuple(_to(x, device) for x in xs), _to(y, device), _to(sigma, device)
         with torch.set_grad_enabled(optimizer is not None):
             loss = loss_fn(model(*xs), y, sigma)
-        if not bool(torch.isfinite(loss)):
-            raise NonFiniteError(f"the {where} loss became {loss.item()} (diverged); "
-                                 f"lower the learning rate")
+        if per_batch and not bool(torch.isfinite(loss)):
+            _diverged(where, loss.item())
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        total += float(loss.detach()) * y.shape[0]
+        part = loss.detach().double() * y.shape[0]
+        total = part if total is None else total + part
         count += y.shape[0]
     if count == 0:
         raise PairsError(f"the {where} data are empty")
-    return total / count
+    value = float(total) / count
+    if not math.isfinite(value):
+        _diverged(where, value)
+    return value
+
+
+def _diverged(where: str, value: float):
+    raise NonFiniteError(f"the {where} loss became {value} (diverged); lower the learning rate")
 
 
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, *, epochs: int,
