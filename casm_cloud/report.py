@@ -313,7 +313,9 @@ def _mark_changes(ax, changes: Mapping[str, str]) -> None:
     for i, (label, date) in enumerate(sorted(changes.items(), key=lambda kv: pd.Timestamp(kv[1]))):
         ax.axvline(pd.Timestamp(date), color="k", lw=1.0, ls="--")
         ax.annotate(label, (pd.Timestamp(date), 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(3, -10 - 11 * (i % 3)), textcoords="offset points", fontsize=7)
+                    xytext=(3, -10 - 11 * (i % 3)), textcoords="offset points", fontsize=7,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                          "alpha": 0.8})
 
 
 # --------------------------------------------------------------------------- page
