@@ -535,11 +535,7 @@ def _template(inputs: xr.Dataset, chunks: Mapping[str, int], attrs: Mapping) -> 
 
 
 def _set_attrs(url: str, so: Mapping, attrs: Mapping) -> None:
-    import zarr
-
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=dict(so)) \
-        if "://" in str(url) else zarr.storage.LocalStore(url)
-    zarr.open_group(store, mode="r+").attrs.update(dict(attrs))
+    storage.zarr_group(url, so).attrs.update(dict(attrs))
 
 
 def _prepare_store(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[str, str], *,

@@ -440,15 +440,6 @@ def scaler_arrays(scaler: Mapping, names: Sequence[str]) -> tuple[np.ndarray, np
             np.asarray([scaler["std"][n] for n in names], dtype=np.float32))
 
 
-def _zarr_group(url: str, storage_options: Mapping | None):
-    import zarr
-
-    store = (zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}),
-                                               read_only=True)
-             if "://" in str(url) else zarr.storage.LocalStore(url, read_only=True))
-    return zarr.open_group(store, mode="r")
-
-
 class SampleLoader:
     """Stream one split of a Zarr sample table to torch in scaled batches.
 
@@ -492,7 +483,7 @@ class SampleLoader:
                  drop_last: bool = False):
         if split not in SPLITS:
             raise PairsError(f"split={split!r}: expected one of {SPLITS}")
-        group = _zarr_group(url, storage_options)
+        group = storage.zarr_group(url, storage_options, mode="r")
         attrs = dict(group.attrs)
         if not attrs.get(storage.COMPLETE_ATTR):
             raise PairsError(f"sample table {url} is unfinished (no completion mark)")

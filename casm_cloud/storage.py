@@ -41,6 +41,7 @@ __all__ = [
     "ChunkRecord",
     "mark_complete",
     "append_time",
+    "zarr_group",
     "store_state",
     "secret_keys",
 ]
@@ -209,16 +210,20 @@ class ChunkRecord:
         return self._fs.exists(posixpath.join(self._root, self.key(index)))
 
 
-def _group(url: str, storage_options: Mapping | None) -> zarr.Group:
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {})) \
-        if "://" in str(url) else zarr.storage.LocalStore(url)
-    return zarr.open_group(store, mode="r+")
+def zarr_group(url: str, storage_options: Mapping | None = None, *,
+               mode: str = "r+") -> zarr.Group:
+    """The root group of a store named by a local path or fsspec URL (``mode`` "r" or "r+")."""
+    read_only = mode == "r"
+    so = dict(storage_options or {})
+    store = zarr.storage.FsspecStore.from_url(url, storage_options=so, read_only=read_only) \
+        if "://" in str(url) else zarr.storage.LocalStore(url, read_only=read_only)
+    return zarr.open_group(store, mode=mode)
 
 
 def mark_complete(url: str, storage_options: Mapping | None = None, *,
                   config_hash: str | None = None, **attrs) -> None:
     """Set the completion attribute (last step of every write)."""
-    group = _group(url, storage_options)
+    group = zarr_group(url, storage_options)
     new = dict(attrs)
     if config_hash is not None:
         new[HASH_ATTR] = config_hash
@@ -263,7 +268,7 @@ def append_time(ds: xr.Dataset, url: str, storage_options: Mapping | None = None
     for name in new.data_vars:
         chunks.update(zip(stored[name].dims, stored[name].encoding["chunks"], strict=True))
     attrs = {k: v for k, v in stored.attrs.items() if k != COMPLETE_ATTR}
-    _group(url, so).attrs[COMPLETE_ATTR] = False
+    zarr_group(url, so).attrs[COMPLETE_ATTR] = False
     if n_over:
         over = new.isel(time=slice(0, n_over))
         over = over.chunk({**chunks, "time": _aligned(n_over, i0, chunks["time"])})
