@@ -158,7 +158,9 @@ def cycle_values(amplitude: Any, phase: Any, offset: Any, time: Any) -> np.ndarr
                                        np.asarray(offset, np.float64))
     shape = amp.shape
     params = np.stack([amp.reshape(-1), ph.reshape(-1), off.reshape(-1)])
-    return _k.cycle(s, c, np.ascontiguousarray(params)).reshape((t.size,) + shape)
+    out = np.empty((t.size, params.shape[1]))
+    _k.cycle(s, c, np.ascontiguousarray(params), out)
+    return out.reshape((t.size,) + shape)
 
 
 # ------------------------------------------------------------ chunk functions
@@ -169,21 +171,27 @@ def _as2d(a: np.ndarray) -> np.ndarray:
 
 
 def _partial_block(y: np.ndarray, s: np.ndarray, c: np.ndarray, *, kbuf: int,
-                   parallel: bool = False) -> np.ndarray:
-    """Packed partial (9 + k, *space) of one (time, *space) chunk."""
+                   parallel: bool = False) -> tuple:
+    """Partial ``(sums (9, *space), idx, vals)`` of one (time, *space) chunk.
+
+    A tuple, not an array: dask passes it untouched from the blockwise step
+    through the tree reduction (``concatenate=False``), as its own ``mean``
+    passes dicts.
+    """
     y2 = _as2d(y)
     if y2.dtype not in (np.float32, np.float64):
         y2 = y2.astype(np.float64)
+    sums = np.empty((_k.NSUMS, y2.shape[1]))
     kernel = _k.partial_sums_parallel if parallel else _k.partial_sums
-    out = kernel(y2, np.ascontiguousarray(s, np.float64), np.ascontiguousarray(c, np.float64),
-                 kbuf)
-    return out.reshape((out.shape[0],) + y.shape[1:])
+    kernel(y2, np.ascontiguousarray(s, np.float64), np.ascontiguousarray(c, np.float64), sums)
+    idx, vals = _k.gather(y2, sums, kbuf)
+    return sums.reshape((_k.NSUMS,) + y.shape[1:]), idx, vals
 
 
-def _flatten(parts) -> list[np.ndarray]:
-    if isinstance(parts, np.ndarray):
+def _flatten(parts) -> list[tuple]:
+    if isinstance(parts, tuple):
         return [parts]
-    out: list[np.ndarray] = []
+    out: list[tuple] = []
     for p in parts:
         out.extend(_flatten(p))
     return out
@@ -193,21 +201,22 @@ def _identity(x, axis=None, keepdims=None, computing_meta=False):
     return x
 
 
-def _combine(parts, axis=None, keepdims=None, *, kbuf: int) -> np.ndarray:
+def _combine(parts, axis=None, keepdims=None, *, kbuf: int) -> tuple:
     parts = _flatten(parts)
-    acc = parts[0]
-    space = acc.shape[1:]
-    for p in parts[1:]:
-        merged = _k.merge(_as2d(acc), _as2d(p), kbuf)
-        acc = merged.reshape((merged.shape[0],) + space)
-    return acc
+    sums, idx, vals = parts[0]
+    for s2, i2, v2 in parts[1:]:
+        idx, vals = _k.merge(_as2d(sums)[0], idx, vals, _as2d(s2)[0], i2, v2, kbuf)
+        sums = sums + s2
+    return sums, idx, vals
 
 
 def _aggregate(parts, axis=None, keepdims=None, *, kbuf: int, min_obs: int,
-               dtype: np.dtype) -> np.ndarray:
-    packed = _combine(parts, kbuf=kbuf)
-    space = packed.shape[1:]
-    out = _k.solve(_as2d(packed), min_obs)
+               dtype: np.dtype, parallel: bool = False) -> np.ndarray:
+    sums, idx, vals = _combine(parts, kbuf=kbuf)
+    space = sums.shape[1:]
+    solve = _k.solve_parallel if parallel else _k.solve
+    out = np.empty((len(PARAM_NAMES), int(np.prod(space))))
+    solve(_as2d(sums), idx, vals, min_obs, out)
     if dtype != np.float64:
         # The exact median in the input's precision, as numpy.nanmedian gives
         # it: float64 (lo + hi)/2 rounded once equals float32 (lo + hi)/2.
@@ -314,9 +323,11 @@ def fit_seasonal_cycle(da: xr.DataArray, dim: str = "time", min_obs: int = 40) -
         s_d = dsa.from_array(s, chunks=tchunks)
         c_d = dsa.from_array(c, chunks=tchunks)
         ind = tuple(range(data.ndim))
+        # Each block is a (sums, idx, vals) tuple that only the reduction below
+        # reads; the declared shape is that of its sums, (9, *space).
         partial = dsa.blockwise(
             _partial_block, ind, data, ind, s_d, (0,), c_d, (0,), kbuf=kbuf,
-            adjust_chunks={0: lambda n: _k.NSUMS + min(kbuf, n)}, dtype=np.float64,
+            adjust_chunks={0: lambda n: _k.NSUMS}, dtype=np.float64,
             meta=np.empty((0,) * data.ndim, np.float64), token="seasonal-partial",
         )
         from functools import partial as bind
@@ -329,7 +340,8 @@ def fit_seasonal_cycle(da: xr.DataArray, dim: str = "time", min_obs: int = 40) -
         )
     else:
         y = np.asarray(da.values)
-        params = _aggregate([_partial_block(y, s, c, kbuf=kbuf, parallel=True)], **agg_kw)
+        params = _aggregate([_partial_block(y, s, c, kbuf=kbuf, parallel=True)], parallel=True,
+                            **agg_kw)
 
     return _params_dataset(params, da, dim, rest, min_obs)
 
@@ -445,7 +457,8 @@ def seasonal_cycle(params: xr.Dataset, time: Any, *, dim: str = "time",
 
 
 def _cycle_block(s: np.ndarray, c: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    out = _k.cycle(s, c, _as2d(stack))
+    out = np.empty((s.size, int(np.prod(stack.shape[1:]))))
+    _k.cycle(s, c, _as2d(stack), out)
     return out.reshape((s.size,) + stack.shape[1:])
 
 
@@ -453,7 +466,9 @@ def _residual_block(y: np.ndarray, s: np.ndarray, c: np.ndarray, stack: np.ndarr
     y2 = _as2d(y)
     if y2.dtype not in (np.float32, np.float64):
         y2 = y2.astype(np.float64)
-    return _k.residuals(y2, s, c, _as2d(stack)).reshape(y.shape)
+    out = np.empty_like(y2)
+    _k.residuals(y2, s, c, _as2d(stack), out)
+    return out.reshape(y.shape)
 
 
 def deseasonalize(da: xr.DataArray, params: xr.Dataset | None = None, *, dim: str = "time",

@@ -374,3 +374,23 @@ def test_stage_on_local_cluster(tmp_path):
     for name in ("amplitude", "phase", "offset", "residual_std"):
         np.testing.assert_allclose(got[name].values, ref[name].values, rtol=1e-9, atol=1e-12)
     assert storage.store_state(str(tmp_path / "p.zarr"))["complete"]
+
+
+def test_partials_carry_values_only_while_a_pixel_may_need_the_median():
+    # What keeps the fit's memory flat: a dense chunk's partial is its nine sums,
+    # and one-step chunks (ERA5 on the cloud) carry each pixel's values only
+    # until the merged count passes min_obs - 1.
+    from casm_cloud.seasonal import _combine, _partial_block
+
+    da = _synthetic(seed=6, nt=60, shape=(3, 5), gaps=0.0)
+    y = da.values
+    th = year_phase(da.time.values)
+    s, c = np.sin(th), np.cos(th)
+    sums, idx, vals = _partial_block(y, s, c, kbuf=39)
+    assert sums.shape == (9, 3, 5) and idx.size == 0 and vals.size == 0
+    steps = [_partial_block(y[i:i + 1], s[i:i + 1], c[i:i + 1], kbuf=39) for i in range(60)]
+    _, idx, vals = _combine(steps[:39], kbuf=39)
+    assert idx.tolist() == list(range(15)) and vals.shape == (15, 39)
+    np.testing.assert_array_equal(vals, y[:39].reshape(39, 15).T)
+    _, idx, vals = _combine(steps, kbuf=39)
+    assert idx.size == 0 and vals.size == 0

@@ -10,18 +10,28 @@ A fit is built from nine per-pixel sums over the valid (non-NaN) values::
     0 n    1 Σs   2 Σc   3 Σs²   4 Σsc   5 Σy   6 Σys   7 Σyc   8 Σy²
 
 (``Σc² = n − Σs²`` since sin² + cos² = 1).  Sums add, so partial sums of
-time chunks reduce in a tree.  A *packed partial* is one float64 array
-``(9 + k, pixel)``: the nine sums, then a buffer of up to ``k`` valid values
-per pixel (NaN padded) that keeps the exact values of pixels with at most
-``kbuf`` valid values (the ones that may need the median fallback).  Pixels
-with more than ``kbuf`` values in a partial keep no buffer: they can never
-fall back for lack of data.
+time chunks reduce in a tree.  A *partial* is the tuple ``(sums, idx,
+vals)``: the nine sums ``(9, pixel)`` float64, and a sparse buffer with the
+exact valid values of the pixels that have 1 to ``kbuf`` of them (the only
+ones that may need the median fallback): ``idx`` their pixel indices,
+ascending, and ``vals`` ``(len(idx), k)`` their values, NaN padded.  Pixels
+with more than ``kbuf`` values keep none: they can never fall back for lack
+of data.  A chunk of a dense series thus carries nine numbers per pixel and
+an almost empty buffer.
+
+Large outputs (the sums, residuals, cycles) are allocated by the caller with
+NumPy and filled in place: NumPy asks the kernel for transparent huge pages,
+numba's allocator does not, and first-touching a 70 MB chunk in 4 KiB pages
+took twice as long as computing its residuals.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 NSUMS = 9
 #: Rows of the parameter array returned by :func:`solve`.
@@ -35,6 +45,35 @@ _SINGULAR = 1e-13
 # Pixels per block: 9 float64 accumulators x 256 = 18 KiB stay in L1 while
 # each row segment (1 KiB of float32) streams in from memory.
 _BLOCK = 256
+# Rows ahead that :func:`_sums_block` prefetches (see :func:`_prefetch`).
+_AHEAD = 16
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i, j):
+    """Hint the CPU to load the cache line of ``arr[i, j]`` (``llvm.prefetch``).
+
+    A pixel block reads 1 KiB of each time row, rows a whole row length
+    apart: the hardware prefetchers stop at every 4 KiB page, so without a
+    hint each row segment starts with a stall and the fit ran at a third of
+    the memory read speed.  numba has no prefetch of its own, hence this
+    intrinsic; a prefetch never faults and does not change any result.
+    """
+    sig = types.void(arr, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]],
+                                       wraparound=False, boundscheck=False)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # read, keep in all cache levels, data cache
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 # ``contract`` lets LLVM fuse multiply-adds; NaN semantics stay IEEE (the
@@ -48,13 +87,19 @@ def _sums_block(y, s, c, out, p0, p1):
 
     The inner loop runs over contiguous pixels (vectorised, branch-free:
     the NaN test is a select) and takes four time rows per pass so each
-    accumulator is loaded and stored once per four values.
+    accumulator is loaded and stored once per four values.  The row
+    segments ``_AHEAD`` rows on are prefetched, one hint per cache line.
     """
     nt = y.shape[0]
     nb = p1 - p0
+    line = max(1, 64 // y.itemsize)
     acc = np.zeros((NSUMS, nb))
     t = 0
     while t + 4 <= nt:
+        if t + _AHEAD + 4 <= nt:
+            for ta in range(t + _AHEAD, t + _AHEAD + 4):
+                for p in range(p0, p1, line):
+                    _prefetch(y, ta, p)
         s0, s1, s2, s3 = s[t], s[t + 1], s[t + 2], s[t + 3]
         c0, c1, c2, c3 = c[t], c[t + 1], c[t + 2], c[t + 3]
         q0, q1, q2, q3 = s0 * s0, s1 * s1, s2 * s2, s3 * s3
@@ -110,206 +155,244 @@ def _sums_block(y, s, c, out, p0, p1):
 
 
 @njit(cache=True, nogil=True)
-def _buffer_block(y, out, kb, p0, p1):
-    """Copy the valid values of pixels with 1..kb values into ``out[9:]``.
+def gather(y, sums, kb):
+    """Sparse buffer ``(idx, vals)`` of the pixels of ``y`` with 1..kb values.
 
-    Only pixels whose count (``out[0]``) is between 1 and ``kb`` are scanned,
-    row by row, each dropped from the open list once all its values are
-    found; dense and empty pixels cost nothing here.
+    ``sums`` are ``y``'s from :func:`partial_sums` (row 0, the counts, picks
+    the pixels).  One pass over the rows, touching only the listed pixels; a
+    pixel's values are stored in time order.
+
+    Returns
+    -------
+    idx : (m,) int64, the pixels, ascending
+    vals : (m, k) float64, their values, NaN padded (``k`` the largest count)
     """
-    nt = y.shape[0]
-    open_ = np.empty(p1 - p0, np.int64)
-    need = np.zeros(p1 - p0, np.int64)
-    got = np.zeros(p1 - p0, np.int64)
-    nopen = 0
-    for p in range(p0, p1):
-        n = int(out[0, p])
+    nt, npix = y.shape
+    m = 0
+    k = 0
+    for p in range(npix):
+        n = sums[0, p]
         if 0 < n <= kb:
-            open_[nopen] = p
-            need[p - p0] = n
-            nopen += 1
-    t = 0
-    while nopen > 0 and t < nt:
-        i = 0
-        while i < nopen:
-            p = open_[i]
-            v = y[t, p]
-            if v == v:
-                j = p - p0
-                out[NSUMS + got[j], p] = v
-                got[j] += 1
-                if got[j] == need[j]:
-                    nopen -= 1
-                    open_[i] = open_[nopen]
-                    continue
+            m += 1
+            k = max(k, int(n))
+    idx = np.empty(m, np.int64)
+    i = 0
+    for p in range(npix):
+        n = sums[0, p]
+        if 0 < n <= kb:
+            idx[i] = p
             i += 1
-        t += 1
+    vals = np.full((m, k), np.nan)
+    if m == 0:
+        return idx, vals
+    got = np.zeros(m, np.int64)
+    for t in range(nt):
+        for i in range(m):
+            v = y[t, idx[i]]
+            if v == v:
+                vals[i, got[i]] = v
+                got[i] += 1
+    return idx, vals
 
 
 @njit(cache=True, nogil=True)
-def partial_sums(y, s, c, kbuf):
-    """Packed partial of one ``(time, pixel)`` chunk (serial; run by dask).
+def partial_sums(y, s, c, out):
+    """The nine sums of one ``(time, pixel)`` chunk into ``out`` (serial; run by dask).
 
     Parameters
     ----------
     y : (nt, npix) float32 or float64, NaN for gaps
     s, c : (nt,) float64, ``sin θ`` and ``cos θ`` of each time step
-    kbuf : int, depth of the median buffer (``min_obs - 1``)
-
-    Returns
-    -------
-    (9 + min(kbuf, nt), npix) float64
+    out : (9, npix) float64, overwritten
     """
-    nt, npix = y.shape
-    kb = min(kbuf, nt)
-    out = np.full((NSUMS + kb, npix), np.nan)
+    npix = y.shape[1]
     for p0 in range(0, npix, _BLOCK):
-        p1 = min(p0 + _BLOCK, npix)
-        _sums_block(y, s, c, out, p0, p1)
-        _buffer_block(y, out, kb, p0, p1)
-    return out
+        _sums_block(y, s, c, out, p0, min(p0 + _BLOCK, npix))
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def partial_sums_parallel(y, s, c, kbuf):
+def partial_sums_parallel(y, s, c, out):
     """:func:`partial_sums` with pixel blocks spread over numba's threads.
 
     For one large in-memory array (the benchmark, NumPy users); inside dask
     use the serial kernel, dask already runs one task per thread.
     """
-    nt, npix = y.shape
-    kb = min(kbuf, nt)
-    out = np.full((NSUMS + kb, npix), np.nan)
+    npix = y.shape[1]
     nblocks = (npix + _BLOCK - 1) // _BLOCK
     for b in prange(nblocks):
         p0 = b * _BLOCK
-        p1 = min(p0 + _BLOCK, npix)
-        _sums_block(y, s, c, out, p0, p1)
-        _buffer_block(y, out, kb, p0, p1)
-    return out
+        _sums_block(y, s, c, out, p0, min(p0 + _BLOCK, npix))
 
 
 @njit(cache=True, nogil=True)
-def merge(left, right, kbuf):
-    """Merge two packed partials into a new one (sums add, buffers concatenate).
+def merge(n_l, idx_l, vals_l, n_r, idx_r, vals_r, kbuf):
+    """Merge the buffers of two partials with per-pixel counts ``n_l``, ``n_r``.
 
-    A pixel's merged buffer is only kept while its total count is at most
-    ``kbuf``; then every partial held all of its values.  The merged buffer
-    has as many rows as the largest count it keeps (none once every pixel
-    has more than ``kbuf`` values), so partials shrink to the nine sums as
-    the reduction goes up the tree (unless some pixel stays sparse).
+    The sums of the merged partial are the sums of the two (added by the
+    caller); this concatenates the buffers.  A pixel keeps its buffer while
+    its total count is at most ``kbuf``;
+    then each side held all of its values (a pixel missing from one side's
+    buffer has no values there, or more than ``kbuf``).  The merged buffer
+    is as wide as the largest count it keeps, so partials shrink to the
+    nine sums as the reduction goes up the tree (unless some pixel stays
+    sparse).
     """
-    npix = left.shape[1]
-    kl = left.shape[0] - NSUMS
-    kr = right.shape[0] - NSUMS
-    kmax = min(kbuf, kl + kr)
-    kb = 0
-    for p in range(npix):
-        n = int(left[0, p]) + int(right[0, p])
-        if kb < n <= kmax:
-            kb = n
-    out = np.full((NSUMS + kb, npix), np.nan)
-    for p in range(npix):
-        for k in range(NSUMS):
-            out[k, p] = left[k, p] + right[k, p]
-        nl = int(left[0, p])
-        nr = int(right[0, p])
-        if 0 < nl + nr <= kb:
-            for i in range(nl):
-                out[NSUMS + i, p] = left[NSUMS + i, p]
-            for i in range(nr):
-                out[NSUMS + nl + i, p] = right[NSUMS + i, p]
-    return out
+    ml, mr = idx_l.size, idx_r.size
+    # Pass 1: size of the union of kept pixels; pass 2: fill.
+    m = 0
+    k = 0
+    i = j = 0
+    while i < ml or j < mr:
+        if j == mr or (i < ml and idx_l[i] < idx_r[j]):
+            p = idx_l[i]
+            i += 1
+        elif i == ml or idx_r[j] < idx_l[i]:
+            p = idx_r[j]
+            j += 1
+        else:
+            p = idx_l[i]
+            i += 1
+            j += 1
+        n = n_l[p] + n_r[p]
+        if n <= kbuf:
+            m += 1
+            k = max(k, int(n))
+    idx = np.empty(m, np.int64)
+    vals = np.full((m, k), np.nan)
+    o = 0
+    i = j = 0
+    while i < ml or j < mr:
+        il = ir_ = -1
+        if j == mr or (i < ml and idx_l[i] < idx_r[j]):
+            il = i
+            i += 1
+        elif i == ml or idx_r[j] < idx_l[i]:
+            ir_ = j
+            j += 1
+        else:
+            il = i
+            ir_ = j
+            i += 1
+            j += 1
+        p = idx_l[il] if il >= 0 else idx_r[ir_]
+        if n_l[p] + n_r[p] > kbuf:
+            continue
+        idx[o] = p
+        q = 0
+        if il >= 0:
+            for v in range(int(n_l[p])):
+                vals[o, q] = vals_l[il, v]
+                q += 1
+        if ir_ >= 0:
+            for v in range(int(n_r[p])):
+                vals[o, q] = vals_r[ir_, v]
+                q += 1
+        o += 1
+    return idx, vals
 
 
 @njit(cache=True, nogil=True)
-def solve(packed, min_obs):
-    """Parameters per pixel from a fully reduced packed partial.
+def solve(sums, idx, vals, min_obs, out):
+    """Parameters per pixel from a fully reduced partial, into ``out``.
 
     Parameters
     ----------
-    packed : (9 + k, npix) float64
+    sums, idx, vals : the partial (see the module docstring)
     min_obs : int, fewest valid values for a sine fit
-
-    Returns
-    -------
-    (6, npix) float64, rows as in :data:`PARAMS`.  Sine fit: amplitude
+    out : (6, npix) float64, overwritten; rows as in :data:`PARAMS`.  Sine fit: amplitude
     ``hypot(a, c)``, phase ``atan2(c, a)``, offset ``b``.  Median / mean
     fallback: amplitude 0, phase 0, offset the median (mean).  Empty: NaN.
     ``residual_std`` is the population standard deviation (ddof 0) of
     ``y − cycle``; for the sine fit from the sums (SSR = Σy² − β·Xᵀy), for
     the median from the buffered values.
     """
-    npix = packed.shape[1]
-    kb = packed.shape[0] - NSUMS
-    out = np.full((6, npix), np.nan)
-    vals = np.empty(max(kb, 1))
-    for p in range(npix):
-        n = packed[0, p]
-        out[3, p] = n
-        if n == 0:
-            out[4, p] = EMPTY
-            continue
-        ss = packed[1, p]
-        sc = packed[2, p]
-        sss = packed[3, p]
-        ssc = packed[4, p]
-        scc = n - sss
-        sy = packed[5, p]
-        sys_ = packed[6, p]
-        syc = packed[7, p]
-        syy = packed[8, p]
-        # G = [[sss, ssc, ss], [ssc, scc, sc], [ss, sc, n]]: adjugate solve.
-        c00 = scc * n - sc * sc
-        c01 = ss * sc - ssc * n
-        c02 = ssc * sc - scc * ss
-        c11 = sss * n - ss * ss
-        c12 = ssc * ss - sss * sc
-        c22 = sss * scc - ssc * ssc
-        det = sss * c00 + ssc * c01 + ss * c02
-        if n >= min_obs and det > _SINGULAR * n * n * n:
-            a = (c00 * sys_ + c01 * syc + c02 * sy) / det
-            c = (c01 * sys_ + c11 * syc + c12 * sy) / det
-            b = (c02 * sys_ + c12 * syc + c22 * sy) / det
-            ssr = syy - (a * sys_ + c * syc + b * sy)
-            out[0, p] = np.hypot(a, c)
-            out[1, p] = np.arctan2(c, a)
-            out[2, p] = b
-            out[4, p] = SINE
-            out[5, p] = np.sqrt(max(ssr, 0.0) / n)
-        elif n <= kb:
-            m = int(n)
-            for i in range(m):
-                vals[i] = packed[NSUMS + i, p]
-            v = np.sort(vals[:m])
-            h = m // 2
-            med = v[h] if m % 2 == 1 else 0.5 * (v[h - 1] + v[h])
-            mean = v.sum() / m
-            out[0, p] = 0.0
-            out[1, p] = 0.0
-            out[2, p] = med
-            out[4, p] = MEDIAN
-            out[5, p] = np.sqrt(((v - mean) ** 2).sum() / m)
-        else:
-            mean = sy / n
-            out[0, p] = 0.0
-            out[1, p] = 0.0
-            out[2, p] = mean
-            out[4, p] = MEAN
-            out[5, p] = np.sqrt(max(syy / n - mean * mean, 0.0))
-    return out
+    pos = _positions(idx, sums.shape[1])
+    for p in range(sums.shape[1]):
+        _solve_pixel(sums, vals, pos[p], p, min_obs, out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def solve_parallel(sums, idx, vals, min_obs, out):
+    """:func:`solve` with pixels spread over numba's threads (in-memory arrays)."""
+    pos = _positions(idx, sums.shape[1])
+    for p in prange(sums.shape[1]):
+        _solve_pixel(sums, vals, pos[p], p, min_obs, out)
 
 
 @njit(cache=True, nogil=True)
-def residuals(y, s, c, params):
-    """``y − cycle`` for a ``(time, pixel)`` chunk, in ``y``'s dtype.
+def _positions(idx, npix):
+    """Buffer row of each pixel, -1 for pixels without one."""
+    pos = np.full(npix, -1, np.int64)
+    for i in range(idx.size):
+        pos[idx[i]] = i
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _solve_pixel(sums, vals, row, p, min_obs, out):
+    """Parameters of pixel ``p`` into ``out[:, p]``; ``row`` its buffer row or -1."""
+    n = sums[0, p]
+    out[3, p] = n
+    if n == 0:
+        out[0, p] = out[1, p] = out[2, p] = out[5, p] = np.nan
+        out[4, p] = EMPTY
+        return
+    ss = sums[1, p]
+    sc = sums[2, p]
+    sss = sums[3, p]
+    ssc = sums[4, p]
+    scc = n - sss
+    sy = sums[5, p]
+    sys_ = sums[6, p]
+    syc = sums[7, p]
+    syy = sums[8, p]
+    # G = [[sss, ssc, ss], [ssc, scc, sc], [ss, sc, n]]: adjugate solve.
+    c00 = scc * n - sc * sc
+    c01 = ss * sc - ssc * n
+    c02 = ssc * sc - scc * ss
+    c11 = sss * n - ss * ss
+    c12 = ssc * ss - sss * sc
+    c22 = sss * scc - ssc * ssc
+    det = sss * c00 + ssc * c01 + ss * c02
+    if n >= min_obs and det > _SINGULAR * n * n * n:
+        a = (c00 * sys_ + c01 * syc + c02 * sy) / det
+        c = (c01 * sys_ + c11 * syc + c12 * sy) / det
+        b = (c02 * sys_ + c12 * syc + c22 * sy) / det
+        ssr = syy - (a * sys_ + c * syc + b * sy)
+        out[0, p] = np.hypot(a, c)
+        out[1, p] = np.arctan2(c, a)
+        out[2, p] = b
+        out[4, p] = SINE
+        out[5, p] = np.sqrt(max(ssr, 0.0) / n)
+    elif row >= 0:
+        m = int(n)
+        v = np.sort(vals[row, :m])
+        h = m // 2
+        med = v[h] if m % 2 == 1 else 0.5 * (v[h - 1] + v[h])
+        mean = v.sum() / m
+        out[0, p] = 0.0
+        out[1, p] = 0.0
+        out[2, p] = med
+        out[4, p] = MEDIAN
+        out[5, p] = np.sqrt(((v - mean) ** 2).sum() / m)
+    else:
+        mean = sy / n
+        out[0, p] = 0.0
+        out[1, p] = 0.0
+        out[2, p] = mean
+        out[4, p] = MEAN
+        out[5, p] = np.sqrt(max(syy / n - mean * mean, 0.0))
+
+
+@njit(cache=True, nogil=True)
+def residuals(y, s, c, params, out):
+    """``y − cycle`` for a ``(time, pixel)`` chunk into ``out`` (``y``'s shape and dtype).
 
     ``params`` is ``(3, npix)`` amplitude, phase, offset; one formula
     ``A·sin(θ + φ) + b = (A cos φ)·sin θ + (A sin φ)·cos θ + b`` serves every
     method (amplitude 0 for the fallbacks, NaN for empty pixels).
     """
     nt, npix = y.shape
-    out = np.empty_like(y)
     a = params[0] * np.cos(params[1])
     cc = params[0] * np.sin(params[1])
     b = params[2]
@@ -318,19 +401,16 @@ def residuals(y, s, c, params):
         ct = c[t]
         for p in range(npix):
             out[t, p] = y[t, p] - (a[p] * st + cc[p] * ct + b[p])
-    return out
 
 
 @njit(cache=True, nogil=True)
-def cycle(s, c, params):
-    """The cycle ``(time, pixel)`` float64 at phases ``s = sin θ``, ``c = cos θ``."""
+def cycle(s, c, params, out):
+    """The cycle at phases ``s = sin θ``, ``c = cos θ`` into ``out`` ``(time, pixel)`` float64."""
     nt = s.shape[0]
     npix = params.shape[1]
-    out = np.empty((nt, npix))
     a = params[0] * np.cos(params[1])
     cc = params[0] * np.sin(params[1])
     b = params[2]
     for t in range(nt):
         for p in range(npix):
             out[t, p] = a[p] * s[t] + cc[p] * c[t] + b[p]
-    return out
