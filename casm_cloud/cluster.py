@@ -43,6 +43,15 @@ _DEFAULTS = os.path.join(os.path.dirname(__file__), "resources", "casm_cloud.yam
 #: Keys of ``gateway_options`` that describe the connection, not the cluster.
 CONNECTION_KEYS = ("address", "proxy_address", "public_address", "auth")
 
+#: Set in local worker processes (as deploy/Dockerfile sets it in the image):
+#: glibc's malloc asks for transparent huge pages.  Zarr's codecs malloc every
+#: chunk they read and decode (tens of MB), and under dask's
+#: ``MALLOC_TRIM_THRESHOLD_`` each is a fresh mapping faulted in 4 KiB pages;
+#: in 2 MiB pages a Zarr read pass took a third less time and the seasonal
+#: stage a fifth less (benchmarks/bench_seasonal.py, ``--no-hugepages``).
+#: glibc >= 2.35; older ones ignore it, as do systems with THP off.
+WORKER_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
 
 def _load_defaults() -> None:
     # As dask-gateway does with gateway.yaml: package defaults under user config.
@@ -156,7 +165,14 @@ def _local(n_workers, threads_per_worker, memory_limit, resources, dashboard):
         # The scheduler's HTTP server (health, metrics) still starts without the
         # dashboard; keep it off the default port 8787 that a user may hold.
         kwargs["scheduler_kwargs"] = {"dashboard_address": "127.0.0.1:0"}
-    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+    # The user's own setting (dask config or environment) wins.
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    for key, value in WORKER_ENV.items():
+        if key not in env and key not in os.environ:
+            env[key] = value
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        cluster = LocalCluster(**kwargs)
+    with cluster, Client(cluster) as client:
         yield client, (client.dashboard_link if dashboard else None)
 
 

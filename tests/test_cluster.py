@@ -165,6 +165,21 @@ def test_local_cluster_with_resources():
     assert cluster.status.name == "closed"
 
 
+def test_local_workers_get_the_worker_environment(monkeypatch):
+    import os
+
+    from casm_cloud.cluster import WORKER_ENV
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    with get_client("local", n_workers=1, threads_per_worker=1, dashboard=False) as (client, _):
+        env = client.run(lambda: {k: os.environ.get(k) for k in WORKER_ENV})
+    assert list(env.values()) == [WORKER_ENV]
+    # A user's own value wins.
+    monkeypatch.setenv("GLIBC_TUNABLES", "x=1")
+    with get_client("local", n_workers=1, threads_per_worker=1, dashboard=False) as (client, _):
+        assert list(client.run(os.environ.get, "GLIBC_TUNABLES").values()) == ["x=1"]
+
+
 def test_local_cluster_without_dashboard():
     import warnings
 
