@@ -47,8 +47,8 @@ CONNECTION_KEYS = ("address", "proxy_address", "public_address", "auth")
 #: glibc's malloc asks for transparent huge pages.  Zarr's codecs malloc every
 #: chunk they read and decode (tens of MB), and under dask's
 #: ``MALLOC_TRIM_THRESHOLD_`` each is a fresh mapping faulted in 4 KiB pages;
-#: in 2 MiB pages a Zarr read pass took a third less time and the seasonal
-#: stage a fifth less (benchmarks/bench_seasonal.py, ``--no-hugepages``).
+#: in 2 MiB pages the seasonal stage took 7.2 s instead of 9.3 s
+#: (benchmarks/bench_seasonal.py against its ``--no-hugepages`` run).
 #: glibc >= 2.35; older ones ignore it, as do systems with THP off.
 WORKER_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 

@@ -156,11 +156,7 @@ def cycle_values(amplitude: Any, phase: Any, offset: Any, time: Any) -> np.ndarr
     amp, ph, off = np.broadcast_arrays(np.asarray(amplitude, np.float64),
                                        np.asarray(phase, np.float64),
                                        np.asarray(offset, np.float64))
-    shape = amp.shape
-    params = np.stack([amp.reshape(-1), ph.reshape(-1), off.reshape(-1)])
-    out = np.empty((t.size, params.shape[1]))
-    _k.cycle(s, c, np.ascontiguousarray(params), out)
-    return out.reshape((t.size,) + shape)
+    return _cycle_block(s, c, np.stack([amp, ph, off]))
 
 
 # ------------------------------------------------------------ chunk functions
