@@ -156,7 +156,7 @@ def cycle_values(amplitude: Any, phase: Any, offset: Any, time: Any) -> np.ndarr
     amp, ph, off = np.broadcast_arrays(np.asarray(amplitude, np.float64),
                                        np.asarray(phase, np.float64),
                                        np.asarray(offset, np.float64))
-    return _cycle_block(s, c, np.stack([amp, ph, off]))
+    return _cycle_block(s, c, amp, ph, off)
 
 
 # ------------------------------------------------------------ chunk functions
@@ -388,8 +388,14 @@ def _params_dataset(params, da: xr.DataArray, dim: str, rest: tuple, min_obs: in
 # ------------------------------------------------------- cycle and residuals
 
 
-def _param_stack(params: xr.Dataset, dims: tuple, what: str) -> tuple[Any, tuple]:
-    """(3, *space) stack of amplitude, phase, offset in the order ``dims``."""
+def _param_arrays(params: xr.Dataset, dims: tuple, what: str) -> tuple[Any, Any, Any]:
+    """Amplitude, phase, offset (NumPy or dask arrays), their dims in the order ``dims``.
+
+    Three arrays rather than one stack: a stack would enter the chunk
+    functions through a contracted index, and dask does not fuse the reading
+    of the data into a blockwise task that has one: every chunk would be read
+    by a task of its own and held in memory until its residual task ran.
+    """
     missing = [n for n in ("amplitude", "phase", "offset") if n not in params]
     if missing:
         raise ValueError(f"{what}: parameters lack {missing}; expected the output of "
@@ -398,8 +404,7 @@ def _param_stack(params: xr.Dataset, dims: tuple, what: str) -> tuple[Any, tuple
     if set(p["amplitude"].dims) != set(dims):
         raise ValueError(f"{what}: parameter dims {p['amplitude'].dims} do not match the "
                          f"data's non-time dims {dims}")
-    arr = p.to_dataarray("_param").transpose("_param", *dims)
-    return arr.data, dims
+    return tuple(p[n].transpose(*dims).data for n in ("amplitude", "phase", "offset"))
 
 
 def seasonal_cycle(params: xr.Dataset, time: Any, *, dim: str = "time",
@@ -430,7 +435,7 @@ def seasonal_cycle(params: xr.Dataset, time: Any, *, dim: str = "time",
     if t.ndim != 1 or not np.issubdtype(t.dtype, np.datetime64):
         raise ValueError(f"time: expected 1-D datetime64 values, got {t.dtype} shape {t.shape}")
     dims = params["amplitude"].dims
-    stack, dims = _param_stack(params, dims, "params")
+    pars = _param_arrays(params, dims, "params")
     s, c = _sincos(t)
     if _is_dask(params["amplitude"]):
         import dask.array as dsa
@@ -440,11 +445,11 @@ def seasonal_cycle(params: xr.Dataset, time: Any, *, dim: str = "time",
         c_d = dsa.from_array(c, chunks=tch)
         pind = tuple(range(1, len(dims) + 1))
         data = dsa.blockwise(_cycle_block, (0, *pind), s_d, (0,), c_d, (0,),
-                             stack.rechunk({0: 3}), (-1, *pind), concatenate=True,
+                             *(x for a in pars for x in (a, pind)),
                              dtype=np.float64, meta=np.empty((0,) * (len(dims) + 1)),
                              token="seasonal-cycle")
     else:
-        data = _cycle_block(s, c, np.asarray(stack))
+        data = _cycle_block(s, c, *(np.asarray(a) for a in pars))
     coords = {k: v for k, v in params.coords.items() if set(v.dims) <= set(dims)}
     coords[dim] = t.astype("datetime64[ns]")
     units = params["offset"].attrs.get("units")
@@ -452,18 +457,24 @@ def seasonal_cycle(params: xr.Dataset, time: Any, *, dim: str = "time",
                         attrs={"long_name": "seasonal cycle", **({"units": units} if units else {})})
 
 
-def _cycle_block(s: np.ndarray, c: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    out = np.empty((s.size, int(np.prod(stack.shape[1:]))))
-    _k.cycle(s, c, _as2d(stack), out)
-    return out.reshape((s.size,) + stack.shape[1:])
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float64).reshape(-1)
 
 
-def _residual_block(y: np.ndarray, s: np.ndarray, c: np.ndarray, stack: np.ndarray) -> np.ndarray:
+def _cycle_block(s: np.ndarray, c: np.ndarray, amplitude: np.ndarray, phase: np.ndarray,
+                 offset: np.ndarray) -> np.ndarray:
+    out = np.empty((s.size, amplitude.size))
+    _k.cycle(s, c, _flat(amplitude), _flat(phase), _flat(offset), out)
+    return out.reshape((s.size,) + amplitude.shape)
+
+
+def _residual_block(y: np.ndarray, s: np.ndarray, c: np.ndarray, amplitude: np.ndarray,
+                    phase: np.ndarray, offset: np.ndarray) -> np.ndarray:
     y2 = _as2d(y)
     if y2.dtype not in (np.float32, np.float64):
         y2 = y2.astype(np.float64)
     out = np.empty_like(y2)
-    _k.residuals(y2, s, c, _as2d(stack), out)
+    _k.residuals(y2, s, c, _flat(amplitude), _flat(phase), _flat(offset), out)
     return out.reshape(y.shape)
 
 
@@ -502,27 +513,24 @@ def deseasonalize(da: xr.DataArray, params: xr.Dataset | None = None, *, dim: st
     order = da.dims
     y = da.transpose(dim, ...)
     rest = y.dims[1:]
-    stack, _ = _param_stack(params, rest, "params")
+    pars = _param_arrays(params, rest, "params")
     s, c = _sincos(t)
     if _is_dask(y):
         import dask.array as dsa
 
         data = y.data
-        if not hasattr(stack, "dask"):
-            stack = dsa.from_array(np.asarray(stack), chunks=(3, *data.chunks[1:]))
-        else:
-            stack = stack.rechunk((3, *data.chunks[1:]))
+        pars = [a.rechunk(data.chunks[1:]) if hasattr(a, "dask")
+                else dsa.from_array(np.asarray(a), chunks=data.chunks[1:]) for a in pars]
         tch = (data.chunks[0],)
         ind = tuple(range(data.ndim))
         out = dsa.blockwise(_residual_block, ind, data, ind, dsa.from_array(s, chunks=tch), (0,),
-                            dsa.from_array(c, chunks=tch), (0,), stack, (-1, *ind[1:]),
-                            concatenate=True, dtype=_out_dtype(data.dtype),
+                            dsa.from_array(c, chunks=tch), (0,),
+                            *(x for a in pars for x in (a, ind[1:])),
+                            dtype=_out_dtype(data.dtype),
                             meta=np.empty((0,) * data.ndim, _out_dtype(data.dtype)),
                             token="seasonal-residual")
     else:
-        if _is_dask(params["amplitude"]):
-            stack = stack.compute()
-        out = _residual_block(np.asarray(y.values), s, c, np.asarray(stack))
+        out = _residual_block(np.asarray(y.values), s, c, *(np.asarray(a) for a in pars))
     attrs = {k: v for k, v in da.attrs.items() if k in ("units",)}
     attrs["long_name"] = f"{da.name or 'value'} minus its seasonal cycle"
     res = xr.DataArray(out, dims=y.dims, coords=y.coords, name=da.name, attrs=attrs)

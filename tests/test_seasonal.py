@@ -376,6 +376,23 @@ def test_stage_on_local_cluster(tmp_path):
     assert storage.store_state(str(tmp_path / "p.zarr"))["complete"]
 
 
+def test_residuals_read_each_chunk_in_the_task_that_computes_it(tmp_path):
+    # The reading of a stored chunk fuses into its residual task: no chunk is
+    # read by a task of its own and held in memory until its residual runs.
+    import dask
+
+    _write_input(str(tmp_path / "in.zarr"), nt=90, time_chunk=30)
+    ds = storage.open_zarr(str(tmp_path / "in.zarr"))
+    write_seasonal(seasonal_params(ds, ["tb_h"], min_obs=20), str(tmp_path / "p.zarr"))
+    stored = storage.open_zarr(str(tmp_path / "p.zarr"))  # dask-backed
+    for params in (stored, stored.compute()):
+        res, _ = deseasonalize(ds.tb_h, params)
+        (opt,) = dask.optimize(res.data)
+        names = {k[0] for k in dict(opt.__dask_graph__()) if isinstance(k, tuple)}
+        assert ds.tb_h.data.name not in names
+        assert len([k for k in dict(opt.__dask_graph__()) if k[0] == opt.name]) == 3
+
+
 def test_partials_carry_values_only_while_a_pixel_may_need_the_median():
     # What keeps the fit's memory flat: a dense chunk's partial is its nine sums,
     # and one-step chunks (ERA5 on the cloud) carry each pixel's values only

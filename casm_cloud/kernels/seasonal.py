@@ -385,32 +385,30 @@ def _solve_pixel(sums, vals, row, p, min_obs, out):
 
 
 @njit(cache=True, nogil=True)
-def residuals(y, s, c, params, out):
+def residuals(y, s, c, amplitude, phase, offset, out):
     """``y − cycle`` for a ``(time, pixel)`` chunk into ``out`` (``y``'s shape and dtype).
 
-    ``params`` is ``(3, npix)`` amplitude, phase, offset; one formula
+    ``amplitude``, ``phase``, ``offset`` are ``(npix,)``; one formula
     ``A·sin(θ + φ) + b = (A cos φ)·sin θ + (A sin φ)·cos θ + b`` serves every
     method (amplitude 0 for the fallbacks, NaN for empty pixels).
     """
     nt, npix = y.shape
-    a = params[0] * np.cos(params[1])
-    cc = params[0] * np.sin(params[1])
-    b = params[2]
+    a = amplitude * np.cos(phase)
+    cc = amplitude * np.sin(phase)
     for t in range(nt):
         st = s[t]
         ct = c[t]
         for p in range(npix):
-            out[t, p] = y[t, p] - (a[p] * st + cc[p] * ct + b[p])
+            out[t, p] = y[t, p] - (a[p] * st + cc[p] * ct + offset[p])
 
 
 @njit(cache=True, nogil=True)
-def cycle(s, c, params, out):
+def cycle(s, c, amplitude, phase, offset, out):
     """The cycle at phases ``s = sin θ``, ``c = cos θ`` into ``out`` ``(time, pixel)`` float64."""
     nt = s.shape[0]
-    npix = params.shape[1]
-    a = params[0] * np.cos(params[1])
-    cc = params[0] * np.sin(params[1])
-    b = params[2]
+    npix = amplitude.shape[0]
+    a = amplitude * np.cos(phase)
+    cc = amplitude * np.sin(phase)
     for t in range(nt):
         for p in range(npix):
-            out[t, p] = a[p] * s[t] + cc[p] * c[t] + b[p]
+            out[t, p] = a[p] * s[t] + cc[p] * c[t] + offset[p]
