@@ -6,7 +6,9 @@
    same number of threads (the memory-read limit);
 3. the stage end to end (Zarr in -> parameters and residuals out, on a
    LocalCluster with one worker process, as the CLI runs it) vs a plain Zarr
-   copy of the same array with the same codecs, on the same cluster;
+   copy of the same array with the same codecs, on the same cluster; each
+   timed run starts after ``os.sync()``, so the previous run's writes are not
+   flushed to disk during it;
 4. peak memory (RSS) of the stage on time-chunked input at two series
    lengths, one twice the other, each in a fresh process.
 
@@ -165,12 +167,16 @@ def bench_stage(src: str, work: str, repeats: int) -> dict:
             write_seasonal(seasonal_params(ds), os.path.join(work, "params.zarr"), data=ds,
                            residuals_url=os.path.join(work, "resid.zarr"))
 
+        def synced(fn):
+            os.sync()
+            return _median_time(fn, 1)
+
         stage()  # warm: kernels loaded on the worker threads
         copy()
         t_copy, t_stage = [], []
         for _ in range(repeats):  # interleaved, so drifts in machine load hit both
-            t_copy.append(_median_time(copy, 1))
-            t_stage.append(_median_time(stage, 1))
+            t_copy.append(synced(copy))
+            t_stage.append(synced(stage))
     return {"copy_s": float(np.median(t_copy)), "stage_s": float(np.median(t_stage))}
 
 
@@ -241,7 +247,7 @@ def main() -> None:
     nt = a.nt or (730 if a.quick else 1800)
     npix = a.npix or (20_000 if a.quick else 200_000)
     sample = 50 if a.quick else 200
-    repeats = 2 if a.quick else 3
+    repeats = 2 if a.quick else 5
     ny = 100 if npix % 100 == 0 else 1
     time_chunk = 73 if a.quick else 90
 
