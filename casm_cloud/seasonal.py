@@ -530,6 +530,10 @@ def deseasonalize(da: xr.DataArray, params: xr.Dataset | None = None, *, dim: st
                             meta=np.empty((0,) * data.ndim, _out_dtype(data.dtype)),
                             token="seasonal-residual")
     else:
+        if _is_dask(params["amplitude"]):
+            import dask
+
+            pars = dask.compute(*pars)  # one pass over a lazy fit, not three
         out = _residual_block(np.asarray(y.values), s, c, *(np.asarray(a) for a in pars))
     attrs = {k: v for k, v in da.attrs.items() if k in ("units",)}
     attrs["long_name"] = f"{da.name or 'value'} minus its seasonal cycle"
