@@ -1,6 +1,6 @@
 """Seasonal cycle: fit, evaluate and remove a one-year sinusoid per pixel.
 
-The model (DESIGN.md §3) is, per pixel and variable,
+The model (``docs/science.md``, "Seasonal cycle") is, per pixel and variable,
 
     s(t) = A·sin(θ(t) + φ) + b  =  a·sin θ + c·cos θ + b,
     A = sqrt(a² + c²),  φ = atan2(c, a),
@@ -46,7 +46,13 @@ i.e. the free period only lets the cycle drift against the calendar.
 Parameters are stored (``amplitude``, ``phase``, ``offset``, ``n_obs``,
 ``method``, ``residual_std``) so new months are deseasonalised without a
 refit; residuals are cheap to recompute inside any chunk function with
-:func:`cycle_values`, so writing them is optional.
+:func:`residual_values` (or :func:`cycle_values`), so writing them is optional.
+
+This module is the one owner of the year phase, the cycle formula, the
+residuals and the fallbacks: the training samples (:mod:`casm_cloud.pairs`),
+inference (:mod:`casm_cloud.inference`) and the report's residual scores
+(:mod:`casm_cloud.report`) all call it (``docs/architecture.md``, "Where each
+concept lives").
 """
 
 from __future__ import annotations
@@ -57,13 +63,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from casm_cloud.errors import UserError
 from casm_cloud.kernels import seasonal as _k
 
 __all__ = [
     "METHODS",
     "PARAM_NAMES",
+    "SeasonalError",
     "year_phase",
     "cycle_values",
+    "residual_values",
     "fit_seasonal_cycle",
     "seasonal_cycle",
     "deseasonalize",
@@ -81,6 +90,10 @@ _MIN_OBS_FLOOR = 4
 # Binary tree: each merge frees its two inputs at once, so the partials held at
 # a time grow with the depth of the tree (log2 of the time chunks), not its width.
 _SPLIT_EVERY = 2
+
+
+class SeasonalError(UserError, ValueError):
+    """Input the seasonal fit cannot use: bad times, dims, parameters or variables."""
 
 
 # --------------------------------------------------------------------------- time
@@ -104,12 +117,12 @@ def year_phase(time: Any) -> np.ndarray:
 
     Raises
     ------
-    ValueError
+    SeasonalError
         If ``time`` is not datetime64.
     """
     t = np.asarray(time)
     if not np.issubdtype(t.dtype, np.datetime64):
-        raise ValueError(f"time: expected datetime64 values, got dtype {t.dtype}")
+        raise SeasonalError(f"time: expected datetime64 values, got dtype {t.dtype}")
     t = t.astype("datetime64[ns]")
     year = t.astype("datetime64[Y]")
     start = year.astype("datetime64[ns]")
@@ -146,17 +159,56 @@ def cycle_values(amplitude: Any, phase: Any, offset: Any, time: Any) -> np.ndarr
 
     Raises
     ------
-    ValueError
+    SeasonalError
         If ``time`` is not a 1-D datetime64 array.
     """
     t = np.asarray(time)
     if t.ndim != 1:
-        raise ValueError(f"time: expected a 1-D datetime64 array, got shape {t.shape}")
+        raise SeasonalError(f"time: expected a 1-D datetime64 array, got shape {t.shape}")
     s, c = _sincos(t)
     amp, ph, off = np.broadcast_arrays(np.asarray(amplitude, np.float64),
                                        np.asarray(phase, np.float64),
                                        np.asarray(offset, np.float64))
     return _cycle_block(s, c, amp, ph, off)
+
+
+def residual_values(values: Any, amplitude: Any, phase: Any, offset: Any,
+                    time: Any) -> np.ndarray:
+    """Residuals ``values − cycle`` as a NumPy array (the residuals the networks learn).
+
+    For consumers inside their own chunk functions: bit for bit the values
+    minus :func:`cycle_values`, computed in ``values``' precision when it is
+    float32 or float64 (float64 otherwise).
+
+    Parameters
+    ----------
+    values : array-like, shape ``(len(time), *param_shape)``
+    amplitude, phase, offset : array-like
+        Parameters over ``param_shape`` (they broadcast against each other).
+    time : 1-D array-like of datetime64
+
+    Returns
+    -------
+    numpy.ndarray, shape and dtype of ``values`` (float64 for other dtypes).
+
+    Raises
+    ------
+    SeasonalError
+        If ``time`` is not 1-D datetime64 or ``values`` do not have its length first.
+    """
+    t = np.asarray(time)
+    if t.ndim != 1:
+        raise SeasonalError(f"time: expected a 1-D datetime64 array, got shape {t.shape}")
+    y = np.asarray(values)
+    if y.ndim == 0 or y.shape[0] != t.size:
+        raise SeasonalError(f"values: expected {t.size} time steps first, got shape {y.shape}")
+    s, c = _sincos(t)
+    amp, ph, off = np.broadcast_arrays(np.asarray(amplitude, np.float64),
+                                       np.asarray(phase, np.float64),
+                                       np.asarray(offset, np.float64))
+    if amp.shape != y.shape[1:]:
+        amp, ph, off = (np.broadcast_to(a, y.shape[1:]) for a in (amp, ph, off))
+    return _residual_block(y, s, c, amp, ph, off)
 
 
 # ------------------------------------------------------------ chunk functions
@@ -226,30 +278,30 @@ def _aggregate(parts, axis=None, keepdims=None, *, kbuf: int, min_obs: int,
 
 def _check(da: xr.DataArray, dim: str, what: str = "da") -> np.ndarray:
     if not isinstance(da, xr.DataArray):
-        raise ValueError(f"{what}: expected an xarray.DataArray, got {type(da).__name__} "
+        raise SeasonalError(f"{what}: expected an xarray.DataArray, got {type(da).__name__} "
                          "(use ds.to_dataarray('variable') to fit every variable at once)")
     name = da.name if da.name is not None else what
     if dim not in da.dims:
-        raise ValueError(f"{name}: no dimension {dim!r} to fit over; dims are {da.dims}")
+        raise SeasonalError(f"{name}: no dimension {dim!r} to fit over; dims are {da.dims}")
     if dim not in da.coords:
-        raise ValueError(f"{name}: dimension {dim!r} has no coordinate; expected datetime64 times")
+        raise SeasonalError(f"{name}: dimension {dim!r} has no coordinate; expected datetime64 times")
     t = np.asarray(da[dim].values)
     if not np.issubdtype(t.dtype, np.datetime64):
-        raise ValueError(f"{name}: coordinate {dim!r} must be datetime64, got dtype {t.dtype}")
+        raise SeasonalError(f"{name}: coordinate {dim!r} must be datetime64, got dtype {t.dtype}")
     if np.isnat(t).any():
-        raise ValueError(f"{name}: coordinate {dim!r} contains NaT")
+        raise SeasonalError(f"{name}: coordinate {dim!r} contains NaT")
     if t.size > 1 and not (np.diff(t) > np.timedelta64(0, "ns")).all():
         bad = int(np.argmin(np.diff(t) > np.timedelta64(0, "ns")))
-        raise ValueError(f"{name}: coordinate {dim!r} is not strictly increasing "
+        raise SeasonalError(f"{name}: coordinate {dim!r} is not strictly increasing "
                          f"(at index {bad + 1}: {t[bad]} then {t[bad + 1]})")
     if not (np.issubdtype(da.dtype, np.floating) or np.issubdtype(da.dtype, np.integer)):
-        raise ValueError(f"{name}: expected numeric values, got dtype {da.dtype}")
+        raise SeasonalError(f"{name}: expected numeric values, got dtype {da.dtype}")
     return t
 
 
 def _check_min_obs(min_obs: int) -> int:
     if int(min_obs) != min_obs or min_obs < _MIN_OBS_FLOOR:
-        raise ValueError(f"min_obs: expected an integer >= {_MIN_OBS_FLOOR} (three parameters "
+        raise SeasonalError(f"min_obs: expected an integer >= {_MIN_OBS_FLOOR} (three parameters "
                          f"and at least one degree of freedom), got {min_obs!r}")
     return int(min_obs)
 
@@ -298,7 +350,7 @@ def fit_seasonal_cycle(da: xr.DataArray, dim: str = "time", min_obs: int = 40) -
 
     Raises
     ------
-    ValueError
+    SeasonalError
         If ``dim`` is missing, its coordinate is not datetime64 or not
         strictly increasing, the values are not numeric, or ``min_obs < 4``.
     """
@@ -398,11 +450,11 @@ def _param_arrays(params: xr.Dataset, dims: tuple, what: str) -> tuple[Any, Any,
     """
     missing = [n for n in ("amplitude", "phase", "offset") if n not in params]
     if missing:
-        raise ValueError(f"{what}: parameters lack {missing}; expected the output of "
+        raise SeasonalError(f"{what}: parameters lack {missing}; expected the output of "
                          "fit_seasonal_cycle")
     p = params[["amplitude", "phase", "offset"]]
     if set(p["amplitude"].dims) != set(dims):
-        raise ValueError(f"{what}: parameter dims {p['amplitude'].dims} do not match the "
+        raise SeasonalError(f"{what}: parameter dims {p['amplitude'].dims} do not match the "
                          f"data's non-time dims {dims}")
     return tuple(p[n].transpose(*dims).data for n in ("amplitude", "phase", "offset"))
 
@@ -428,12 +480,12 @@ def seasonal_cycle(params: xr.Dataset, time: Any, *, dim: str = "time",
 
     Raises
     ------
-    ValueError
+    SeasonalError
         If the parameters are incomplete or ``time`` is not 1-D datetime64.
     """
     t = np.asarray(time.values if isinstance(time, xr.DataArray) else time)
     if t.ndim != 1 or not np.issubdtype(t.dtype, np.datetime64):
-        raise ValueError(f"time: expected 1-D datetime64 values, got {t.dtype} shape {t.shape}")
+        raise SeasonalError(f"time: expected 1-D datetime64 values, got {t.dtype} shape {t.shape}")
     dims = params["amplitude"].dims
     pars = _param_arrays(params, dims, "params")
     s, c = _sincos(t)
@@ -503,7 +555,7 @@ def deseasonalize(da: xr.DataArray, params: xr.Dataset | None = None, *, dim: st
 
     Raises
     ------
-    ValueError
+    SeasonalError
         As :func:`fit_seasonal_cycle`; or parameters whose dims differ from
         ``da``'s non-time dims.
     """
@@ -552,9 +604,9 @@ def _select(ds: xr.Dataset, variables: Sequence[str] | None) -> list[str]:
     names = list(variables) if variables else [n for n in ds.data_vars if "time" in ds[n].dims]
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
-        raise ValueError(f"variables {missing} are not in the input; it has {list(ds.data_vars)}")
+        raise SeasonalError(f"variables {missing} are not in the input; it has {list(ds.data_vars)}")
     if not names:
-        raise ValueError(f"the input has no time-dependent variable to fit; it has "
+        raise SeasonalError(f"the input has no time-dependent variable to fit; it has "
                          f"{list(ds.data_vars)}")
     return names
 
@@ -575,19 +627,15 @@ def seasonal_params(ds: xr.Dataset, variables: Sequence[str] | None = None, *,
     Returns
     -------
     xarray.Dataset
-        With a ``variable`` dimension (coordinate: the names) when several
-        variables are fitted; with one, a scalar ``variable`` coordinate.
+        With a ``variable`` dimension (coordinate: the names), also for one
+        variable, so stores of one and of several variables read alike.
 
     Raises
     ------
-    ValueError
+    SeasonalError
         For unknown variables or as :func:`fit_seasonal_cycle`.
     """
     names = _select(ds, variables)
-    if len(names) == 1:
-        da = ds[names[0]]
-        params = fit_seasonal_cycle(da, dim=dim, min_obs=min_obs)
-        return params.assign_coords(variable=names[0])
     da = ds[names].to_dataarray("variable")
     params = fit_seasonal_cycle(da, dim=dim, min_obs=min_obs)
     params.attrs["seasonal_fitted_variable"] = ",".join(names)
@@ -614,7 +662,7 @@ def seasonal_residuals(ds: xr.Dataset, params: xr.Dataset, variables: Sequence[s
 
     Raises
     ------
-    ValueError
+    SeasonalError
         If a variable has no parameters.
     """
     have = [str(v) for v in np.atleast_1d(params["variable"].values)] if "variable" in \
@@ -623,7 +671,7 @@ def seasonal_residuals(ds: xr.Dataset, params: xr.Dataset, variables: Sequence[s
     out = {}
     for n in names:
         if n not in have:
-            raise ValueError(f"{n}: no seasonal parameters (have {have})")
+            raise SeasonalError(f"{n}: no seasonal parameters (have {have})")
         p = params.sel(variable=n) if "variable" in params.dims else params
         p = p.drop_vars("variable", errors="ignore")
         out[n], _ = deseasonalize(ds[n], p, dim=dim)
@@ -668,13 +716,13 @@ def write_seasonal(params: xr.Dataset, url: str, *, data: xr.Dataset | None = No
 
     Raises
     ------
-    ValueError
+    SeasonalError
         If ``residuals_url`` is given without ``data``.
     """
     from casm_cloud import storage
 
     if residuals_url is not None and data is None:
-        raise ValueError("residuals_url: the residuals need the fitted input (data=...)")
+        raise SeasonalError("residuals_url: the residuals need the fitted input (data=...)")
     computed = params.compute()
     if "variable" in computed.coords and computed["variable"].dtype.kind == "U":
         # Variable-length strings: the Zarr 3 string type with a specification.

@@ -16,6 +16,13 @@ Writes follow one protocol (after xarray-beam):
    chunk, so a killed run resumes where it stopped.
 4. ``mark_complete(url, config_hash)`` sets the ``casm_complete`` attribute
    last; a store without it is unfinished and is never taken as a result.
+
+This module is the only one that calls ``to_zarr``: a whole small dataset
+goes through :func:`write_dataset`, a lazy one template-first through
+:func:`write_template` and :func:`region_writes` (or :func:`write_region`
+per chunk), and the time axis grows only through :func:`grow_time` (used by
+:func:`append_time` and by inference's store).  See ``docs/architecture.md``
+("Storage").
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ import json
 import posixpath
 from collections.abc import Mapping
 
+import dask.delayed
 import fsspec
 import xarray as xr
 import zarr
+
+from casm_cloud.errors import UserError
 
 __all__ = [
     "StoreError",
@@ -36,11 +46,14 @@ __all__ = [
     "remove",
     "zarr_encoding",
     "open_zarr",
+    "write_dataset",
     "write_template",
     "write_region",
+    "region_writes",
     "ChunkRecord",
     "mark_complete",
     "append_time",
+    "grow_time",
     "zarr_group",
     "store_state",
     "secret_keys",
@@ -76,7 +89,7 @@ def secret_keys(options: Mapping, prefix: str = "") -> list[str]:
     return found
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """A store that is missing, unfinished or made by another configuration."""
 
 
@@ -135,6 +148,29 @@ def open_zarr(url: str, storage_options: Mapping | None = None, *,
     return ds
 
 
+def _so(storage_options: Mapping | None) -> dict | None:
+    """``storage_options`` as ``to_zarr``/``open_zarr`` take them (``None`` when empty)."""
+    return dict(storage_options or {}) or None
+
+
+def write_dataset(ds: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
+                  config_hash: str | None = None) -> None:
+    """Replace whatever is at ``url`` with ``ds``, written whole, then mark it complete.
+
+    ``ds`` may be lazy: it is computed by this write, on the active dask
+    scheduler.  Encodings ``ds`` carries from where it was read are dropped;
+    every data variable gets :func:`zarr_encoding`.  For stores too large to
+    write in one go, use :func:`write_template` and :func:`region_writes`.
+    """
+    remove(url, storage_options)
+    ds = ds.copy()
+    for v in ds.variables.values():
+        v.encoding = {}
+    ds.to_zarr(url, mode="w", consolidated=False, storage_options=_so(storage_options),
+               encoding=zarr_encoding(ds), zarr_format=3)
+    mark_complete(url, storage_options, config_hash=config_hash)
+
+
 def write_template(template: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
                    config_hash: str | None = None, encoding: dict | None = None) -> None:
     """Write metadata and coordinates of ``template``; no data is computed.
@@ -153,17 +189,46 @@ def write_template(template: xr.Dataset, url: str, storage_options: Mapping | No
     enc = zarr_encoding(ds) if encoding is None else encoding
     remove(url, storage_options)
     ds.to_zarr(url, mode="w", compute=False, encoding=enc, consolidated=False,
-               storage_options=dict(storage_options or {}) or None, zarr_format=3)
+               storage_options=_so(storage_options), zarr_format=3)
+
+
+def _data_only(part: xr.Dataset) -> xr.Dataset:
+    """The data variables of ``part``, without coordinates or attributes (a region write)."""
+    part = part.drop_vars([v for v in part.variables if v not in part.data_vars])
+    part.attrs = {}
+    return part
 
 
 def write_region(part: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
-                 region: Mapping[str, slice] | str = "auto") -> None:
-    """Write one region of an existing store (data variables only)."""
-    drop = [v for v in part.variables if v not in part.data_vars]
-    part = part.drop_vars(drop)
-    part.attrs = {}
-    part.to_zarr(url, mode="r+", region=dict(region) if not isinstance(region, str) else region,
-                 consolidated=False, storage_options=dict(storage_options or {}) or None)
+                 region: Mapping[str, slice] | str = "auto", safe_chunks: bool = True) -> None:
+    """Write one region of an existing store (data variables only).
+
+    ``safe_chunks=False`` skips xarray's check that no Zarr chunk is written
+    in part: only for a caller that has lined its dask chunks up with the
+    store's chunks and is the only writer of the chunks it touches
+    (:func:`append_time` rewriting the tail of a killed append).
+    """
+    _data_only(part).to_zarr(url, mode="r+",
+                             region=dict(region) if not isinstance(region, str) else region,
+                             consolidated=False, storage_options=_so(storage_options),
+                             safe_chunks=safe_chunks)
+
+
+def region_writes(ds: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
+                  region: Mapping[str, slice] | None = None) -> dask.delayed.Delayed:
+    """The lazy write of every data variable of ``ds`` into a store :func:`write_template` made.
+
+    Nothing is written until the returned object is computed, so callers
+    compute it together with other results in one pass over the data (the
+    sample table's scaler sums, every store of a simulation).  ``region``
+    (default: all of each dimension, from 0) places ``ds`` in the store; each
+    dask chunk of ``ds`` should be one Zarr chunk of the store.
+    """
+    data = _data_only(ds)
+    if region is None:
+        region = {d: slice(0, n) for d, n in data.sizes.items()}
+    return data.to_zarr(url, mode="r+", region=dict(region), compute=False, consolidated=False,
+                        storage_options=_so(storage_options))
 
 
 class ChunkRecord:
@@ -262,8 +327,7 @@ def append_time(ds: xr.Dataset, url: str, storage_options: Mapping | None = None
     if n_over > times.size or (old[i0:] != times[:n_over]).any():
         raise StoreError(f"cannot append to {url}: its times end at {old[-1]}, the new ones "
                          f"({times[0]}..{times[-1]}) do not continue them")
-    new = ds[[v for v in ds.data_vars if "time" in ds[v].dims]]
-    new = new.drop_vars([c for c in new.coords if c != "time" and "time" in new[c].dims])
+    new = _time_part(ds)
     chunks = {}
     for name in new.data_vars:
         chunks.update(zip(stored[name].dims, stored[name].encoding["chunks"], strict=True))
@@ -272,16 +336,48 @@ def append_time(ds: xr.Dataset, url: str, storage_options: Mapping | None = None
     if n_over:
         over = new.isel(time=slice(0, n_over))
         over = over.chunk({**chunks, "time": _aligned(n_over, i0, chunks["time"])})
+        # Starts inside a Zarr chunk when the killed append did: each dask chunk
+        # is one Zarr chunk's part (above) and nothing else writes them.
         write_region(over, url, so, region={d: slice(i0, None) if d == "time" else slice(None)
-                                            for d in over.dims})
+                                            for d in over.dims}, safe_chunks=False)
     rest = new.isel(time=slice(n_over, None))
     if rest.sizes["time"]:
         rest = rest.chunk({**chunks, "time": _aligned(rest.sizes["time"], old.size,
                                                        chunks["time"])})
-        rest.attrs = attrs  # to_zarr(append_dim) replaces the group's attributes
-        rest.to_zarr(url, append_dim="time", consolidated=False, storage_options=so or None)
+        grow_time(rest, url, so, attrs=attrs)
     mark_complete(url, so, config_hash=config_hash or attrs.get(HASH_ATTR))
     return int(times.size - n_over)
+
+
+def _time_part(ds: xr.Dataset) -> xr.Dataset:
+    """The time-dependent data variables of ``ds`` with the ``time`` coordinate only."""
+    new = ds[[v for v in ds.data_vars if "time" in ds[v].dims]]
+    return new.drop_vars([c for c in new.coords if c != "time"])
+
+
+def grow_time(ds: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
+              attrs: Mapping, compute: bool = True) -> None:
+    """Append ``ds``'s time steps to the end of a store's time axis (the one way it grows).
+
+    Only ``ds``'s time-dependent data variables and its ``time`` coordinate
+    are written; the times must all be after the store's last one (the
+    caller checks).  The store's attributes become ``attrs`` with
+    ``casm_complete`` false (``to_zarr(append_dim=...)`` replaces a group's
+    attributes): the store reads as unfinished until the caller calls
+    :func:`mark_complete`.
+
+    ``compute=True`` writes the data; its dask chunks must line up with the
+    store's chunks (see :func:`append_time`).  ``compute=False`` grows the
+    arrays and writes the new times only, leaving the data to later
+    :func:`write_region` calls: ``ds`` is then a template, whose chunks need
+    not line up since none of them is written.
+    """
+    so = _so(storage_options)
+    zarr_group(url, so).attrs[COMPLETE_ATTR] = False
+    grow = _time_part(ds)
+    grow.attrs = {**dict(attrs), COMPLETE_ATTR: False}
+    grow.to_zarr(url, append_dim="time", compute=compute, consolidated=False,
+                 safe_chunks=compute, storage_options=so)
 
 
 def _aligned(n: int, offset: int, step: int) -> tuple[int, ...]:
@@ -309,3 +405,34 @@ def store_state(url: str, storage_options: Mapping | None = None) -> dict:
             posixpath.join(path, ".zattrs")) else {}
     return {"exists": True, "complete": bool(attrs.get(COMPLETE_ATTR, False)),
             "config_hash": attrs.get(HASH_ATTR)}
+
+
+# --------------------------------------------------------------------------- small objects
+def check_writable(url: str, storage_options: Mapping | None = None) -> None:
+    """Create ``url`` as a folder if needed and prove it writable (a probe written and removed).
+
+    Raises
+    ------
+    OSError or ValueError
+        From the file system, when the folder cannot be created or written.
+    """
+    fs, root = url_to_fs(url, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    probe = posixpath.join(root, ".casm_write_probe")
+    fs.pipe(probe, b"")
+    fs.rm(probe)
+
+
+def write_marker(url: str, marker: Mapping, storage_options: Mapping | None = None) -> None:
+    """Write a small JSON object (a stage marker) at ``url``, creating its folder."""
+    fs, path = url_to_fs(url, storage_options)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    fs.pipe(path, json.dumps(dict(marker)).encode())
+
+
+def read_marker(url: str, storage_options: Mapping | None = None) -> dict | None:
+    """The JSON object at ``url``, or None where there is none."""
+    fs, path = url_to_fs(url, storage_options)
+    if not fs.exists(path):
+        return None
+    return json.loads(fs.cat(path))

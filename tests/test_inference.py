@@ -17,10 +17,10 @@ import xarray as xr
 
 from casm_cloud import inference, storage
 from casm_cloud.grid import EASE2Grid
-from casm_cloud.inference import _cycle_values as cycle_values
 from casm_cloud.models import DenseNet
 from casm_cloud.models.checkpoint import CheckpointError, save_checkpoint
 from casm_cloud.schema import validate
+from casm_cloud.seasonal import cycle_values
 from casm_cloud.testing import make_tb_dataset
 
 INPUTS = ["tb_h", "tb_v", "lat", "lon"]

@@ -19,32 +19,13 @@ from casm_cloud.pairs import (
     open_pairs,
     split_map,
     write_pairs,
-    year_angle,
 )
+from casm_cloud.seasonal import fit_seasonal_cycle
 
 
 def fit_params(da: xr.DataArray, dim: str = "time") -> xr.Dataset:
-    """Seasonal parameters: the seasonal stage's fit where it exists, else least squares here."""
-    try:
-        from casm_cloud.seasonal import fit_seasonal_cycle
-    except ImportError:
-        fit_seasonal_cycle = None
-    if fit_seasonal_cycle is not None:
-        return fit_seasonal_cycle(da, dim=dim, min_obs=10).compute()
-    wt = year_angle(da[dim].values)
-    vals = np.moveaxis(da.values, da.dims.index(dim), 0).astype(float)
-    flat = vals.reshape(vals.shape[0], -1)
-    out = np.full((3, flat.shape[1]), np.nan)
-    for p in range(flat.shape[1]):
-        ok = np.isfinite(flat[:, p])
-        g = np.stack([np.sin(wt[ok]), np.cos(wt[ok]), np.ones(ok.sum())], 1)
-        a, c, b = np.linalg.lstsq(g, flat[ok, p], rcond=None)[0]
-        out[:, p] = np.hypot(a, c), np.arctan2(c, a), b  # a sin + c cos = A sin(wt + phi)
-    dims = [d for d in da.dims if d != dim]
-    shape = vals.shape[1:]
-    coords = {d: da[d] for d in dims if d in da.coords}
-    return xr.Dataset({k: (dims, out[i].reshape(shape)) for i, k in
-                       enumerate(("amplitude", "phase", "offset"))}, coords=coords)
+    """Seasonal parameters from the seasonal stage's fit."""
+    return fit_seasonal_cycle(da, dim=dim, min_obs=10).compute()
 
 
 def scene(seed=0, nt=90, chunks=None):

@@ -18,6 +18,7 @@ from casm_cloud.report import (
     sensor_changes_from_source,
     write_report,
 )
+from casm_cloud.seasonal import deseasonalize, year_phase
 from casm_cloud.testing import SENSOR_CHANGES, make_product, make_truth
 
 WINDOW = EASE2Grid("M25").window_by_name("tiny").subwindow(slice(0, 4), slice(0, 5))
@@ -79,25 +80,56 @@ def test_daily_truth_is_binned_to_the_product(product):
     assert s["R"] != scores_against_truth(product, on_starts, sensor_changes={})["R"]
 
 
-def test_harmonic_anomaly_matches_lstsq():
-    rng = np.random.default_rng(2)
+def _series(n_valid, seed=2):
+    """Three pixels of 2-daily values with an annual cycle: full, ``n_valid`` values, empty."""
+    rng = np.random.default_rng(seed)
     t = pd.date_range("2010-01-01", periods=400, freq="2D")
-    wt = 2 * np.pi * np.asarray(t.day_of_year - 1) / np.where(t.is_leap_year, 366, 365)
+    wt = year_phase(t.values)
     x = 0.2 + 0.05 * np.sin(wt)[:, None] + 0.03 * np.cos(wt)[:, None] \
         + 0.02 * rng.standard_normal((400, 3))
-    x[rng.random(x.shape) < 0.3] = np.nan
-    x[5:, 2] = np.nan  # too few values: the cycle is the mean
-    da = xr.DataArray(x, dims=("time", "x"), coords={"time": t}).chunk({"time": 64})
+    x[n_valid:, 1] = np.nan
+    x[:, 2] = np.nan
+    return xr.DataArray(x, dims=("time", "x"), coords={"time": t}, name="sm")
+
+
+def test_residual_is_the_seasonal_stage_residual():
+    """The report scores the residual the networks learn: seasonal's fit, min_obs, median."""
+    da = _series(n_valid=20).chunk({"time": 64})
     anom = harmonic_anomaly(da)
     assert anom.chunks is not None
     got = anom.values
-    for i in range(2):
-        ok = np.isfinite(x[:, i])
-        a = np.stack([np.ones(ok.sum()), np.sin(wt[ok]), np.cos(wt[ok])], axis=1)
-        coef = np.linalg.lstsq(a, x[ok, i], rcond=None)[0]
-        np.testing.assert_allclose(got[ok, i], x[ok, i] - a @ coef, atol=1e-12)
-        assert np.isnan(got[~ok, i]).all()
-    np.testing.assert_allclose(got[:5, 2], x[:5, 2] - np.nanmean(x[:5, 2]), atol=1e-12)
+    want, _ = deseasonalize(da, min_obs=40)
+    np.testing.assert_array_equal(got[:, 0], want.values[:, 0])
+    # 20 valid values < min_obs = 40: the cycle is the median (not a sinusoid, not the mean).
+    x = da.values[:20, 1]
+    np.testing.assert_allclose(got[:20, 1], x - np.median(x), rtol=0, atol=1e-15)
+    assert np.isnan(got[20:, 1]).all() and np.isnan(got[:, 2]).all()
+    # With min_obs = 10 the same 20 values get a sine fit.
+    ten = harmonic_anomaly(da, min_obs=10).values
+    want10, _ = deseasonalize(da, min_obs=10)
+    np.testing.assert_array_equal(ten[:20, 1], want10.values[:20, 1])
+    assert not np.allclose(ten[:20, 1], x - np.median(x))
+
+
+def test_residual_r_uses_min_obs():
+    """scores_against_truth's residual_R is the R of seasonal residuals with its min_obs."""
+    t = pd.date_range("2010-01-01", periods=300, freq="3D")
+    rng = np.random.default_rng(5)
+    wt = year_phase(t.values)[:, None, None]
+    truth = 0.25 + 0.06 * np.sin(wt + 0.3) + 0.03 * rng.standard_normal((300, 2, 2))
+    prod = truth + 0.02 * rng.standard_normal(truth.shape)
+    prod[30:, 0, 0] = np.nan  # 30 pairs: median fallback under min_obs=40, sine under 20
+    coords = {"time": t, "y": [1.0, 0.0], "x": [0.0, 1.0]}
+    p = xr.Dataset({"sm": (("time", "y", "x"), prod)}, coords=coords)
+    tr = xr.Dataset({"sm_l1": (("time", "y", "x"), truth)}, coords=coords)
+    for min_obs in (40, 20):
+        s = scores_against_truth(p, tr, sensor_changes={}, min_obs=min_obs)
+        pr, _ = deseasonalize(p["sm"], min_obs=min_obs)
+        trr, _ = deseasonalize(tr["sm_l1"], min_obs=min_obs)
+        rs = [_numpy_r(pr.values[:, j, i], trr.values[:, j, i]) for j in range(2)
+              for i in range(2)]
+        assert s["residual_R"] == pytest.approx(np.median(rs), rel=1e-9)
+        assert s["n_pixels"] == 4
 
 
 def test_sensor_changes_from_source(product):

@@ -80,3 +80,64 @@ def test_memory_filesystem_roundtrip():
     assert float(out.sm[0, 0, 0]) == 5.0
     assert storage.ChunkRecord(url).done() == {"0"}
     storage.remove(url)
+
+
+def test_write_dataset_replaces_and_marks_complete(tmp_path):
+    url = str(tmp_path / "whole.zarr")
+    (tmp_path / "whole.zarr").mkdir()
+    (tmp_path / "whole.zarr" / "stale").write_text("old")
+    ds = _template().chunk({"time": 3}) + 2.0
+    ds["sm"].encoding = {"chunks": (1, 1, 1), "dtype": "float64"}  # as read from elsewhere
+    storage.write_dataset(ds, url, config_hash="h1")
+    assert not (tmp_path / "whole.zarr" / "stale").exists()
+    assert storage.store_state(url) == {"exists": True, "complete": True, "config_hash": "h1"}
+    out = storage.open_zarr(url, require_complete=True)
+    assert out.sm.dtype == np.float32 and out.sm.encoding["chunks"] == (3, 4, 5)
+    np.testing.assert_array_equal(out.sm.values, np.full((6, 4, 5), 2.0, np.float32))
+
+
+def test_region_writes_are_lazy_until_computed(tmp_path):
+    import dask
+
+    url = str(tmp_path / "lazy.zarr")
+    tpl = _template() + 7.0
+    storage.write_template(tpl, url)
+    write = storage.region_writes(tpl, url)
+    assert np.isnan(xr.open_zarr(url, consolidated=False).sm.values).all()
+    dask.compute(write)
+    np.testing.assert_array_equal(xr.open_zarr(url, consolidated=False).sm.values, 7.0)
+
+
+def test_append_time_grows_and_rewrites_a_killed_append(tmp_path):
+    url = str(tmp_path / "grow.zarr")
+    full = (_template(n_time=9) + xr.DataArray(np.arange(9.0), dims="time")).astype("float32")
+    full = full.assign_coords(lat=("y", np.linspace(40.0, 39.0, 4)))
+    storage.write_template(full.isel(time=slice(0, 5)), url, config_hash="h")
+    storage.write_region(full.isel(time=slice(0, 5)).compute(), url,
+                         region={"time": slice(0, 5)})
+    storage.mark_complete(url)
+    # Steps 3-4 again (a killed append grew the axis), then 5-8 new.
+    assert storage.append_time(full.isel(time=slice(3, 9)), url) == 4
+    out = storage.open_zarr(url, require_complete=True)
+    np.testing.assert_array_equal(out.sm.values[:, 0, 0], np.arange(9.0))
+    np.testing.assert_array_equal(out["time"].values, full["time"].values)
+    assert out.attrs["title"] == "t" and out.attrs[storage.HASH_ATTR] == "h"
+    assert out.sm.encoding["chunks"] == (2, 4, 5)
+    assert storage.append_time(full.isel(time=slice(0, 0)), url) == 0
+    with pytest.raises(storage.StoreError, match="do not continue"):
+        storage.append_time(full.isel(time=[2, 4]), url)
+
+
+def test_grow_time_template_grows_the_axis_only(tmp_path):
+    url = str(tmp_path / "tpl.zarr")
+    tpl = _template(n_time=4)
+    storage.write_template(tpl, url, config_hash="h")
+    storage.write_region(tpl.compute() + 1, url, region={"time": slice(0, 4)})
+    storage.mark_complete(url)
+    more = _template(n_time=7).isel(time=slice(4, None)).chunk({"time": 3})  # off the chunks
+    storage.grow_time(more, url, attrs={"title": "t", "extra": 1}, compute=False)
+    assert storage.store_state(url) == {"exists": True, "complete": False, "config_hash": None}
+    out = storage.open_zarr(url)
+    assert out.sizes["time"] == 7 and out.attrs["extra"] == 1
+    np.testing.assert_array_equal(out.sm.values[:4], 1.0)
+    assert np.isnan(out.sm.values[4:]).all()  # left to region writes

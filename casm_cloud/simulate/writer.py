@@ -23,9 +23,10 @@ import dask
 import xarray as xr
 
 from casm_cloud import storage
+from casm_cloud.errors import InputError, UserError
 from casm_cloud.simulate.generate import DEFAULT_CHUNKS, parse_day
 
-__all__ = ["write_simulation", "write_sources"]
+__all__ = ["write_simulation", "write_sources", "OutputNotWritableError"]
 
 _DESCRIPTIONS = {
     "truth": "true soil moisture of the three layers (the answer key)",
@@ -38,6 +39,10 @@ _DESCRIPTIONS = {
 }
 
 
+class OutputNotWritableError(UserError, PermissionError):
+    """The output folder cannot be created or written."""
+
+
 def _check_writable(out: str, storage_options: Mapping | None) -> None:
     try:
         fs, root = storage.url_to_fs(out, storage_options)
@@ -46,7 +51,7 @@ def _check_writable(out: str, storage_options: Mapping | None) -> None:
         fs.pipe(probe, b"")
         fs.rm(probe)
     except (OSError, ValueError) as err:
-        raise PermissionError(f"cannot write to output {out!r}: {err}") from None
+        raise OutputNotWritableError(f"cannot write to output {out!r}: {err}") from None
 
 
 def write_sources(sources: Mapping[str, xr.Dataset], out: str,
@@ -54,9 +59,10 @@ def write_sources(sources: Mapping[str, xr.Dataset], out: str,
                   config_hash: str | None = None) -> dict[str, str]:
     """Write lazy datasets to ``<out>/<name>.zarr`` in one streamed computation.
 
-    Templates first, then every chunk of every store in a single
-    ``dask.compute`` (shared bucket chains run once), then the completion
-    attribute of each store.  Runs on the active dask scheduler or client.
+    Templates first, then every chunk of every store
+    (:func:`casm_cloud.storage.region_writes`) in a single ``dask.compute``
+    (shared bucket chains run once), then the completion attribute of each
+    store.  Runs on the active dask scheduler or client.
 
     Returns
     -------
@@ -69,11 +75,7 @@ def write_sources(sources: Mapping[str, xr.Dataset], out: str,
         url = storage.join(out, f"{name}.zarr")
         urls[name] = url
         storage.write_template(ds, url, so, config_hash=config_hash)
-        data = ds.drop_vars([v for v in ds.variables if v not in ds.data_vars])
-        data.attrs = {}
-        region = {d: slice(0, n) for d, n in data.sizes.items()}
-        writes.append(data.to_zarr(url, mode="r+", region=region, compute=False,
-                                   consolidated=False, storage_options=so or None))
+        writes.append(storage.region_writes(ds, url, so))
     dask.compute(*writes)
     for url in urls.values():
         storage.mark_complete(url, so, config_hash=config_hash)
@@ -118,11 +120,11 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
 
     Raises
     ------
-    ValueError
+    casm_cloud.errors.UserError
         Unknown region or grid (``GridError``), dates that are not dates, or
-        ``end`` before ``start``.
-    PermissionError
-        If ``out`` cannot be written.
+        ``end`` before ``start`` (``InputError``), all ``ValueError``; an
+        ``out`` that cannot be written (:class:`OutputNotWritableError`, a
+        ``PermissionError``).
     """
     from casm_cloud.catalog import make_entry, write_catalog
     from casm_cloud.grid import EASE2Grid
@@ -130,9 +132,14 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
     from casm_cloud.simulate.stations import simulate_stations, write_ismn
 
     window = EASE2Grid(grid).window_by_name(region)
-    t0, t1 = parse_day(start, "start"), parse_day(end, "end")
+    try:
+        t0, t1 = parse_day(start, "start"), parse_day(end, "end")
+    except ValueError as err:  # parse_day's "is not a date": the user's input
+        if isinstance(err, UserError):
+            raise
+        raise InputError(str(err)) from None
     if t1 < t0:
-        raise ValueError(f"end {t1} is before start {t0}")
+        raise InputError(f"end {t1} is before start {t0}")
     ch = dict(DEFAULT_CHUNKS, **dict(chunks or {}))
     so = dict(storage_options or {})
     _check_writable(out, so)

@@ -34,8 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Literal
 
@@ -45,9 +44,11 @@ import numpy as np
 import xarray as xr
 
 from casm_cloud import storage
+from casm_cloud.errors import UserError
+from casm_cloud.seasonal import cycle_values, residual_values
 
 __all__ = ["SPLITS", "PairsError", "build_pairs", "write_pairs", "open_pairs", "split_map",
-           "scaler_arrays", "SampleLoader", "cycle_values"]
+           "scaler_arrays", "cycle_values"]
 
 #: Split names by code (the ``split`` variable stores the code).
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -58,33 +59,8 @@ SCALER_ATTR = "scaler"
 _PARAMS = ("amplitude", "phase", "offset")
 
 
-class PairsError(ValueError):
+class PairsError(UserError, ValueError):
     """Inputs, targets or sample tables that cannot make training samples."""
-
-
-def cycle_values(amplitude, phase, offset, time) -> np.ndarray:
-    """Seasonal cycle ``A sin(omega t + phi) + b`` at ``time``; shape (time, *param_shape).
-
-    Uses :func:`casm_cloud.seasonal.cycle_values` (the seasonal stage owns the
-    convention); the fallback below, for when that stage is absent, takes
-    ``omega t`` from the position within the calendar year.
-    """
-    try:
-        from casm_cloud.seasonal import cycle_values as _seasonal_cycle
-    except ImportError:  # the seasonal stage is not installed in this checkout
-        _seasonal_cycle = None
-    if _seasonal_cycle is not None:
-        return np.asarray(_seasonal_cycle(amplitude, phase, offset, time))
-    wt = year_angle(time).reshape((-1,) + (1,) * np.ndim(amplitude))
-    return np.asarray(amplitude) * np.sin(wt + np.asarray(phase)) + np.asarray(offset)
-
-
-def year_angle(time) -> np.ndarray:
-    """``omega t``: 2 pi times the fraction of the calendar year elapsed at ``time``."""
-    t = np.asarray(time, dtype="datetime64[ns]")
-    year = t.astype("datetime64[Y]")
-    start, end = year.astype("datetime64[ns]"), (year + 1).astype("datetime64[ns]")
-    return 2.0 * np.pi * ((t - start) / (end - start)).astype(np.float64)
 
 
 def _uniform_hash(index: np.ndarray, seed: int) -> np.ndarray:
@@ -142,10 +118,10 @@ def split_map(shape: tuple[int, int], *, block_size: int = 8, val_fraction: floa
 def _residuals(values: list[np.ndarray], params: np.ndarray | None, time: np.ndarray):
     """values minus cycle; ``params`` is (3, nvar, y, x) or None (values are residuals)."""
     out = np.stack(values).astype(np.float64)  # (nvar, t, y, x)
-    if params is not None:
-        cyc = cycle_values(params[0], params[1], params[2], time)  # (t, nvar, y, x)
-        out -= np.moveaxis(cyc, 1, 0)
-    return out
+    if params is None:
+        return out
+    res = residual_values(np.moveaxis(out, 1, 0), params[0], params[1], params[2], time)
+    return np.moveaxis(res, 0, 1)
 
 
 def _gather_chunk(time, lat, lon, row0, col0, t0, shape, inputs, target, in_params, tg_params,
@@ -397,11 +373,7 @@ def write_pairs(pairs: xr.Dataset, url: str, storage_options: Mapping | None = N
                          "a smaller block_size")
     ds = pairs.chunk({"sample": int(chunk_size), "feature": -1})
     storage.write_template(ds, url, storage_options, config_hash=config_hash)
-    region = ds.drop_vars([v for v in ds.variables if v not in ds.data_vars])
-    region.attrs = {}
-    write = region.to_zarr(url, mode="r+", region={"sample": slice(0, ds.sizes["sample"])},
-                           consolidated=False, compute=False,
-                           storage_options=dict(storage_options or {}) or None)
+    write = storage.region_writes(ds, url, storage_options)
     # Streamed sums over the training rows, computed in the same pass as the write.
     x = ds["features"].data[a:b].astype(np.float64)
     y = ds["target"].data[a:b].astype(np.float64)
@@ -438,154 +410,3 @@ def scaler_arrays(scaler: Mapping, names: Sequence[str]) -> tuple[np.ndarray, np
         raise PairsError(f"scaler has no statistics for {lack}")
     return (np.asarray([scaler["mean"][n] for n in names], dtype=np.float32),
             np.asarray([scaler["std"][n] for n in names], dtype=np.float32))
-
-
-class SampleLoader:
-    """Stream one split of a Zarr sample table to torch in scaled batches.
-
-    Reads table chunks (never the whole table), in a new seeded order each
-    epoch, shuffles samples within a buffer of ``buffer_chunks`` chunks, and
-    prepares the next buffer in a background thread (its chunks read
-    concurrently, then shuffled and scaled) while the current one is used,
-    so the consumer only slices batches (views, no copies).  Two loaders
-    with the same ``shuffle_seed`` yield identical batches, epoch by epoch.
-
-    Parameters
-    ----------
-    url : str
-        Sample table written by :func:`write_pairs`.
-    split : {"train", "val", "test"}
-    batch_size : int
-    features : sequence of str, optional
-        Feature columns, in model order (default: all of the table's).
-    target : str, optional
-        Must be the table's target (checked).
-    scaler : mapping, optional
-        ``{"mean": {...}, "std": {...}}``; default: the table's training scaler.
-    shuffle_seed : int, optional
-        Seed of the per-epoch order; ``None`` reads in table order, unshuffled.
-    storage_options : mapping, optional
-    buffer_chunks : int
-        Table chunks mixed in one shuffle buffer.
-    drop_last : bool
-        Drop a final batch smaller than ``batch_size``.
-
-    Raises
-    ------
-    PairsError
-        If the table is unfinished, a feature or the target is not in it.
-    """
-
-    def __init__(self, url: str, split: Literal["train", "val", "test"], batch_size: int,
-                 features: Sequence[str] | None = None, target: str | None = None,
-                 scaler: Mapping | None = None, shuffle_seed: int | None = None, *,
-                 storage_options: Mapping | None = None, buffer_chunks: int = 4,
-                 drop_last: bool = False):
-        if split not in SPLITS:
-            raise PairsError(f"split={split!r}: expected one of {SPLITS}")
-        group = storage.zarr_group(url, storage_options, mode="r")
-        attrs = dict(group.attrs)
-        if not attrs.get(storage.COMPLETE_ATTR):
-            raise PairsError(f"sample table {url} is unfinished (no completion mark)")
-        table_feats = list(attrs[FEATURES_ATTR])
-        self.features = list(features) if features is not None else table_feats
-        lack = [f for f in self.features if f not in table_feats]
-        if lack:
-            raise PairsError(f"sample table {url} has no feature(s) {lack}; it has {table_feats}")
-        self.target = attrs[TARGET_ATTR]
-        if target is not None and target != self.target:
-            raise PairsError(f"sample table {url} has target {self.target!r}, not {target!r}")
-        self.scaler = dict(scaler) if scaler is not None else attrs[SCALER_ATTR]
-        self._cols = np.asarray([table_feats.index(f) for f in self.features])
-        self._xmean, self._xstd = scaler_arrays(self.scaler, self.features)
-        tm, ts = scaler_arrays(self.scaler, [self.target])
-        self._ymean, self._ystd = float(tm[0]), float(ts[0])
-        self.start, self.stop = json.loads(attrs[OFFSETS_ATTR])[split]
-        self.split, self.url, self.batch_size = split, url, int(batch_size)
-        self.shuffle_seed, self.buffer_chunks, self.drop_last = shuffle_seed, buffer_chunks, drop_last
-        self._x, self._y = group["features"], group["target"]
-        step = self._x.chunks[0]
-        first = self.start // step * step
-        self._ranges = [(max(s, self.start), min(s + step, self.stop))
-                        for s in range(first, self.stop, step)]
-        self.epoch = 0
-
-    @property
-    def n_samples(self) -> int:
-        return self.stop - self.start
-
-    def __len__(self) -> int:
-        n = self.n_samples / self.batch_size
-        return math.floor(n) if self.drop_last else math.ceil(n)
-
-    def _read(self, ranges: list[tuple[int, int]], seed: int | None,
-              io: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray]:
-        """One shuffle buffer: read ``ranges``, shuffle (with a seed), select and scale.
-
-        Runs in the background thread; the table chunks are read concurrently
-        on ``io`` (one request each, which matters on object stores).
-        """
-        if not ranges:
-            return np.empty((0, self._cols.size), np.float32), np.empty(0, np.float32)
-        jobs = [(arr, a, b) for arr in (self._x, self._y) for a, b in ranges]
-        parts = list(io.map(lambda job: job[0][job[1]:job[2]], jobs))
-        x = np.concatenate(parts[:len(ranges)])
-        y = np.concatenate(parts[len(ranges):])
-        if seed is not None:
-            perm = np.random.default_rng(seed).permutation(y.size)
-            x, y = np.take(x, perm, axis=0), np.take(y, perm)
-        if not np.array_equal(self._cols, np.arange(x.shape[1])):
-            x = x[:, self._cols]
-        # In place, in float32: the batches are views of these two arrays.
-        x = x.astype(np.float32, copy=False)
-        y = y.astype(np.float32, copy=False)
-        x -= self._xmean
-        x /= self._xstd
-        y -= np.float32(self._ymean)
-        y /= np.float32(self._ystd)
-        return x, y
-
-    def __iter__(self) -> Iterator:
-        import torch  # lazy: the table is useful without torch
-
-        rng = (np.random.default_rng([self.shuffle_seed, self.epoch])
-               if self.shuffle_seed is not None else None)
-        self.epoch += 1
-        ranges = [self._ranges[i] for i in rng.permutation(len(self._ranges))] \
-            if rng is not None else list(self._ranges)
-        groups = [ranges[i:i + self.buffer_chunks] for i in range(0, len(ranges),
-                                                                     self.buffer_chunks)]
-        # One seed per buffer, drawn here in order: the shuffle runs in the
-        # background thread and is still the same for the same seed and epoch.
-        seeds = ([int(s) for s in rng.integers(0, 2**63 - 1, size=len(groups))]
-                 if rng is not None else [None] * len(groups))
-        bs = self.batch_size
-        carry_x: list[np.ndarray] = []  # the head of a batch that spans two buffers
-        carry_y: list[np.ndarray] = []
-        n_carry = 0
-        with ThreadPoolExecutor(2 * max(1, self.buffer_chunks)) as io, \
-                ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(self._read, groups[0], seeds[0], io) if groups else None
-            for gi in range(len(groups)):
-                x, y = nxt.result()
-                nxt = (pool.submit(self._read, groups[gi + 1], seeds[gi + 1], io)
-                       if gi + 1 < len(groups) else None)
-                i = 0
-                if n_carry:
-                    i = min(bs - n_carry, y.size)
-                    carry_x.append(x[:i])
-                    carry_y.append(y[:i])
-                    n_carry += i
-                    if n_carry < bs:
-                        continue
-                    yield (torch.from_numpy(np.concatenate(carry_x)),
-                           torch.from_numpy(np.concatenate(carry_y)[:, None]))
-                    carry_x, carry_y, n_carry = [], [], 0
-                n_full = i + (y.size - i) // bs * bs
-                for j in range(i, n_full, bs):
-                    yield torch.from_numpy(x[j:j + bs]), torch.from_numpy(y[j:j + bs, None])
-                if n_full < y.size:
-                    carry_x, carry_y, n_carry = [x[n_full:]], [y[n_full:]], y.size - n_full
-        if n_carry and not self.drop_last:
-            yield (torch.from_numpy(np.concatenate(carry_x)),
-                   torch.from_numpy(np.concatenate(carry_y)[:, None]))

@@ -1,378 +1,42 @@
-"""Chunked ensemble inference into Zarr, with uncertainty (DESIGN.md §3 "Predict").
-
-One task per output chunk of ``(time, y, x)``: it reads its input region,
-forms the residuals of the TB channels on the fly from the stored seasonal
-parameters, gathers the valid samples, scales them, runs every ensemble
-member on ``n_noise`` noisy copies of its input (noise
-N(0, ``noise_scale`` · residual_std of each TB channel at that pixel, in
-residual units), batched in one forward per member, writes its region of the
-output store and marks the chunk finished in the store's ``ChunkRecord``.
-
-Per sample, with member means m_k and member noise-stds s_k over the draws:
-
-* ``sm_residual`` = mean over members and draws (= mean of m_k);
-* ``structural_uncertainty`` = std over members of m_k;
-* ``data_uncertainty`` = mean over members of s_k;
-* ``seasonal_cycle`` = the target's cycle; ``sm`` = ``sm_residual`` + cycle.
-
-Stds are population stds (ddof = 0), as ``numpy.std``.  Cells without valid
-input stay NaN in every output variable.
-
-Guarantees:
-
-* The output is written template-first (metadata once, then one region per
-  chunk, then the completion attribute), so a killed run resumes where it
-  stopped (``resume=True`` skips recorded chunks).
-* Noise is drawn from a generator seeded by (seed, time step, chunk origin,
-  member, draw), so a chunk computed twice gives identical bits, also when an
-  append grows a partially filled last time chunk.
-* Models are loaded once per process (worker) through an ``lru_cache``
-  keyed by path and content hash; tasks carry only paths and hashes.
-* With a dask ``client`` whose workers declare a ``GPU`` resource, every
-  model task is submitted with ``resources={"GPU": 1}``.  Each task is its
-  own ``client.submit``, so no graph optimisation can fuse the annotation
-  away (DESIGN.md §5).
-"""
+"""The entry point of inference: checks, hashing, the output store and the runs."""
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import hashlib
 import itertools
 import json
 import logging
-import os
-import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from casm_cloud import storage
+from casm_cloud.inference.kernel import (
+    _DIMS,
+    PARAM_FIELDS,
+    PREDICT_HASH_ATTR,
+    PRODUCT_VARIABLES,
+    Device,
+    Precision,
+    PredictError,
+    PredictSummary,
+    _bf16_native,
+    _cached_checkpoint,
+    _chunk_key,
+    _Member,
+    _Piece,
+    _run_chunk,
+    _Spec,
+)
 from casm_cloud.schema import apply_attrs
 
-if TYPE_CHECKING:  # torch is imported lazily: this module loads without it
-    pass
-
-__all__ = [
-    "PRODUCT_VARIABLES",
-    "PARAM_FIELDS",
-    "PredictSummary",
-    "predict_to_zarr",
-    "predict_config_hash",
-    "resolve_device",
-]
+__all__ = ["predict_to_zarr", "predict_config_hash"]
 
 log = logging.getLogger(__name__)
-
-Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["fp32", "bf16"]
-
-#: Output variables, in the order they are written.
-PRODUCT_VARIABLES: tuple[str, ...] = ("sm", "sm_residual", "seasonal_cycle",
-                                      "structural_uncertainty", "data_uncertainty")
-#: Seasonal parameters that inference reads (see ``casm_cloud.seasonal``).
-PARAM_FIELDS: tuple[str, ...] = ("amplitude", "phase", "offset", "residual_std")
-#: Attribute holding inference's own configuration hash.
-PREDICT_HASH_ATTR = "casm_predict_hash"
-_DIMS = ("time", "y", "x")
-# Rows (samples × draws) per forward pass when batch_size is None.
-_DEFAULT_BATCH = {"cpu": 8192, "cuda": 1 << 16}
-
-
-# --------------------------------------------------------------------------- small types
-@dataclass(frozen=True)
-class PredictSummary:
-    """What :func:`predict_to_zarr` did.
-
-    Attributes
-    ----------
-    url : str
-        The output store.
-    config_hash : str
-        Hash recorded under ``casm_config_hash`` (the caller's, if given).
-    predict_hash : str
-        Inference's own configuration hash (``casm_predict_hash``).
-    n_chunks : int
-        Chunks of the output.
-    computed : int
-        Chunks computed by this call.
-    skipped : int
-        Chunks found finished and skipped.
-    """
-
-    url: str
-    config_hash: str
-    predict_hash: str
-    n_chunks: int
-    computed: int
-    skipped: int
-
-
-@dataclass(frozen=True)
-class _Member:
-    """One ensemble member as tasks see it: where it lives and its scalers, no weights."""
-
-    path: str
-    content_hash: str
-    feat_mean: tuple[float, ...]       # scaler of the features, in model order
-    feat_std: tuple[float, ...]
-    target_mean: float
-    target_std: float
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """Everything a chunk task needs besides its data: small, picklable, no model."""
-
-    members: tuple[_Member, ...]
-    features: tuple[str, ...]          # model inputs, in model order
-    residual: tuple[str, ...]          # features that are TB residuals (noised)
-    target: str
-    n_noise: int
-    noise_scale: float
-    seed: int
-    batch_size: int | None
-    device: Device
-    precision: Precision
-    out: str
-    storage_options: Mapping = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """The data of one output chunk.
-
-    A plain container on purpose: ``client.submit`` hands it to the task
-    as it is (it would compute a bare dask collection argument first, on
-    the scheduler's terms rather than the task's).
-    """
-
-    index: tuple[int, int, int]
-    region: dict[str, slice]
-    inputs: xr.Dataset                 # (time, y, x) variables, plus lat/lon coordinates
-    params: xr.Dataset                 # PARAM_FIELDS over (variable, y, x)
-
-
-# --------------------------------------------------------------------------- device, models
-def resolve_device(device: Device) -> str:
-    """The torch device a process will use: ``"auto"`` → CUDA where available.
-
-    Parameters
-    ----------
-    device : {"auto", "cpu", "cuda"}
-
-    Returns
-    -------
-    str
-        ``"cuda"`` or ``"cpu"``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown device, or ``"cuda"`` where torch sees no CUDA device.
-    """
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
-    has_cuda = torch.cuda.is_available()
-    if device == "cuda" and not has_cuda:
-        raise ValueError("device='cuda' but torch sees no CUDA device in this process "
-                         f"(torch {torch.__version__}, pid {os.getpid()})")
-    return "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_checkpoint(path: str, device: str, so_json: str):
-    """Load a checkpoint once per process and device (the worker-side model cache)."""
-    from casm_cloud.models.checkpoint import load_checkpoint
-
-    return load_checkpoint(path, device=device, storage_options=json.loads(so_json) or None)
-
-
-def _load_member(member: _Member, device: str, storage_options: Mapping):
-    ckpt = _cached_checkpoint(member.path, device, json.dumps(dict(storage_options),
-                                                              sort_keys=True))
-    if ckpt.content_hash != member.content_hash:
-        # The checkpoint changed on storage since the run started: results would mix models.
-        _cached_checkpoint.cache_clear()
-        raise ValueError(f"checkpoint {member.path} changed during the run (content hash "
-                         f"{ckpt.content_hash[:12]}, expected {member.content_hash[:12]})")
-    return ckpt
-
-
-def _bf16_native() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # private helper; absent on some builds
-        return False
-
-
-# --------------------------------------------------------------------------- the chunk kernel
-def _seed_words(seed: int, t: np.datetime64, y0: int, x0: int, member: int, draw: int) -> list:
-    # SeedSequence wants non-negative integers; shift the time so pre-1970 dates work too.
-    secs = int(np.datetime64(t, "s").astype(np.int64)) + (1 << 40)
-    return [int(seed), secs, int(y0), int(x0), int(member), int(draw)]
-
-
-def _noise(spec: _Spec, times: np.ndarray, t_of: np.ndarray, origin: tuple[int, int],
-           member: int, n_res: int) -> np.ndarray:
-    """Standard normals (n_noise, n_valid, n_res), seeded per time step, member and draw.
-
-    Seeding per time step (not per chunk) keeps bits identical when an append
-    grows a partially filled time chunk; samples are ordered by time.
-    """
-    n_valid = t_of.size
-    z = np.empty((spec.n_noise, n_valid, n_res), dtype=np.float32)
-    bounds = np.searchsorted(t_of, np.arange(times.size + 1))
-    for ti in np.flatnonzero(np.diff(bounds)):
-        lo, hi = bounds[ti], bounds[ti + 1]
-        for d in range(spec.n_noise):
-            rng = np.random.default_rng(_seed_words(spec.seed, times[ti], *origin, member, d))
-            z[d, lo:hi] = rng.standard_normal((hi - lo, n_res), dtype=np.float32)
-    return z
-
-
-def _forward(model, x: np.ndarray, spec: _Spec, device: str) -> np.ndarray:
-    """Model output for rows ``x`` (n, n_features) in batches; float32 (n,)."""
-    import torch
-
-    batch = spec.batch_size or _DEFAULT_BATCH[device]
-    out = np.empty(x.shape[0], dtype=np.float32)
-    use_bf16 = spec.precision == "bf16"
-    with torch.inference_mode(), torch.autocast(device_type=device, dtype=torch.bfloat16,
-                                                enabled=use_bf16):
-        for lo in range(0, x.shape[0], batch):
-            xb = torch.from_numpy(x[lo:lo + batch]).to(device, non_blocking=True)
-            out[lo:lo + batch] = model(xb).float().reshape(-1).cpu().numpy()
-    return out
-
-
-def _predict_arrays(spec: _Spec, inputs: Mapping[str, np.ndarray], lat: np.ndarray,
-                    lon: np.ndarray, cycles: Mapping[str, np.ndarray],
-                    resid_std: Mapping[str, np.ndarray], times: np.ndarray,
-                    origin: tuple[int, int], device: str) -> dict[str, np.ndarray]:
-    """NumPy in, NumPy out: the product variables of one (time, y, x) block.
-
-    ``inputs[name]`` and ``cycles[name]`` are (time, y, x); ``resid_std[name]``
-    is (y, x); ``lat`` is (y,), ``lon`` (x,).
-    """
-    shape = cycles[spec.target].shape
-    nt, ny, nx = shape
-    cols = []
-    for name in spec.features:
-        if name in spec.residual:
-            cols.append((inputs[name] - cycles[name]).astype(np.float32, copy=False))
-        elif name == "lat":
-            cols.append(np.broadcast_to(lat[None, :, None], shape).astype(np.float32))
-        elif name == "lon":
-            cols.append(np.broadcast_to(lon[None, None, :], shape).astype(np.float32))
-        else:  # a static (y, x) map or a further (time, y, x) variable, used as it is
-            cols.append(np.broadcast_to(inputs[name], shape).astype(np.float32))
-    sig = [np.broadcast_to(resid_std[name][None], shape) for name in spec.residual]
-    valid = np.logical_and.reduce([np.isfinite(c) for c in cols + sig])
-    flat = np.flatnonzero(valid.ravel())
-    out = {name: np.full(shape, np.nan, dtype=np.float32) for name in PRODUCT_VARIABLES}
-    if flat.size == 0:
-        return out
-    x = np.stack([c.reshape(-1)[flat] for c in cols], axis=1)              # (n, f)
-    res_cols = [spec.features.index(n) for n in spec.residual]
-    sigma = np.stack([s.reshape(-1)[flat] for s in sig], axis=1).astype(np.float32)
-    sigma *= np.float32(spec.noise_scale)
-    t_of = flat // (ny * nx)                                               # sorted
-    n = flat.size
-    member_mean = np.empty((len(spec.members), n), dtype=np.float64)
-    member_std = np.empty((len(spec.members), n), dtype=np.float64)
-    for k, member in enumerate(spec.members):
-        model = _load_member(member, device, spec.storage_options).model
-        z = _noise(spec, times, t_of, origin, k, len(res_cols))            # (d, n, r)
-        noisy = np.broadcast_to(x, (spec.n_noise, n, x.shape[1])).copy()
-        noisy[:, :, res_cols] += z * sigma
-        noisy -= np.asarray(member.feat_mean, dtype=np.float32)
-        noisy /= np.asarray(member.feat_std, dtype=np.float32)
-        y = _forward(model, noisy.reshape(-1, x.shape[1]), spec, device)
-        y = y.reshape(spec.n_noise, n).astype(np.float64) * member.target_std + member.target_mean
-        member_mean[k] = y.mean(axis=0)
-        member_std[k] = y.std(axis=0)
-    resid = member_mean.mean(axis=0)
-    cycle = cycles[spec.target].reshape(-1)[flat]
-    values = {"sm_residual": resid, "seasonal_cycle": cycle, "sm": resid + cycle,
-              "structural_uncertainty": member_mean.std(axis=0),
-              "data_uncertainty": member_std.mean(axis=0)}
-    for name, v in values.items():
-        out[name].reshape(-1)[flat] = v
-    return out
-
-
-def _cycle_values(amplitude, phase, offset, times: np.ndarray) -> np.ndarray:
-    try:
-        from casm_cloud.seasonal import cycle_values
-    except ImportError:  # the seasonal stage is not in this checkout yet: same formula
-        t = np.asarray(times, dtype="datetime64[ns]")
-        year = t.astype("datetime64[Y]")
-        start = year.astype("datetime64[ns]").astype(np.int64)
-        length = (year + 1).astype("datetime64[ns]").astype(np.int64) - start
-        frac = (t.astype(np.int64) - start) / length
-        wt = (2.0 * np.pi * frac).reshape((-1,) + (1,) * np.ndim(amplitude))
-        return np.asarray(amplitude) * np.sin(wt + np.asarray(phase)) + np.asarray(offset)
-    return np.asarray(cycle_values(amplitude, phase, offset, times))
-
-
-def _cycle(params: xr.Dataset, name: str, times: np.ndarray) -> np.ndarray:
-    p = params.sel(variable=name)
-    return np.asarray(_cycle_values(p["amplitude"].values, p["phase"].values,
-                                    p["offset"].values, times), dtype=np.float64)
-
-
-def _run_chunk(spec: _Spec, piece: _Piece) -> dict:
-    """Task: read one region, predict it, write it, record it.  Returns the record info."""
-    t0 = time.perf_counter()
-    device = resolve_device(spec.device)
-    ds = piece.inputs.compute(scheduler="sync")
-    params = piece.params.compute(scheduler="sync")
-    times = ds["time"].values
-    names = [n for n in spec.features if n in ds.data_vars]
-    arrays = {n: ds[n].transpose(*[d for d in _DIMS if d in ds[n].dims]).values for n in names}
-    needed = (*spec.residual, spec.target)
-    cycles = {n: _cycle(params, n, times) for n in needed}
-    resid_std = {n: params["residual_std"].sel(variable=n).values for n in spec.residual}
-    lat = ds["lat"].values if "lat" in ds.coords else np.full(ds.sizes["y"], np.nan)
-    lon = ds["lon"].values if "lon" in ds.coords else np.full(ds.sizes["x"], np.nan)
-    origin = (piece.region["y"].start, piece.region["x"].start)
-    out = _predict_arrays(spec, arrays, lat, lon, cycles, resid_std, times, origin, device)
-    part = xr.Dataset({n: (_DIMS, out[n]) for n in PRODUCT_VARIABLES})
-    storage.write_region(part, spec.out, spec.storage_options, region=piece.region)
-    info = {"pid": os.getpid(), "worker": _worker_address(), "device": device,
-            "seconds": round(time.perf_counter() - t0, 4),
-            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-            "n_valid": int(np.isfinite(out["sm_residual"]).sum())}
-    storage.ChunkRecord(spec.out, spec.storage_options).mark(_chunk_key(piece), info)
-    return info
-
-
-def _worker_address() -> str | None:
-    try:
-        from distributed import get_worker
-
-        return get_worker().address
-    except (ImportError, ValueError):
-        return None
-
-
-def _chunk_key(piece: _Piece) -> dict:
-    # The number of time steps is part of the key: a partial last time chunk
-    # that grows on append is not "done" any more and is computed again.
-    it, iy, ix = piece.index
-    r = piece.region["time"]
-    return {"t": it, "y": iy, "x": ix, "n": r.stop - r.start}
 
 
 # --------------------------------------------------------------------------- checks, hashing
@@ -381,20 +45,20 @@ def _as_params(params: xr.Dataset | Mapping[str, xr.Dataset]) -> tuple[xr.Datase
     if isinstance(params, Mapping) and not isinstance(params, xr.Dataset):
         parts = [_as_params(p) for p in params.values()]
         if not parts:
-            raise ValueError("params: an empty mapping; expected seasonal parameters of the "
+            raise PredictError("params: an empty mapping; expected seasonal parameters of the "
                              "inputs and of the target")
         ds = xr.concat([p for p, _ in parts], dim="variable", data_vars="all",
                        coords="minimal", compat="override", join="override")
         return ds, "|".join(i for _, i in parts)
     if not isinstance(params, xr.Dataset):
-        raise ValueError(f"params: expected an xarray.Dataset of seasonal parameters, "
+        raise PredictError(f"params: expected an xarray.Dataset of seasonal parameters, "
                          f"got {type(params).__name__}")
     missing = [f for f in PARAM_FIELDS if f not in params.data_vars]
     if missing:
-        raise ValueError(f"params: seasonal parameter fields {missing} are missing "
+        raise PredictError(f"params: seasonal parameter fields {missing} are missing "
                          f"(have {sorted(params.data_vars)}); expected {list(PARAM_FIELDS)}")
     if "variable" not in params.dims:
-        raise ValueError("params: no 'variable' dimension; fit the seasonal cycle on "
+        raise PredictError("params: no 'variable' dimension; fit the seasonal cycle on "
                          "ds.to_dataarray('variable') so each variable has its parameters")
     return params[list(PARAM_FIELDS)], _params_identity(params)
 
@@ -403,16 +67,16 @@ def _check_params(params: xr.Dataset, needed: Sequence[str], inputs: xr.Dataset)
     have = [str(v) for v in params["variable"].values]
     lack = [n for n in needed if n not in have]
     if lack:
-        raise ValueError(f"params: no seasonal parameters for {lack} (have {have}); every TB "
+        raise PredictError(f"params: no seasonal parameters for {lack} (have {have}); every TB "
                          "input and the target need a fitted seasonal cycle")
     if len(set(have)) != len(have):
-        raise ValueError(f"params: variable names repeat: {have}")
+        raise PredictError(f"params: variable names repeat: {have}")
     for dim in ("y", "x"):
         if params.sizes.get(dim) != inputs.sizes[dim]:
-            raise ValueError(f"params: dimension {dim!r} has size {params.sizes.get(dim)}; "
+            raise PredictError(f"params: dimension {dim!r} has size {params.sizes.get(dim)}; "
                              f"the inputs have {inputs.sizes[dim]}")
         if dim in params.coords and not np.allclose(params[dim].values, inputs[dim].values):
-            raise ValueError(f"params: coordinate {dim!r} differs from the inputs' (another "
+            raise PredictError(f"params: coordinate {dim!r} differs from the inputs' (another "
                              "grid window?)")
 
 
@@ -434,7 +98,7 @@ def _member_specs(ensemble: Sequence[str] | str, so: Mapping) -> tuple[list[_Mem
     """Load every member once (CPU, cached) to check it; return their specs and the meta."""
     paths = [ensemble] if isinstance(ensemble, str) else list(ensemble)
     if not paths:
-        raise ValueError("ensemble: no checkpoint given")
+        raise PredictError("ensemble: no checkpoint given")
     so_json = json.dumps(dict(so), sort_keys=True)
     ckpts = [_cached_checkpoint(str(p), "cpu", so_json) for p in paths]
     first = ckpts[0].meta
@@ -442,7 +106,7 @@ def _member_specs(ensemble: Sequence[str] | str, so: Mapping) -> tuple[list[_Mem
     for c in ckpts:
         for key in ("inputs", "target"):
             if c.meta[key] != first[key]:
-                raise ValueError(f"ensemble: member {c.path} has {key}={c.meta[key]!r}, "
+                raise PredictError(f"ensemble: member {c.path} has {key}={c.meta[key]!r}, "
                                  f"member {ckpts[0].path} has {first[key]!r}")
         mean, std = c.meta["scaler"]["mean"], c.meta["scaler"]["std"]
         names, target = list(c.meta["inputs"]), c.meta["target"]
@@ -505,11 +169,11 @@ def _output_chunks(inputs: xr.Dataset, chunks: Mapping[str, int] | None,
     else:
         unknown = set(chunks) - set(_DIMS)
         if unknown:
-            raise ValueError(f"chunks: unknown dimensions {sorted(unknown)}; expected {_DIMS}")
+            raise PredictError(f"chunks: unknown dimensions {sorted(unknown)}; expected {_DIMS}")
         out.update({d: int(v) if v not in (None, -1) else inputs.sizes[d]
                     for d, v in chunks.items()})
     if any(v < 1 for v in out.values()):
-        raise ValueError(f"chunks {out}: sizes must be positive")
+        raise PredictError(f"chunks {out}: sizes must be positive")
     return out
 
 
@@ -562,13 +226,9 @@ def _prepare_store(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[
                     _set_attrs(out, so, hashes)
                 return
         elif append and old.size < new.size and np.array_equal(old, new[:old.size]):
-            grow = template.isel(time=slice(old.size, None))
-            grow = grow.drop_vars([v for v in grow.variables if "time" not in grow[v].dims])
-            attrs = {**stored.attrs, **hashes, storage.COMPLETE_ATTR: False}
-            _set_attrs(out, so, {storage.COMPLETE_ATTR: False})
-            grow.attrs = attrs  # to_zarr(append_dim) replaces the group's attributes
-            grow.to_zarr(out, append_dim="time", compute=False, consolidated=False,
-                         safe_chunks=False, storage_options=dict(so) or None)
+            # Grow the axis only: the new chunks are written region by region below.
+            storage.grow_time(template.isel(time=slice(old.size, None)), out, so,
+                              attrs={**stored.attrs, **hashes}, compute=False)
             return
         elif resume:
             raise storage.StoreError(
@@ -677,7 +337,7 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
     ------
     casm_cloud.models.checkpoint.CheckpointError
         If a checkpoint's inputs differ from the data's variables.
-    ValueError
+    PredictError
         For a missing seasonal parameter, bad sizes or options, a CUDA request
         without a GPU.
     casm_cloud.storage.StoreError
@@ -686,11 +346,11 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
     """
     so = dict(storage_options or {})
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
+        raise PredictError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
+        raise PredictError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
     if int(n_noise) < 1 or not noise_scale >= 0 or (batch_size is not None and batch_size < 1):
-        raise ValueError(f"n_noise={n_noise}, noise_scale={noise_scale}, batch_size="
+        raise PredictError(f"n_noise={n_noise}, noise_scale={noise_scale}, batch_size="
                          f"{batch_size}: expected n_noise >= 1, noise_scale >= 0, batch_size >= 1")
     if isinstance(inputs, str):
         inputs = storage.open_zarr(inputs, so)
@@ -698,7 +358,7 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
         params = storage.open_zarr(params, so)
     for d in _DIMS:
         if d not in inputs.dims:
-            raise ValueError(f"inputs: dimension {d!r} is missing (have {tuple(inputs.dims)})")
+            raise PredictError(f"inputs: dimension {d!r} is missing (have {tuple(inputs.dims)})")
     members, meta = _member_specs(ensemble, so)
     features, residual = _features(inputs, meta)
     target = meta["target"]
@@ -766,7 +426,7 @@ def _run_on_cluster(client, spec: _Spec, pieces: list[_Piece], phash: str, devic
 
     gpus = _gpu_workers(client) if device != "cpu" else []
     if device == "cuda" and not gpus:
-        raise ValueError("device='cuda' but no worker of the cluster declares a GPU resource "
+        raise PredictError("device='cuda' but no worker of the cluster declares a GPU resource "
                          "(start workers with --resources GPU=1)")
     resources = {"GPU": 1} if gpus else None
     run = uuid.uuid4().hex[:8]
