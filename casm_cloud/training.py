@@ -11,12 +11,16 @@
 * :func:`train_ensemble` — members with different seeds as separate dask
   tasks on the cluster's workers (on GPU workers where the cluster has them).
   Tasks receive URLs only; every worker reads the sample table itself.
+* :func:`fine_tune_ensemble` — :func:`fine_tune` of every member of an
+  ensemble, as parallel tasks on the workers the same way (the recipe's
+  transfer stage).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import time as _time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,18 +30,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from casm_cloud.errors import UserError
 from casm_cloud.models import build_model
 from casm_cloud.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from casm_cloud.pairs import PairsError, SampleLoader
 from casm_cloud.storage import join
 
 __all__ = ["LOSSES", "NonFiniteError", "ArrayLoader", "fit", "evaluate", "freeze_layers",
-           "train_dense", "fine_tune", "train_ensemble"]
+           "train_dense", "fine_tune", "train_ensemble", "fine_tune_ensemble", "TrainingError"]
 
 NSE_EPS = 0.1  # neuralhydrology's NSE loss epsilon (Kratzert et al. 2019)
 
 
-class NonFiniteError(ValueError):
+class TrainingError(UserError, ValueError):
+    """A training option that cannot work (a loss, layers to freeze, members)."""
+
+
+class NonFiniteError(UserError, ValueError):
     """NaN or infinite values in training data or in the loss."""
 
 
@@ -52,7 +61,7 @@ def _nse_cell(pred: torch.Tensor, y: torch.Tensor, sigma: torch.Tensor | None) -
     cell (Kratzert et al. 2019, HESS 23, 5089, eq. 2; SoMo.ml).
     """
     if sigma is None:
-        raise ValueError("loss 'nse_cell' needs batches (inputs, target, sigma_cell)")
+        raise TrainingError("loss 'nse_cell' needs batches (inputs, target, sigma_cell)")
     return torch.mean((pred - y) ** 2 / (sigma.reshape(pred.shape) + NSE_EPS) ** 2)
 
 
@@ -226,16 +235,16 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable, *, epoch
     ------
     NonFiniteError
         If a batch holds NaN or infinite values, or the loss stops being finite.
-    KeyError
-        If ``loss`` is unknown.
+    TrainingError
+        If ``loss`` is unknown, or nothing is trainable.
     """
     if loss not in LOSSES:
-        raise KeyError(f"loss {loss!r} is unknown; expected one of {sorted(LOSSES)}")
+        raise TrainingError(f"loss {loss!r} is unknown; expected one of {sorted(LOSSES)}")
     loss_fn = LOSSES[loss]
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters (everything is frozen)")
+        raise TrainingError("the model has no trainable parameters (everything is frozen)")
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(params, lr=lr)
     best_state, best_loss, waited, history = None, math.inf, 0, []
@@ -286,13 +295,13 @@ def freeze_layers(model: nn.Module, n: int) -> list[str]:
 
     Raises
     ------
-    ValueError
+    TrainingError
         If the model has no ``hidden_layers`` or fewer than ``n``.
     """
     layers = getattr(model, "hidden_layers", None)
     if layers is None or n > len(layers):
         have = 0 if layers is None else len(layers)
-        raise ValueError(f"cannot freeze {n} hidden layers of {type(model).__name__}: it has "
+        raise TrainingError(f"cannot freeze {n} hidden layers of {type(model).__name__}: it has "
                          f"{have}")
     frozen = []
     for i, layer in enumerate(list(layers)[:n]):
@@ -431,8 +440,8 @@ def fine_tune(checkpoint: str | Checkpoint, data: str, *, out_path: str, freeze_
     return save_checkpoint(model.to("cpu"), out_path, meta, storage_options)
 
 
-def _member_task(pairs_url: str, out_path: str, kwargs: dict) -> str:
-    """One ensemble member inside a dask worker: torch uses the worker's threads."""
+def _with_worker_threads(fn: Callable[..., str], *args, **kwargs) -> str:
+    """Run ``fn`` with torch on the dask worker's thread count (outside a worker: as set)."""
     threads = torch.get_num_threads()
     try:
         from distributed import get_worker
@@ -441,9 +450,37 @@ def _member_task(pairs_url: str, out_path: str, kwargs: dict) -> str:
     except (ImportError, ValueError):
         pass
     try:
-        return train_dense(pairs_url, out_path, **kwargs)
+        return fn(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+def _member_task(pairs_url: str, out_path: str, kwargs: dict) -> str:
+    """One ensemble member inside a dask worker: torch uses the worker's threads."""
+    return _with_worker_threads(train_dense, pairs_url, out_path, **kwargs)
+
+
+def _fine_tune_task(checkpoint: str, data: str, out_path: str, kwargs: dict) -> str:
+    """One fine-tuned member inside a dask worker: torch uses the worker's threads."""
+    return _with_worker_threads(fine_tune, checkpoint, data, out_path=out_path, **kwargs)
+
+
+def _submit_members(client, task: Callable[..., str], jobs: Sequence[tuple], name: str,
+                    token: str) -> list[str]:
+    """One task per member on the workers (``{"GPU": 1}`` and CUDA where workers have GPUs).
+
+    ``jobs`` holds ``(*urls, kwargs)`` per member; tasks get URLs and options,
+    never data.  Returns the tasks' results in member order.
+    """
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
+    futures = []
+    for k, (*urls, kw) in enumerate(jobs):
+        if gpu:
+            kw = {**kw, "device": "cuda"}
+        futures.append(client.submit(task, *urls, kw, key=f"{name}-{k}-{token}",
+                                     resources={"GPU": 1} if gpu else None, pure=False))
+    return client.gather(futures)
 
 
 def train_ensemble(pairs_url: str, out_root: str, *, n_members: int = 7, seed: int = 0,
@@ -479,13 +516,67 @@ def train_ensemble(pairs_url: str, out_root: str, *, n_members: int = 7, seed: i
         return [train_dense(pairs_url, p, **kw) for p, kw in jobs]
     from dask.base import tokenize
 
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
     token = tokenize(pairs_url, out_root, train_kwargs, seed)
-    futures = []
-    for k, (p, kw) in enumerate(jobs):
-        if gpu:
-            kw = {**kw, "device": "cuda"}
-        futures.append(client.submit(_member_task, pairs_url, p, kw, key=f"train-member-{k}-{token}",
-                                     resources={"GPU": 1} if gpu else None, pure=False))
-    return client.gather(futures)
+    return _submit_members(client, _member_task, [(pairs_url, p, kw) for p, kw in jobs],
+                           "train-member", token)
+
+
+# fine_tune's options (its keyword arguments but the paths and storage options)
+_FINE_TUNE_KEYS = frozenset(inspect.signature(fine_tune).parameters) - {
+    "checkpoint", "data", "out_path", "storage_options"}
+
+
+def fine_tune_ensemble(members: Sequence[str], data: str, out_root: str, *, client=None,
+                       storage_options: Mapping | None = None, **fine_tune_kwargs) -> list[str]:
+    """Fine-tune every member of an ensemble on one sample table (CASM: NN_AMSR2 → NN_AMSR-E).
+
+    Member ``k`` is :func:`fine_tune` of ``members[k]`` on ``data`` with the
+    same ``fine_tune_kwargs`` for all, written to ``out_root/member_kk``.
+    With a dask ``client`` every member is one task on the workers, exactly
+    as in :func:`train_ensemble` (``{"GPU": 1}`` and CUDA where the cluster
+    has GPU workers); tasks get URLs only, every worker reads the checkpoint
+    and the table itself.  Without a client, members are fine-tuned here one
+    by one.  On CPU the weights equal those of the one-by-one loop at the
+    same torch thread count (a worker uses its own thread count).
+
+    Parameters
+    ----------
+    members : sequence of str
+        Checkpoint URLs of the base networks, in member order.
+    data : str
+        Sample table of the new period (:func:`casm_cloud.pairs.write_pairs`).
+    out_root : str
+        Fine-tuned members go to ``out_root/member_00``, ``member_01``, ...
+    client : distributed.Client, optional
+    storage_options : mapping, optional
+        fsspec options for the checkpoints, the table and ``out_root``.
+    **fine_tune_kwargs
+        Passed to :func:`fine_tune` (``freeze_first``, ``epochs``, ``lr``,
+        ``batch_size``, ``patience``, ``seed``, ``device``).
+
+    Returns
+    -------
+    list of str
+        The new checkpoint URLs, in member order.
+
+    Raises
+    ------
+    TrainingError
+        If ``members`` is empty or a keyword is not one of :func:`fine_tune`'s.
+    """
+    members = [str(m) for m in members]
+    if not members:
+        raise TrainingError(f"fine_tune_ensemble: no members to fine-tune on {data}")
+    unknown = sorted(set(fine_tune_kwargs) - _FINE_TUNE_KEYS)
+    if unknown:
+        raise TrainingError(f"fine_tune_ensemble: unknown option(s) {unknown}; expected some of "
+                            f"{sorted(_FINE_TUNE_KEYS)}")
+    kw = {**fine_tune_kwargs, "storage_options": dict(storage_options or {}) or None}
+    jobs = [(m, data, join(out_root, f"member_{k:02d}"), kw) for k, m in enumerate(members)]
+    if client is None:
+        return [fine_tune(m, d, out_path=p, **k) for m, d, p, k in jobs]
+    from dask.base import tokenize
+
+    token = tokenize(members, data, out_root, fine_tune_kwargs)
+    return _submit_members(client, _fine_tune_task, jobs, "fine-tune-member", token)
+

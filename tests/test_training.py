@@ -23,6 +23,7 @@ from casm_cloud.training import (
     ArrayLoader,
     NonFiniteError,
     fine_tune,
+    fine_tune_ensemble,
     fit,
     train_dense,
     train_ensemble,
@@ -208,3 +209,49 @@ def test_ensemble_members_train_as_parallel_tasks_on_workers(scenes, tmp_path):
     assert [c.meta["seed"] for c in cks] == [10, 11]
     assert paths[1].endswith("member_01")
     assert not torch.equal(cks[0].model.head.weight, cks[1].model.head.weight)
+
+
+def test_fine_tuned_members_run_as_parallel_tasks_and_equal_the_sequential_loop(scenes, tmp_path):
+    """The transfer stage's members: one task per member, the same bits as one by one."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    base = train_ensemble(scenes["amsr2"]["url"], str(tmp_path / "nn_amsr2"), n_members=2,
+                          seed=0, hidden=[16, 16], epochs=2, batch_size=1024, lr=1e-3)
+    kw = {"freeze_first": 1, "epochs": 2, "batch_size": 1024, "lr": 1e-3, "patience": 2}
+    data = scenes["amsre"]["url"]
+    sequential = [fine_tune(m, data, out_path=str(tmp_path / "seq" / f"member_{k:02d}"), **kw)
+                  for k, m in enumerate(base)]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with get_task_stream(client) as ts:
+            paths = fine_tune_ensemble(base, data, str(tmp_path / "par"), client=client, **kw)
+        workers = {t["worker"] for t in ts.data if str(t["key"]).startswith("fine-tune-member")}
+    assert len(workers) == 2  # one member per worker, at the same time
+    assert paths == [str(tmp_path / "par" / f"member_{k:02d}") for k in range(2)]
+    for k, (p, s) in enumerate(zip(paths, sequential, strict=True)):
+        assert (tmp_path / "par" / f"member_{k:02d}" / "model.safetensors").read_bytes() == \
+            (tmp_path / "seq" / f"member_{k:02d}" / "model.safetensors").read_bytes()
+        a, b = load_checkpoint(p).meta, load_checkpoint(s).meta
+        assert a["fine_tuned_from"] == b["fine_tuned_from"]
+        assert a["fine_tuned_from"]["path"].endswith(f"member_{k:02d}")
+        assert [h["val_loss"] for h in a["metrics"]["history"]] == \
+            [h["val_loss"] for h in b["metrics"]["history"]]
+    # members differ (they start from different networks)
+    assert (tmp_path / "par" / "member_00" / "model.safetensors").read_bytes() != \
+        (tmp_path / "par" / "member_01" / "model.safetensors").read_bytes()
+    # no client: the sequential loop itself
+    local = fine_tune_ensemble(base, data, str(tmp_path / "loc"), **kw)
+    assert (tmp_path / "loc" / "member_01" / "model.safetensors").read_bytes() == \
+        (tmp_path / "seq" / "member_01" / "model.safetensors").read_bytes()
+    assert local[1].endswith("member_01")
+
+
+def test_fine_tune_ensemble_checks_its_options(tmp_path):
+    from casm_cloud.errors import UserError
+    from casm_cloud.training import TrainingError
+
+    with pytest.raises(TrainingError, match="no members"):
+        fine_tune_ensemble([], "pairs.zarr", str(tmp_path))
+    with pytest.raises(UserError, match=r"unknown option\(s\) \['epoch'\]"):
+        fine_tune_ensemble(["m0"], "pairs.zarr", str(tmp_path), epoch=3)
+    assert not any(tmp_path.iterdir())

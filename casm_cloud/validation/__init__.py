@@ -1,4 +1,4 @@
-"""Validation against in-situ stations (DESIGN.md §3 "Validate").
+"""Validation against in-situ stations (``docs/science.md``, "Validate").
 
 Public API::
 
@@ -8,11 +8,17 @@ Public API::
     aggregate_metrics(table, by="network")
     consistency_steps(product, reference, ["2015-03-31"])
 
+    # the whole run (CLI ``casm-cloud validate`` and the recipe's validate stage):
+    run_validation({"CASM": "gs://bucket/run/product.zarr"}, "ISMN_download.zip",
+                   "gs://bucket/run/validate", storage_options={...})
+
 Modules: :mod:`.stations` (ISMN ingest and selection), :mod:`.metrics`
 (vectorised pairwise metrics, equal to pytesmo), :mod:`.collocate` (station
 to cell or location), :mod:`.evaluate` (the per-station table and its
-aggregation), :mod:`.consistency` (steps at sensor changes) and
-:mod:`.figures` (matplotlib, imported on use).
+aggregation), :mod:`.consistency` (steps at sensor changes),
+:mod:`.figures` (matplotlib, imported on use), :mod:`.workflow` (the
+validation run: tables, figures and summary into a folder URL) and
+:mod:`.exceptions` (the user errors; :class:`casm_cloud.errors.UserError`).
 """
 
 from casm_cloud.validation.collocate import CollocationError, collocate
@@ -23,6 +29,7 @@ from casm_cloud.validation.evaluate import (
     score_pairs,
     validate_product,
 )
+from casm_cloud.validation.exceptions import MissingInputError, MissingKeyError, ValidationError
 from casm_cloud.validation.metrics import (
     METRICS,
     anomaly,
@@ -41,6 +48,7 @@ from casm_cloud.validation.stations import (
     select_stations,
     selection_report,
 )
+from casm_cloud.validation.workflow import open_product, run_validation
 
 __all__ = [
     "read_ismn", "select_stations", "selection_report", "StationSelectionError",
@@ -48,4 +56,6 @@ __all__ = [
     "consistency_steps",
     "METRICS", "pearson_r", "rmse", "ubrmse", "bias", "nrmse", "anomaly_r", "anomaly", "r2",
     "n_pairs",
+    "run_validation", "open_product",
+    "ValidationError", "MissingKeyError", "MissingInputError",
 ]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from casm_cloud.errors import UserError
 from casm_cloud.grid import GridError, GridWindow
 
 __all__ = ["collocate", "CollocationError", "EARTH_RADIUS_M"]
@@ -31,8 +32,8 @@ __all__ = ["collocate", "CollocationError", "EARTH_RADIUS_M"]
 EARTH_RADIUS_M = 6_371_008.8
 
 
-class CollocationError(ValueError):
-    """No station could be matched to the product."""
+class CollocationError(UserError, ValueError):
+    """No station could be matched to the product, or its layout is not one collocation knows."""
 
 
 def collocate(product: xr.DataArray, lat, lon, *, max_distance: float = 30_000.0
@@ -61,12 +62,12 @@ def collocate(product: xr.DataArray, lat, lon, *, max_distance: float = 30_000.0
 
     Raises
     ------
-    ValueError
+    CollocationError
         If ``product`` has no ``time`` dimension, or its layout is not one of
         the three above.
     """
     if "time" not in product.dims:
-        raise ValueError(
+        raise CollocationError(
             f"product {product.name!r} has no 'time' dimension (dims: {product.dims}); "
             "validation needs a time series at each station"
         )
@@ -94,7 +95,7 @@ def _match_locations(product: xr.DataArray, lat, lon, max_distance):
 
     for c in ("lat", "lon"):
         if c not in product.coords or product[c].dims != ("location",):
-            raise ValueError(f"time-series product needs a {c!r} coordinate along 'location'")
+            raise CollocationError(f"time-series product needs a {c!r} coordinate along 'location'")
     plat = np.asarray(product["lat"].values, dtype=np.float64)
     plon = np.asarray(product["lon"].values, dtype=np.float64)
     # nearest neighbour on the unit sphere (chord length), converted to a
@@ -148,7 +149,7 @@ def _match_ease2(product: xr.DataArray, lat, lon):
 def _match_latlon(product: xr.DataArray, lat, lon):
     if "lat" not in product.coords or "lon" not in product.coords \
             or product["lat"].ndim != 1 or product["lon"].ndim != 1:
-        raise ValueError(
+        raise CollocationError(
             f"product {product.name!r} (dims {product.dims}): expected an EASE2 window "
             "(y, x with ease2_* attributes), 1-D 'lat' and 'lon' coordinates, or time series "
             "along 'location' with per-location lat/lon"

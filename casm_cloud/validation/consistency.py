@@ -29,16 +29,18 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
+from casm_cloud.validation.exceptions import MissingKeyError, ValidationError
+
 __all__ = ["consistency_steps", "mean_difference"]
 
 
 def _array(obj: xr.Dataset | xr.DataArray, variable: str, what: str) -> xr.DataArray:
     if isinstance(obj, xr.Dataset):
         if variable not in obj.data_vars:
-            raise KeyError(f"{what} has no variable {variable!r} (has {sorted(obj.data_vars)})")
+            raise MissingKeyError(f"{what} has no variable {variable!r} (has {sorted(obj.data_vars)})")
         obj = obj[variable]
     if "time" not in obj.dims:
-        raise ValueError(f"{what} has no 'time' dimension (dims: {obj.dims})")
+        raise ValidationError(f"{what} has no 'time' dimension (dims: {obj.dims})")
     return obj
 
 
@@ -61,16 +63,16 @@ def mean_difference(product: xr.Dataset | xr.DataArray, reference: xr.Dataset | 
 
     Raises
     ------
-    ValueError
+    ValidationError
         If either input has no ``time`` dimension or they share no cell.
-    KeyError
+    MissingKeyError
         If ``variable`` is missing from a Dataset.
     """
     p = _array(product, variable, "product")
     r = _array(reference, variable, "reference")
     p, r = xr.align(p, r, join="inner")
     if p.size == 0:
-        raise ValueError("product and reference share no (time, cell): check grids and periods")
+        raise ValidationError("product and reference share no (time, cell): check grids and periods")
     diff = (p - r).astype(np.float64)
     space = [d for d in diff.dims if d != "time"]
     if "lat" in diff.dims:
@@ -115,12 +117,14 @@ def consistency_steps(product: xr.Dataset | xr.DataArray, reference: xr.Dataset 
 
     Raises
     ------
-    ValueError
+    ValidationError
         For an unknown ``test``, no ``time`` dimension, or grids that share
         no cell.
+    MissingKeyError
+        If ``variable`` is missing from a Dataset.
     """
     if test not in ("welch", "mannwhitney"):
-        raise ValueError(f"test={test!r}: expected 'welch' or 'mannwhitney'")
+        raise ValidationError(f"test={test!r}: expected 'welch' or 'mannwhitney'")
     series = mean_difference(product, reference, variable=variable).compute().to_series()
     series = series.sort_index()
     window = pd.Timedelta(days=window_days)

@@ -20,6 +20,7 @@ import xarray as xr
 
 from casm_cloud.aggregate import nday_mean
 from casm_cloud.validation.collocate import CollocationError, collocate
+from casm_cloud.validation.exceptions import MissingKeyError, ValidationError
 from casm_cloud.validation.metrics import METRICS, pair_metrics
 
 __all__ = ["validate_product", "matched_pairs", "score_pairs", "aggregate_metrics",
@@ -35,7 +36,7 @@ _STATION_COLUMNS = ("network", "station_name", "instrument", "depth_from", "dept
 def _product_array(product: xr.Dataset | xr.DataArray, variable: str) -> xr.DataArray:
     if isinstance(product, xr.Dataset):
         if variable not in product.data_vars:
-            raise KeyError(f"product has no variable {variable!r} "
+            raise MissingKeyError(f"product has no variable {variable!r} "
                            f"(has {sorted(map(str, product.data_vars))}); choose one with "
                            "variable= (CLI: --variable)")
         da = product[variable]
@@ -79,20 +80,21 @@ def matched_pairs(product: xr.Dataset | xr.DataArray, stations: xr.Dataset, *,
 
     Raises
     ------
-    ValueError
-        If the product has no ``time`` dimension or no recognised layout.
-    KeyError
-        If ``variable`` is not in the product.
+    ValidationError
+        If the product variable has no ``time`` dimension, or ``stations``
+        is not from ``select_stations``.
+    MissingKeyError
+        If ``variable`` is not in the product (a ``KeyError``).
     CollocationError
-        If no station lies inside the product.
+        If no station lies inside the product, or its layout is not recognised.
     """
     da = _product_array(product, variable)
     if "time" not in da.dims:
-        raise ValueError(f"product variable {variable!r} has no 'time' dimension "
+        raise ValidationError(f"product variable {variable!r} has no 'time' dimension "
                          f"(dims: {da.dims}); validation needs time series")
     svar = stations.attrs.get("ismn_variable")
     if svar is None or svar not in stations or "n_days" not in stations.attrs:
-        raise ValueError("stations: expected the output of select_stations "
+        raise ValidationError("stations: expected the output of select_stations "
                          "(attributes 'ismn_variable', 'n_days', 'anchor')")
     n_days, anchor = int(stations.attrs["n_days"]), stations.attrs["anchor"]
     series, table = collocate(da, stations["lat"].values, stations["lon"].values,
@@ -153,11 +155,11 @@ def validate_product(product: xr.Dataset | xr.DataArray, stations: xr.Dataset, *
 
     Raises
     ------
-    ValueError
+    ValidationError
         If the product has no ``time`` dimension; if no station has
         ``min_pairs`` pairs (message lists each station's count).
-    KeyError
-        If ``variable`` is not in the product.
+    MissingKeyError
+        If ``variable`` is not in the product (a ``KeyError``).
     CollocationError
         If no station lies inside the product.
     """
@@ -189,7 +191,7 @@ def score_pairs(pairs: xr.Dataset, matches: pd.DataFrame, *, name: str = "produc
 
     Raises
     ------
-    ValueError
+    ValidationError
         If no station has ``min_pairs`` pairs.
     """
     table = matches
@@ -198,7 +200,7 @@ def score_pairs(pairs: xr.Dataset, matches: pd.DataFrame, *, name: str = "produc
     scores = pair_metrics(pairs["product"], pairs["reference"]).compute()
     n = scores["n"].values
     if not (n >= min_pairs).any():
-        raise ValueError(
+        raise ValidationError(
             f"no station has >= {min_pairs} paired {pairs.attrs['n_days']}-day means with the "
             "product (rule: min_pairs): "
             + ", ".join(f"{s}: {int(k)}" for s, k in zip(pairs.station.values, n, strict=True))
@@ -241,12 +243,12 @@ def aggregate_metrics(table: pd.DataFrame, by: Literal["network", "climate_KG"] 
 
     Raises
     ------
-    KeyError
-        If ``by`` or a metric is not a column of ``table``.
+    MissingKeyError
+        If ``by`` or a metric is not a column of ``table`` (a ``KeyError``).
     """
     missing = [c for c in (by, *metrics) if c not in table.columns]
     if missing:
-        raise KeyError(f"aggregate_metrics: columns {missing} not in the table "
+        raise MissingKeyError(f"aggregate_metrics: columns {missing} not in the table "
                        f"(have {list(table.columns)})")
     keys = ["product", by] if "product" in table.columns else [by]
     grouped = table.groupby(keys, dropna=False)

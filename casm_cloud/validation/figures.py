@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from casm_cloud.validation.exceptions import MissingKeyError
+
 __all__ = ["scatter", "boxplot_by_network", "time_series", "station_map", "write_figures"]
 
 
@@ -123,8 +125,8 @@ def time_series(pairs: xr.Dataset, stations: Sequence[str] | None = None, *,
 
     Raises
     ------
-    KeyError
-        If a requested station id is not in ``pairs``.
+    MissingKeyError
+        If a requested station id is not in ``pairs`` (a ``KeyError``).
     """
     plt = _plt()
     if stations is None:
@@ -132,7 +134,7 @@ def time_series(pairs: xr.Dataset, stations: Sequence[str] | None = None, *,
         stations = list(n.index[n > 0][:max_panels]) or list(n.index[:1])
     missing = [s for s in stations if s not in pairs.station.values]
     if missing:
-        raise KeyError(f"stations {missing} not in the matched pairs "
+        raise MissingKeyError(f"stations {missing} not in the matched pairs "
                        f"(have {list(pairs.station.values)})")
     fig, axes = plt.subplots(len(stations), 1, figsize=(10, 2.4 * len(stations)),
                              squeeze=False, sharex=True)

@@ -22,6 +22,8 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
+from casm_cloud.validation.exceptions import ValidationError
+
 __all__ = ["pearson_r", "rmse", "ubrmse", "bias", "nrmse", "anomaly_r", "r2", "anomaly", "n_pairs",
            "pair_moments", "pair_metrics", "METRICS"]
 
@@ -32,7 +34,7 @@ def _check(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> tuple[xr.DataArra
         if not isinstance(da, xr.DataArray):
             raise TypeError(f"{name} must be an xarray.DataArray, got {type(da).__name__}")
         if dim not in da.dims:
-            raise ValueError(f"{name} has no dimension {dim!r} (dims: {da.dims})")
+            raise ValidationError(f"{name} has no dimension {dim!r} (dims: {da.dims})")
     return xr.align(x.astype(np.float64), y.astype(np.float64), join="inner")
 
 
@@ -77,7 +79,7 @@ def pair_moments(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input.
     """
     from casm_cloud.kernels.metrics import MOMENTS
@@ -154,7 +156,7 @@ def bias(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArr
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input.
     """
     return _from_moments(pair_moments(x, y, dim))["bias"]
@@ -181,7 +183,7 @@ def rmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArr
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input.
     """
     return _from_moments(pair_moments(x, y, dim))["RMSE"]
@@ -210,7 +212,7 @@ def ubrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataA
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input.
     """
     return _from_moments(pair_moments(x, y, dim))["ubRMSE"]
@@ -237,7 +239,7 @@ def nrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataAr
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input.
     """
     return _from_moments(pair_moments(x, y, dim))["NRMSE"]
@@ -265,7 +267,7 @@ def pearson_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.Da
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input.
     """
     return _from_moments(pair_moments(x, y, dim))["R"]
@@ -301,7 +303,7 @@ def r2(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input.
     """
     return _from_moments(pair_moments(x, y, dim))["R2"]
@@ -336,17 +338,17 @@ def anomaly(da: xr.DataArray, dim: Hashable = "time", *, window_days: float = 35
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing, not datetime or not sorted.
     """
     if dim not in da.dims:
-        raise ValueError(f"anomaly: no dimension {dim!r} (dims: {da.dims})")
+        raise ValidationError(f"anomaly: no dimension {dim!r} (dims: {da.dims})")
     t = da[dim].values
     if not np.issubdtype(t.dtype, np.datetime64):
-        raise ValueError(f"anomaly: coordinate {dim!r} must be datetime64, got {t.dtype}")
+        raise ValidationError(f"anomaly: coordinate {dim!r} must be datetime64, got {t.dtype}")
     t_days = (t - t[0]) / np.timedelta64(1, "D") if t.size else t.astype(np.float64)
     if t.size > 1 and np.any(np.diff(t_days) < 0):
-        raise ValueError(f"anomaly: coordinate {dim!r} must be sorted ascending")
+        raise ValidationError(f"anomaly: coordinate {dim!r} must be sorted ascending")
     t_da = xr.DataArray(np.asarray(t_days, dtype=np.float64), dims=[dim])
     return xr.apply_ufunc(
         _call_boxcar_anomaly, da.astype(np.float64), t_da, window_days / 2.0, int(min_obs),
@@ -384,7 +386,7 @@ def anomaly_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time", *,
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input or is not datetime.
     """
     x, y = _paired(x, y, dim)
@@ -418,7 +420,7 @@ def pair_metrics(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time", *,
 
     Raises
     ------
-    ValueError
+    ValidationError
         If ``dim`` is missing from either input.
     """
     m = pair_moments(x, y, dim)

@@ -12,7 +12,7 @@ coordinates, Köppen-Geiger climate class, ESA CCI land cover …) as
 per-station coordinates.  Station files are small (hourly points), so they
 are read eagerly; everything after this is labelled xarray.
 
-Selection (DESIGN.md §3 "Validate"): sensors in the surface layer (0–5 cm),
+Selection (``docs/science.md``, "Validate"): sensors in the surface layer (0–5 cm),
 only 'G' (good) flagged values, at least 90 % good values, at least 100
 n-day means, n-day means in the product's anchored bins
 (:func:`casm_cloud.aggregate.nday_mean`).
@@ -32,6 +32,8 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud.aggregate import nday_mean
+from casm_cloud.errors import UserError
+from casm_cloud.validation.exceptions import MissingInputError, ValidationError
 
 __all__ = ["read_ismn", "select_stations", "selection_report", "StationSelectionError",
            "METADATA_KEYS"]
@@ -48,7 +50,7 @@ _NUMERIC_KEYS = {"depth_from", "depth_to", "lat", "lon", "elevation", "lc_2000",
                  "saturation"}
 
 
-class StationSelectionError(ValueError):
+class StationSelectionError(UserError, ValueError):
     """No station (or sensor) survives the reading or selection rules."""
 
 
@@ -91,18 +93,20 @@ def read_ismn(path: str | Path, *, depth: tuple[float, float] = (0.0, 0.05),
 
     Raises
     ------
-    FileNotFoundError
-        If ``path`` does not exist.
+    MissingInputError
+        If ``path`` does not exist (a ``FileNotFoundError``).
+    ValidationError
+        If ``depth`` is not a range.
     StationSelectionError
         If the download has no ``variable`` at all, or none in the depth
         range (the message lists the depths it does have).
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"ISMN download {path} does not exist")
+        raise MissingInputError(f"ISMN download {path} does not exist")
     lo, hi = float(depth[0]), float(depth[1])
     if not lo <= hi:
-        raise ValueError(f"depth={depth!r}: expected (from, to) with from <= to, in metres")
+        raise ValidationError(f"depth={depth!r}: expected (from, to) with from <= to, in metres")
     with tempfile.TemporaryDirectory(prefix="casm-ismn-") as scratch:
         meta_dir = Path(meta_path) if meta_path is not None else Path(scratch)
         records = list(_iter_sensors(path, variable, meta_dir, Path(scratch)))
@@ -301,15 +305,16 @@ def select_stations(ds: xr.Dataset, *, good_fraction: float = 0.9, min_obs: int 
     StationSelectionError
         If no station survives; the message names each rule and what it
         removed.
-    ValueError
-        For a dataset that is not from :func:`read_ismn`.
+    ValidationError
+        For a dataset that is not from :func:`read_ismn`, or ``good_fraction``
+        outside [0, 1].
     """
     variable = ds.attrs.get("ismn_variable")
     if variable is None or variable not in ds or f"{variable}_flag" not in ds:
-        raise ValueError("select_stations: expected the output of read_ismn "
+        raise ValidationError("select_stations: expected the output of read_ismn "
                          "(attribute 'ismn_variable' and its value and flag variables)")
     if not 0.0 <= good_fraction <= 1.0:
-        raise ValueError(f"good_fraction={good_fraction!r}: expected a fraction in [0, 1]")
+        raise ValidationError(f"good_fraction={good_fraction!r}: expected a fraction in [0, 1]")
     if period is not None:
         ds = ds.sel(time=slice(*period))
     values, flags = ds[variable], ds[f"{variable}_flag"]
@@ -333,8 +338,9 @@ def select_stations(ds: xr.Dataset, *, good_fraction: float = 0.9, min_obs: int 
             removed.append(f"{sid}: min_obs {int(n)} {n_days}-day means < {min_obs}")
     out = means.isel(station=np.flatnonzero(ok_obs))
     if out.sizes["station"] == 0:
+        where = f"{ds.attrs['source']}: " if ds.attrs.get("source") else ""
         raise StationSelectionError(
-            f"no station left after the selection rules (depth {ds.attrs.get('depth_range')}, "
+            f"{where}no station left after the selection rules (depth {ds.attrs.get('depth_range')}, "
             f"flag == 'G', good_fraction >= {good_fraction}, {n_days}-day means with "
             f">= {min_values} values, min_obs >= {min_obs}): " + "; ".join(removed)
         )
