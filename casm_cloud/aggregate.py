@@ -1,6 +1,6 @@
 """Anchored n-day means and daily means, lazy and streaming by time chunk.
 
-Bins are **anchored** (DESIGN.md §2): bin ``k`` covers
+Bins are **anchored** (docs/science.md, "Data model"): bin ``k`` covers
 ``[anchor + n·k, anchor + n·(k+1))`` and is labelled by its start, so every
 sensor, every run and every monthly update lands in the same bins whatever
 the first date of its data.  A bin's mean is NaN unless it holds at least
@@ -32,7 +32,7 @@ import xarray as xr
 
 __all__ = ["DEFAULT_ANCHOR", "nday_mean", "daily_mean", "bin_index", "bin_start"]
 
-#: Anchor of the n-day bins of every CASM product (DESIGN.md §2).
+#: Anchor of the n-day bins of every CASM product (docs/science.md, "Data model").
 DEFAULT_ANCHOR = "2002-01-01"
 
 _DAY_NS = np.int64(86_400 * 10**9)
@@ -249,3 +249,23 @@ def daily_mean(ds: xr.Dataset, min_count: int = 6) -> xr.Dataset:
         As :func:`nday_mean`.
     """
     return nday_mean(ds, 1, anchor=DEFAULT_ANCHOR, min_count=min_count)
+
+
+def screen_frozen(ds: xr.Dataset, skt: xr.DataArray, threshold_k: float) -> xr.Dataset:
+    """``ds`` without its days of frozen soil: daily-mean skin temperature below ``threshold_k``.
+
+    Over frozen soil TB stops following soil moisture and SMAP retrieves
+    none, so those days leave the satellite means.  Days ``skt`` does not
+    cover (ERA5's latency is days) are kept.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Sub-daily or daily data on the same window as ``skt``.
+    skt : xarray.DataArray
+        Daily-mean skin temperature (K) with a daily ``time``.
+    threshold_k : float
+    """
+    days = ds["time"].dt.floor("D").values
+    skt = skt.reindex(time=days).assign_coords(time=ds["time"].values)
+    return ds.where(~(skt < threshold_k))  # NaN skt: not frozen

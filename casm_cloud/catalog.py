@@ -1,7 +1,7 @@
 """Intake catalogs of sources: entries name an adapter, a URL and its options.
 
 Catalogs are intake-2 native YAML files (``intake.readers.entry.Catalog``;
-DESIGN.md §5: intake-1 YAML user parameters are silently ignored, so we do
+docs/architecture.md, "Known traps": intake-1 YAML user parameters are silently ignored, so we do
 not write that format).  Each entry is a :class:`CasmSource` reader whose
 keyword arguments are ``adapter``, ``urlpath``, ``storage_options`` and the
 adapter's own options; reading it calls the adapter from
@@ -32,6 +32,7 @@ import xarray as xr
 from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
 
+from casm_cloud.errors import UserError
 from casm_cloud.sources import ADAPTERS, get_adapter
 from casm_cloud.storage import secret_keys
 
@@ -48,7 +49,7 @@ __all__ = [
 
 _DIR_TOKEN = "{CATALOG_DIR}"
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """A catalog or entry that cannot be written or read as asked."""
 
 
@@ -265,7 +266,7 @@ def open_source(catalog, name: str, **overrides) -> xr.Dataset:
     """
     cat = _as_catalog(catalog)
     if name not in cat.entries:
-        raise KeyError(f"catalog has no source {name!r}; it has {sorted(cat.entries)}")
+        raise CatalogError(f"catalog has no source {name!r}; it has {sorted(cat.entries)}")
     stored = cat.entries[name].kwargs
     so = dict(stored.get("storage_options") or {})
     if str(stored.get("urlpath", "")).startswith(_DIR_TOKEN) and not so:

@@ -2,8 +2,12 @@
 
 Each subcommand is a pair (``_add_<name>(subparsers)`` registering its parser,
 and a handler set with ``set_defaults(func=...)``).  Handlers import their
-stage lazily so ``casm-cloud --help`` stays fast.  Expected failures (bad
-input, missing files) print one ``casm-cloud: error: …`` line and exit 2.
+stage lazily so ``casm-cloud --help`` stays fast.  A user error
+(:class:`casm_cloud.errors.UserError`: bad recipe, catalog, store, input
+file) prints one ``casm-cloud: error: …`` line and exits with 2; anything
+else is a bug and keeps its traceback (exit 1).  The stage commands
+(``seasonal``, ``predict``, ``validate``, ``export-casm``) call the same
+library functions as the recipe's stages.
 """
 
 from __future__ import annotations
@@ -14,9 +18,6 @@ import sys
 
 log = logging.getLogger("casm_cloud")
 
-# Errors that are the user's input, not a bug: one clear line, exit code 2.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError,
-                                                 NotADirectoryError, IsADirectoryError, KeyError)
 
 
 def _add_simulate(sub) -> None:
@@ -141,25 +142,28 @@ def storage_join(*parts: str) -> str:
 
 
 def _add_recipe_commands(sub) -> None:
-    from casm_cloud.pipeline import STAGE_NAMES
+    from casm_cloud.recipes import RECIPES
 
     def add_common(p):
-        p.add_argument("--from", dest="start_from", choices=STAGE_NAMES,
+        p.add_argument("--from", dest="start_from", metavar="STAGE",
                        help="re-run from this stage on")
-        p.add_argument("--until-stage", dest="until_stage", choices=STAGE_NAMES,
+        p.add_argument("--until-stage", dest="until_stage", metavar="STAGE",
                        help="stop after this stage")
         p.add_argument("--cluster", help="'local', 'gateway' or tcp://host:port "
                        "(overrides the recipe)")
 
     p = sub.add_parser("demo", help="simulate the demo region (if needed) and run the recipe")
-    p.add_argument("--out", default="casm-demo", help="output folder (default ./casm-demo)")
+    p.add_argument("--out", default=None, help="output folder (default ./<recipe>-demo)")
+    p.add_argument("--recipe", default="casm", choices=sorted(RECIPES),
+                   help="which recipe's demo (default: casm)")
     add_common(p)
 
     def run_demo(a):
-        from casm_cloud.pipeline import run_demo
+        from casm_cloud.recipes import run_demo
 
-        _print_summary(run_demo(a.out, start_from=a.start_from, until=a.until_stage,
-                                cluster=a.cluster))
+        out = a.out or f"{a.recipe}-demo"
+        _print_summary(run_demo(out, kind=a.recipe, start_from=a.start_from,
+                                until=a.until_stage, cluster=a.cluster))
 
     p.set_defaults(func=run_demo)
 
@@ -169,7 +173,7 @@ def _add_recipe_commands(sub) -> None:
 
     def run_run(a):
         from casm_cloud.config import load_recipe
-        from casm_cloud.pipeline import run_recipe
+        from casm_cloud.recipes import run_recipe
 
         recipe = load_recipe(a.recipe, **_cluster_override(a.cluster))
         _print_summary(run_recipe(recipe, start_from=a.start_from, until=a.until_stage))
@@ -183,7 +187,7 @@ def _add_recipe_commands(sub) -> None:
 
     def run_update(a):
         from casm_cloud.config import load_recipe
-        from casm_cloud.pipeline import update_recipe
+        from casm_cloud.recipes import update_recipe
 
         recipe = load_recipe(a.recipe, **_cluster_override(a.cluster))
         _print_summary(update_recipe(recipe, a.until))
@@ -195,7 +199,7 @@ def _add_recipe_commands(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (path or URL)")
 
     def run_export(a):
-        from casm_cloud.pipeline import export_casm
+        from casm_cloud.merge import export_casm
 
         for path in export_casm(a.product, a.out):
             print(path)
@@ -247,7 +251,9 @@ def _add_validate(sub) -> None:
             target, flag_values = rule.rsplit(":", 1) if ":" in rule else ("", rule)
             flag, sep, values = flag_values.partition("=")
             if not sep or not values:
-                raise ValueError(f"--where {rule!r}: expected [NAME:]FLAG=V1,V2")
+                from casm_cloud.errors import InputError
+
+                raise InputError(f"--where {rule!r}: expected [NAME:]FLAG=V1,V2")
             for name in [target] if target else list(products):
                 where.setdefault(name, {})[flag] = [float(v) for v in values.split(",")]
         table = run_validation(products, a.stations, a.out, variables=a.variable or ["sm"],
@@ -289,16 +295,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _logging(args.verbose)
+    from casm_cloud.errors import UserError
+
     try:
         rc = args.func(args)
-    except _USER_ERRORS as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"casm-cloud: error: {msg}", file=sys.stderr)
+    except UserError as err:
+        print(f"casm-cloud: error: {err}", file=sys.stderr)
         log.debug("traceback", exc_info=True)
         return 2
+    except KeyboardInterrupt:
+        print("casm-cloud: interrupted", file=sys.stderr)
+        return 130
     return int(rc or 0)
+
+
+def _logging(verbose: int) -> None:
+    """WARNING by default (dask's and distributed's too, workers included); -v INFO, -vv DEBUG."""
+    import dask
+
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = logging.getLevelName(level).lower()
+    # distributed configures its own loggers from dask.config when it is imported, and
+    # LocalCluster workers inherit this config: set it before any cluster starts.
+    dask.config.set({"logging": {"distributed": name, "distributed.client": name,
+                                 "distributed.scheduler": name, "distributed.nanny": name,
+                                 "distributed.worker": name, "distributed.http": name}})
+    for logger in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(logger).setLevel(max(level, logging.WARNING) if logger != "distributed"
+                                           else level)
 
 
 if __name__ == "__main__":

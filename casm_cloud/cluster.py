@@ -18,7 +18,7 @@ dask-gateway's own configuration (``DASK_GATEWAY__ADDRESS``,
 ``DASK_GATEWAY__AUTH__TYPE``, ``DASK_GATEWAY__CLUSTER__OPTIONS__<NAME>``), so
 the same code serves a laptop, a JupyterHub session and a CronJob.
 
-Known traps (DESIGN.md §5): the gateway server must start workers with
+Known traps (docs/architecture.md, "Known traps"): the gateway server must start workers with
 ``dask worker --resources GPU=1`` on the command line (resources given by
 environment variable arrive lower-cased as ``gpu``); deploy/ configures this.
 """

@@ -21,10 +21,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from casm_cloud.errors import UserError
+
 __all__ = ["ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "demo_recipe"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe that cannot be used; the message names the key."""
 
 
@@ -55,15 +57,20 @@ class GridConfig(_Section):
             raise ValueError("give both lat and lon, or neither (and a region)")
         if self.lat is None and self.region is None:
             raise ValueError("give a region name or lat and lon")
+        from casm_cloud.grid import REGIONS
+
+        if self.region is not None and self.region not in REGIONS:
+            raise ValueError(f"unknown region {self.region!r}; expected one of {sorted(REGIONS)}")
         return self
 
     def window(self):
         from casm_cloud.grid import EASE2Grid
 
         grid = EASE2Grid(self.name)
-        if self.lat is not None:
-            return grid.window(lat=self.lat, lon=self.lon)
-        return grid.window_by_name(self.region)
+        lat, lon, region = self.lat, self.lon, self.region
+        if lat is not None:
+            return grid.window(lat=lat, lon=lon)
+        return grid.window_by_name(region)
 
 
 class Sources(_Section):
@@ -104,7 +111,7 @@ class Channels(_Section):
 
 
 class SciencePeriods(_Section):
-    """The CASM training scheme's periods (DESIGN.md §3)."""
+    """The CASM training scheme's periods (docs/science.md)."""
 
     transfer: Period = Period(start=dt.date(2010, 1, 17), end=dt.date(2011, 10, 3))
     smos_from: dt.date = dt.date(2010, 1, 12)
@@ -178,6 +185,10 @@ class Cluster(_Section):
         return v
 
 
+#: Where each user-facing output goes under the run root when ``outputs`` does not say.
+DEFAULT_OUTPUTS = {"product": "product.zarr", "export": "casm", "report": "report"}
+
+
 class Outputs(_Section):
     """Where the user-facing results go (default: beside the run root)."""
 
@@ -187,6 +198,9 @@ class Outputs(_Section):
 
 
 class Recipe(_Section):
+    """A CASM recipe (``kind: casm``, the default for recipes that name no kind)."""
+
+    kind: Literal["casm"] = "casm"
     name: str = "casm"
     run_root: str
     storage_options: dict[str, Any] = {}
@@ -215,10 +229,7 @@ class Recipe(_Section):
         from casm_cloud.storage import join
 
         given = getattr(self.outputs, which)
-        if given:
-            return given
-        return join(self.run_root, {"product": "product.zarr", "export": "casm",
-                                    "report": "report"}[which])
+        return given or join(self.run_root, DEFAULT_OUTPUTS[which])
 
     def section_hash(self, *sections: str) -> str:
         """sha256 (16 hex digits) of the named sections, for stage skip/resume.
@@ -233,6 +244,10 @@ class Recipe(_Section):
             data[s] = _jsonable(obj)
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: Recipe models by ``kind`` (a registry: each recipe module's typed configuration).
+RECIPE_KINDS: dict[str, type[_Section]] = {"casm": Recipe}
 
 
 def _jsonable(obj):
@@ -277,8 +292,12 @@ def recipe_from_dict(raw: dict, *, base: str | Path = ".") -> Recipe:
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"a recipe must be a mapping of keys, got {type(raw).__name__}")
+    kind = raw.get("kind", "casm")
+    if kind not in RECIPE_KINDS:
+        raise ConfigError(f"recipe key 'kind': {kind!r} is not a recipe kind; expected one of "
+                          f"{', '.join(sorted(RECIPE_KINDS))}")
     try:
-        return Recipe.model_validate(_resolve_paths(raw, Path(base)))
+        return RECIPE_KINDS[kind].model_validate(_resolve_paths(raw, Path(base)))
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"]) or "<recipe>"
@@ -304,12 +323,11 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
     ------
     ConfigError
         Unknown keys, wrong types, impossible dates, unreadable YAML.
-    FileNotFoundError
-        If the file does not exist.
+        Also when the file does not exist.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"recipe {path} does not exist")
+        raise ConfigError(f"recipe {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -319,13 +337,15 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
     return recipe_from_dict(raw, base=path.parent)
 
 
-def demo_recipe(out: str | Path) -> Recipe:
+def demo_recipe(out: str | Path, *, kind: str = "casm") -> Recipe:
     """The embedded default: the demo region and a configuration sized for
-    about ten minutes on 2 cores (small networks and ensembles)."""
+    a few minutes on 2 cores (small networks and ensembles)."""
+    if kind not in _DEMOS:
+        raise ConfigError(f"no demo for recipe kind {kind!r}; expected one of {sorted(_DEMOS)}")
     out = str(out)
     from casm_cloud.storage import join
 
-    raw = yaml.safe_load(_DEMO_YAML)
+    raw = yaml.safe_load(_DEMOS[kind])
     raw["run_root"] = join(out, "run")
     raw["sources"]["catalog"] = join(out, "sources", "catalog.yaml")
     raw["sources"]["stations"] = join(out, "sources", "stations")
@@ -350,3 +370,6 @@ ensemble: {members: 3, n_noise: 10}
 predict: {chunks: {time: 120, y: 32, x: 32}}
 validation: {min_obs: 50}
 """
+
+#: The demo recipe of each kind (YAML; paths are filled in by :func:`demo_recipe`).
+_DEMOS = {"casm": _DEMO_YAML}

@@ -36,9 +36,10 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
+from casm_cloud.errors import UserError
 from casm_cloud.grid import GridWindow
 
-__all__ = ["Method", "RegridError", "regrid_to_window", "EASE1_GLOBAL", "ease1_latlon"]
+__all__ = ["Method", "RegridError", "regrid_to_window", "on_window", "EASE1_GLOBAL", "ease1_latlon"]
 
 Method = Literal["bilinear", "nearest"]
 _METHODS = ("bilinear", "nearest")
@@ -52,7 +53,7 @@ EASE1_GLOBAL = {"ncols": 1383, "nrows": 586, "cell": 25067.525, "col0": 691.0, "
                 "crs": "EPSG:3410"}
 
 
-class RegridError(ValueError):
+class RegridError(UserError, ValueError):
     """A source grid that cannot be regridded as asked."""
 
 
@@ -307,4 +308,38 @@ def regrid_to_window(ds: xr.Dataset, window: GridWindow, *, method: Method = "bi
     attrs = {k: v for k, v in ds.attrs.items()
              if not k.startswith(("ease1_", "ease2_", "geospatial_"))}
     out.attrs = {**attrs, **window.identity()}
+    return out
+
+
+def on_window(ds: xr.Dataset, window: GridWindow, *, name: str = "source") -> xr.Dataset:
+    """``ds`` on ``window``: cut out when on the same EASE2 grid, regridded otherwise.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A canonical source: on an EASE2 window (``ease2_*`` attributes), or on
+        a grid :func:`regrid_to_window` reads.
+    window : GridWindow
+    name : str
+        Named in errors (the catalog entry).
+
+    Raises
+    ------
+    RegridError
+        If the source's own window of the same grid does not cover ``window``.
+    """
+    if "y" not in ds.dims or "x" not in ds.dims:
+        return regrid_to_window(ds, window)
+    if ds.sizes["y"] == window.shape[0] and ds.sizes["x"] == window.shape[1] and np.allclose(
+            ds.y.values, window.y) and np.allclose(ds.x.values, window.x):
+        return ds
+    src = GridWindow.from_attrs(ds.attrs, (ds.sizes["y"], ds.sizes["x"]))
+    if src.name != window.name:
+        return regrid_to_window(ds, window)
+    r0 = window.row_slice.start - src.row_slice.start
+    c0 = window.col_slice.start - src.col_slice.start
+    if r0 < 0 or c0 < 0 or r0 + window.shape[0] > src.shape[0] or c0 + window.shape[1] > src.shape[1]:
+        raise RegridError(f"{name} ({src!r}) does not cover the recipe window {window!r}")
+    out = ds.isel(y=slice(r0, r0 + window.shape[0]), x=slice(c0, c0 + window.shape[1]))
+    out.attrs.update(window.identity())
     return out

@@ -11,7 +11,7 @@ import casm_cloud  # noqa: F401  (loads pyproj before netCDF4; see casm_cloud/__
 
 REPO = Path(__file__).resolve().parents[1]
 
-# gcsfs reads this at import (DESIGN.md §5): must be off for the GCS emulator.
+# gcsfs reads this at import (docs/architecture.md, "Known traps"): must be off for the GCS emulator.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 

@@ -1,4 +1,4 @@
-"""Private numba kernel: the three-layer soil-water bucket (DESIGN.md §7).
+"""Private numba kernel: the three-layer soil-water bucket (docs/science.md, "Simulator").
 
 NumPy in, NumPy out.  Called by :mod:`casm_cloud.simulate.bucket`.
 """

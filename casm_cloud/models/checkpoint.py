@@ -24,6 +24,7 @@ from torch import nn
 from casm_cloud import __version__
 from casm_cloud.models import build_model
 from casm_cloud.storage import join, url_to_fs
+from casm_cloud.errors import UserError
 
 __all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "check_inputs",
            "WEIGHTS", "META"]
@@ -33,7 +34,7 @@ META = "model.json"
 REQUIRED_META = ("architecture", "inputs", "target", "scaler")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, incomplete, inconsistent or does not fit the data."""
 
 

@@ -1,7 +1,7 @@
 """The physically based simulator: every source in canonical form, lazily.
 
 Real inputs need accounts and terabytes, so casm_cloud ships a simulator
-(DESIGN.md §3 and §7) that writes every source for any window of a named
+(docs/science.md) that writes every source for any window of a named
 EASE2 grid and any period, with a known truth to score every stage against:
 
 * ``truth``: soil moisture of three layers from a bucket model

@@ -1,6 +1,6 @@
 """Microwave emission of vegetated soil: Dobson dielectric, Fresnel, tau-omega.
 
-Plain NumPy, vectorised over any shape.  The chain (DESIGN.md §7):
+Plain NumPy, vectorised over any shape.  The chain (docs/science.md, "Simulator"):
 
 1. free water: Debye relaxation with the temperature-dependent static
    permittivity and relaxation time of Stogryn (1971) / Ulaby et al.

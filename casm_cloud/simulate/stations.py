@@ -1,7 +1,7 @@
 """ISMN-like point stations: point-scale truth plus representativeness error.
 
 ``simulate_stations`` picks cells of a truth dataset and makes hourly
-point-scale soil moisture for each (DESIGN.md §7):
+point-scale soil moisture for each (docs/science.md, "Simulator"):
 
     θ_point(t) = a·(θ_cell(t) - mean θ_cell) + mean_point + e(t),
 

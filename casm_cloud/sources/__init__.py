@@ -4,7 +4,7 @@ Every adapter has the signature::
 
     fn(urlpath, *, storage_options=None, **options) -> xarray.Dataset
 
-and returns the canonical, lazy (dask-backed) dataset of DESIGN.md §2,
+and returns the canonical, lazy (dask-backed) dataset of docs/science.md, "Data model",
 validated with :func:`casm_cloud.schema.validate`.  Credentials come only
 from ``storage_options`` or the environment, never from a catalog.
 

@@ -34,6 +34,7 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud import storage
+from casm_cloud.errors import UserError
 
 __all__ = ["open_tuw_ts", "TUWFormatError"]
 
@@ -43,7 +44,7 @@ _LOCATION_VARS = ("location_id", "location_description", "lat", "lon", "alt", "l
                   "row_size")
 
 
-class TUWFormatError(ValueError):
+class TUWFormatError(UserError, ValueError):
     """A file that is not a TU Wien time-series cell file, or lacks a variable."""
 
 
