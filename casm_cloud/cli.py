@@ -269,6 +269,12 @@ def _add_validate(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_somo(sub) -> None:
+    from casm_cloud.somo.cli import add_commands
+
+    add_commands(sub)
+
+
 # Registry of subcommands, in the order `--help` lists them.
 _COMMANDS = [
     _add_recipe_commands,
@@ -276,6 +282,7 @@ _COMMANDS = [
     _add_seasonal,
     _add_predict,
     _add_validate,
+    _add_somo,
 ]
 
 

@@ -1,8 +1,8 @@
 """The canonical data model: variables, units, valid ranges; ``validate``.
 
 Every source adapter and the simulator return datasets in this form
-(DESIGN.md §2): dimensions ``time, y, x`` (or ``y, x`` for static maps) on an
-EASE2 grid window, float32 variables with CF ``units``/``long_name``/
+(docs/science.md, "Data model"): dimensions ``time, y, x`` (or ``y, x`` for static maps) on a
+window of a named grid (EASE2, or ERA5's 0.25° lat/lon for SoMo.ml), float32 variables with CF ``units``/``long_name``/
 ``standard_name``.  Wrong units are an error, never a silent conversion.
 """
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+
+from casm_cloud.errors import UserError
 
 __all__ = [
     "SchemaError",
@@ -24,7 +26,7 @@ __all__ = [
 ]
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A dataset that does not follow the canonical data model."""
 
 
@@ -73,6 +75,9 @@ _ERA5 = {
                    "surface_net_downward_shortwave_flux_integral_wrt_time"),
     "ssrd": VarSpec("J m-2", "surface solar radiation downwards (daily sum)", (0.0, 5e7),
                     "integral_wrt_time_of_surface_downwelling_shortwave_flux_in_air"),
+    # net thermal (longwave) radiation at the surface: negative where the surface loses heat
+    "str": VarSpec("J m-2", "surface net thermal radiation (daily sum)", (-3e7, 1e7),
+                   "surface_net_downward_longwave_flux_integral_wrt_time"),
     **{f"swvl{i}": VarSpec(long_name=f"volumetric soil water layer {i}", **_SM) for i in (1, 2, 3)},
 }
 
@@ -82,14 +87,20 @@ _STATIC = {
     "sand": VarSpec("1", "sand fraction", (0.0, 1.0), dims=_STATIC_DIMS),
     "silt": VarSpec("1", "silt fraction", (0.0, 1.0), dims=_STATIC_DIMS),
     "porosity": VarSpec("m3 m-3", "soil porosity", (0.0, 1.0), dims=_STATIC_DIMS),
+    "porosity_top": VarSpec("m3 m-3", "soil porosity of the topsoil (0-30 cm)", (0.0, 1.0),
+                            dims=_STATIC_DIMS),
+    "porosity_mid": VarSpec("m3 m-3", "soil porosity of the subsoil (30-100 cm)", (0.0, 1.0),
+                            dims=_STATIC_DIMS),
     "elevation": VarSpec("m", "mean elevation", (-500.0, 9000.0), "surface_altitude",
                          dims=_STATIC_DIMS),
     "elevation_std": VarSpec("m", "standard deviation of elevation", (0.0, 3000.0),
                              dims=_STATIC_DIMS),
     "vegetation_class": VarSpec("1", "dominant vegetation class (IGBP)", (0.0, 17.0),
                                 dims=_STATIC_DIMS),
-    "mean_precip": VarSpec("mm day-1", "mean precipitation", (0.0, 50.0), dims=_STATIC_DIMS),
-    "aridity": VarSpec("1", "aridity index (PET / P)", (0.0, 100.0), dims=_STATIC_DIMS),
+    "mean_precip": VarSpec("mm yr-1", "mean annual precipitation", (0.0, 15000.0),
+                           dims=_STATIC_DIMS),
+    # Budyko's radiative dryness index: net radiation as mm of evaporation / precipitation
+    "aridity": VarSpec("1", "aridity index (Rn / (lambda P))", (0.0, 200.0), dims=_STATIC_DIMS),
     "land_mask": VarSpec("1", "land mask (1 land, 0 water)", (0.0, 1.0), "land_binary_mask",
                          dims=_STATIC_DIMS),
 }
@@ -237,14 +248,14 @@ def _native_dims(ds: xr.Dataset) -> tuple[str, str] | None:
 def _check_spatial(ds: xr.Dataset, kind: str, grid) -> None:
     for dim in ("y", "x"):
         if dim not in ds.coords:
-            raise SchemaError(f"{kind}: missing coordinate {dim!r} (EASE2 metres)")
+            raise SchemaError(f"{kind}: missing coordinate {dim!r} (grid cell centres)")
     y = np.asarray(ds["y"].values)
     if y.size > 1 and not np.all(np.diff(y) < 0):
         raise SchemaError(f"{kind}: coordinate 'y' must decrease (north to south)")
     x = np.asarray(ds["x"].values)
     if x.size > 1 and not np.all(np.diff(x) > 0):
         raise SchemaError(f"{kind}: coordinate 'x' must increase (west to east)")
-    if grid is None and "ease2_grid" in ds.attrs:
+    if grid is None and ("ease2_grid" in ds.attrs or "latlon_grid" in ds.attrs):
         from casm_cloud.grid import GridError, GridWindow
 
         try:

@@ -89,3 +89,55 @@ def test_crs_attrs_are_cf_grid_mapping():
     assert a["grid_mapping_name"] == "lambert_cylindrical_equal_area"
     assert a["standard_parallel"] == 30.0
     assert "6933" in a["crs_wkt"]
+
+
+# ---- ERA5's regular 0.25° lat/lon grid -------------------------------------------------------
+def test_era5_grid_cells_equal_the_real_era5_file(real_data):
+    from casm_cloud.grid import LatLonGrid
+
+    ds = xr.open_dataset(real_data / "era5" / "ERA5_AN_20100101_0000.nc")
+    g = LatLonGrid("ERA5_0p25")
+    assert g.shape == (601, 1440) and g.cell_size == 0.25 and g.kind == "latlon"
+    # ECMWF's grid: 90 .. -90 by 0.25, longitudes 0 .. 359.75; ours stops at 60 S, from -180
+    np.testing.assert_array_equal(g.lat, ds["latitude"].values[:601])
+    np.testing.assert_array_equal(np.mod(g.lon, 360.0), np.roll(ds["longitude"].values, 720))
+    assert g.lat[-1] == -60.0 and g.lon[0] == -180.0 and g.lon[-1] == 179.75
+    np.testing.assert_array_equal(g.y, g.lat)
+    np.testing.assert_array_equal(g.x, g.lon)
+
+
+def test_era5_grid_has_the_ease2_api():
+    from casm_cloud import schema
+    from casm_cloud.grid import LatLonGrid
+
+    g = LatLonGrid("ERA5_0p25")
+    for name in ("demo", "tiny"):
+        w = g.window_by_name(name)
+        (s, n), (west, east) = REGIONS[name]
+        assert w.lat.min() == s and w.lat.max() == n and w.lon.min() == west and w.lon.max() == east
+    w = g.window_by_name("tiny")
+    assert w.shape == (7, 7) and repr(w) == "GridWindow('ERA5_0p25', rows=206:213, cols=324:331)"
+    assert GridWindow.from_attrs(w.identity(), w.shape) == w
+    assert w.identity() == {"latlon_grid": "ERA5_0p25", "latlon_row_offset": 206,
+                            "latlon_col_offset": 324}
+    assert w.parent == g and g.window(lat=(37, 38.5), lon=(-99, -97.5)) == w
+    # nearest cell, with longitudes in either convention
+    rows, cols = w.to_rowcol([37.1, 38.4], [-98.88, 360 - 97.6])
+    np.testing.assert_array_equal(rows, [6, 0])
+    np.testing.assert_array_equal(cols, [0, 6])
+    r, c = g.to_rowcol(-60.1, 179.9)          # 179.9 E is nearest to -180 (col 0)
+    assert (int(r), int(c)) == (600, 0)
+    with pytest.raises(GridError, match="outside"):
+        g.to_rowcol(-70.0, 0.0)
+    a = w.crs_attrs()
+    assert a["epsg_code"] == "EPSG:4326" and a["grid_mapping_name"] == "latitude_longitude"
+    c = w.coords()
+    assert set(c) == {"y", "x", "lat", "lon"} and c["y"][2]["units"] == "degrees_north"
+    # the canonical schema checks windows of it as it does EASE2 windows
+    ds = xr.Dataset({"clay": (("y", "x"), np.full(w.shape, 0.2, np.float32), {"units": "1"})},
+                    coords=c, attrs=w.identity())
+    schema._check_spatial(ds, "static", None)
+    with pytest.raises(schema.SchemaError, match="not the cell centres"):
+        schema._check_spatial(ds.assign_coords(x=ds.x + 0.1), "static", w)
+    with pytest.raises(GridError, match="unknown lat/lon grid"):
+        LatLonGrid("ERA5_1p0")

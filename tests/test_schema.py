@@ -93,3 +93,15 @@ def test_values_far_outside_physical_range():
 def test_unknown_kind():
     with pytest.raises(SchemaError, match="unknown source kind 'modis'"):
         validate(_smos(), "modis")
+
+
+def test_somo_variables_are_canonical():
+    """ERA5 net thermal radiation and the SoMo.ml statics (two porosities, mm yr-1, Budyko)."""
+    from casm_cloud import schema
+
+    sp = schema.spec("era5", "str")
+    assert sp.units == "J m-2" and sp.valid_range[0] < 0 < sp.valid_range[1]
+    static = schema.KINDS["static"][0]
+    assert {"porosity_top", "porosity_mid", "mean_precip", "aridity"} <= set(static)
+    assert static["mean_precip"].units == "mm yr-1"
+    assert "Rn" in static["aridity"].long_name

@@ -292,3 +292,29 @@ def test_native_grids(window):
         inside = np.isfinite(want)
         assert inside.sum() >= 16
         np.testing.assert_allclose(got[inside], want[inside], rtol=1e-5, atol=1e-3)
+
+
+def test_somo_inputs_net_thermal_radiation_and_statics(window):
+    """ERA5-like str (FAO-56 net longwave), the SoMo.ml statics, and the ERA5 grid."""
+    from casm_cloud.grid import LatLonGrid
+
+    out = simulate(window, "2015-01-01", "2015-12-31", seed=0, chunks=CHUNKS,
+                   sources=["era5", "static"])
+    era, st = out["era5"].compute(), out["static"].compute()
+    schema.validate(era, "era5", grid=window, values="all")
+    schema.validate(st, "static", grid=window, values="all")
+    # net longwave loss: a few MJ m-2 per day, larger under clear (dry) skies
+    mj = era["str"] / 1e6
+    assert float(mj.max()) < 0 and -12 < float(mj.mean()) < -2
+    wet = era.tp > 1e-3
+    assert float(mj.where(~wet).mean()) < float(mj.where(wet).mean())
+    assert float((era.ssr + era["str"]).mean()) / 1e6 > 3.0           # net radiation > 0
+    # statics: porosity of two layers, annual precipitation in mm, Budyko aridity
+    assert bool((st.porosity_mid < st.porosity_top).all())
+    assert 300 < float(st.mean_precip.mean()) < 1500 and st.mean_precip.attrs["units"] == "mm yr-1"
+    assert 0.5 < float(st.aridity.mean()) < 5.0
+    # the simulator runs on the ERA5 lat/lon grid as well
+    w = LatLonGrid("ERA5_0p25").window_by_name("tiny")
+    ll = simulate(w, "2015-01-01", "2015-01-31", seed=0, sources=["era5", "static"])
+    schema.validate(ll["era5"], "era5", grid=w, values="all")
+    assert ll["static"].attrs["latlon_grid"] == "ERA5_0p25"

@@ -126,3 +126,37 @@ def test_daily_already_daily_is_unchanged():
     ds = xr.Dataset({"tp": ("time", [1.0, 2.0, 3.0])}, coords={"time": t})
     xr.testing.assert_identical(daily_from_hourly(ds), ds)
     assert set(ARCO_NAMES.values()) >= {"t2m", "tp", "swvl1", "d2m", "sp"}
+
+
+def test_arco_on_the_era5_grid_selects_cells_and_keeps_str(tmp_path):
+    """grid="ERA5_0p25": ERA5's own cells (no interpolation), str summed like ssr."""
+    from casm_cloud.grid import LatLonGrid
+
+    ds, _ = _arco_like(n_hours=48)
+    sh = ds["2m_temperature"].shape
+    ds["surface_net_thermal_radiation"] = (("time", "latitude", "longitude"),
+                                           np.full(sh, -2.5e5, np.float32), {"units": "J m**-2"})
+    ds.to_zarr(tmp_path / "arco.zarr", consolidated=False, zarr_format=3)
+    out = get_adapter("era5_arco")(str(tmp_path / "arco.zarr"), grid="ERA5_0p25", region="tiny",
+                                   start="2020-07-01", end="2020-07-01", consolidated=False)
+    win = LatLonGrid("ERA5_0p25").window_by_name("tiny")
+    schema.validate(out, "era5", grid=win, values="all")
+    assert out.attrs["latlon_grid"] == "ERA5_0p25" and "str" in out.data_vars
+    np.testing.assert_allclose(out["str"].values, -24 * 2.5e5, rtol=1e-6)
+    hourly = get_adapter("era5_arco")(str(tmp_path / "arco.zarr"), grid="ERA5_0p25",
+                                      region="tiny", daily=False, variables=["t2m"],
+                                      start="2020-07-01", end="2020-07-01", consolidated=False)
+    raw = ds["2m_temperature"].sel(latitude=win.lat, longitude=np.mod(win.lon, 360.0))
+    np.testing.assert_array_equal(hourly.t2m.values, raw.isel(time=slice(0, 24)).values)
+
+
+def test_real_hourly_grib_on_the_era5_grid(real_data):
+    """Real hourly 2 m temperature (UK, March 2019) picked cell by cell on ERA5_0p25."""
+    path = str(real_data / "era5" / "era5-2mt-2019-03-uk.grib")
+    out = get_adapter("era5_cds")(path, grid="ERA5_0p25", lat=(51, 57), lon=(-8, 1), daily=False,
+                                  start="2019-03-02", end="2019-03-02")
+    raw = xr.open_dataset(path, engine="cfgrib", backend_kwargs={"indexpath": ""})
+    ref = raw["t2m"].sel(time=slice("2019-03-02T00", "2019-03-02T23"),
+                         latitude=out.lat.values, longitude=out.lon.values)
+    assert out.sizes["time"] == 24 and out.sizes["y"] == 25 and out.sizes["x"] == 37
+    np.testing.assert_array_equal(out.t2m.values, ref.values.astype(np.float32))

@@ -99,6 +99,47 @@ class EALSTM(nn.Module):
             h = torch.sigmoid(o) * torch.tanh(c)
         return self.head(self.dropout(h))
 
+    def as_lstm(self) -> tuple[nn.LSTM, nn.Linear]:
+        """The same network as a standard LSTM over ``[x_t, x_s]``, plus a copy of the head.
+
+        An EA-LSTM is a standard LSTM whose input gate sees only inputs that are
+        constant in time: append the statics to every step's input, give the
+        input gate the static weights and bias only (no dynamic, no recurrent
+        weights), and give the forget, cell and output gates zero weights from
+        the statics.  Then torch's fused ``nn.LSTM`` (oneDNN on CPU, cuDNN on
+        CUDA; gate order i, f, g, o) computes exactly this model.
+
+        Returns
+        -------
+        lstm : torch.nn.LSTM
+            ``input_size = n_dynamic + n_static``, ``batch_first=True``, eval mode.
+        head : torch.nn.Linear
+            The output layer (dropout is the identity at inference).
+        """
+        nd, ns, hid = (self.architecture["n_dynamic"], self.architecture["n_static"],
+                       self.hidden)
+        lstm = nn.LSTM(nd + ns, hid, batch_first=True).to(self.weight_ih.device)
+        with torch.no_grad():
+            w_ih = torch.zeros_like(lstm.weight_ih_l0)          # (4H, nd + ns)
+            w_hh = torch.zeros_like(lstm.weight_hh_l0)          # (4H, H)
+            b_ih = torch.zeros_like(lstm.bias_ih_l0)
+            w_ih[:hid, nd:] = self.input_gate.weight
+            b_ih[:hid] = self.input_gate.bias
+            # ours: columns f | o | g of (n, 3H); torch: rows i | f | g | o of (4H, n)
+            for ours, theirs in ((0, 1), (2, 2), (1, 3)):
+                cols = slice(ours * hid, (ours + 1) * hid)
+                rows = slice(theirs * hid, (theirs + 1) * hid)
+                w_ih[rows, :nd] = self.weight_ih[:, cols].T
+                w_hh[rows] = self.weight_hh[:, cols].T
+                b_ih[rows] = self.bias[cols]
+            lstm.weight_ih_l0.copy_(w_ih)
+            lstm.weight_hh_l0.copy_(w_hh)
+            lstm.bias_ih_l0.copy_(b_ih)
+            lstm.bias_hh_l0.zero_()
+        head = nn.Linear(hid, 1).to(self.head.weight.device)
+        head.load_state_dict(self.head.state_dict())
+        return lstm.eval(), head.eval()
+
     def load_reference_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load weights saved by SoMo.ml or by neuralhydrology.
 

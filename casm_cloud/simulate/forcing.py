@@ -162,6 +162,9 @@ def static_fields(seed: int, rows: np.ndarray, cols: np.ndarray, lat: np.ndarray
     silt = 1.0 - sand - clay
     # Cosby et al. (1984), Water Resour. Res. 20(6), table 4: saturation from texture.
     porosity = 0.505 - 0.142 * sand - 0.037 * clay
+    # the subsoil is denser (less organic matter, more compaction): a few % less pore space
+    porosity_top = np.clip(porosity + 0.02, 0.0, 0.9)
+    porosity_mid = np.clip(porosity - 0.03, 0.0, 0.9)
     wp = 0.02 + 0.40 * clay
     fc = np.minimum(wp + 0.10 + 0.10 * (1.0 - sand), porosity - 0.05)
     elevation = np.maximum(300.0 + 900.0 * (1.0 - uu) + 150.0 * noise("elevation", 8), 0.0)
@@ -172,9 +175,12 @@ def static_fields(seed: int, rows: np.ndarray, cols: np.ndarray, lat: np.ndarray
     t2m = t_mean + t_amp * _season(doy, la, 200.0)
     ssr = 0.8 * 0.6 * extraterrestrial_radiation(la, doy)
     pet_mean = _pet_priestley_taylor(ssr, t2m).mean(axis=0)
-    aridity = pet_mean / mean_precip
-    veg = np.select([aridity < 0.8, aridity < 1.5, aridity < 3.0], [4, 12, 10], 7).astype(
+    dryness = pet_mean / mean_precip
+    veg = np.select([dryness < 0.8, dryness < 1.5, dryness < 3.0], [4, 12, 10], 7).astype(
         np.float64)
+    # Budyko's radiative dryness index: net radiation (0.75 ssr - 1 MJ, as in the
+    # PET) as mm of evaporation (lambda = 2.45 MJ kg-1) over precipitation
+    aridity = np.maximum(0.75 * ssr - 1.0, 0.0).mean(axis=0) / 2.45 / mean_precip
     vwc_min = np.zeros_like(veg)
     vwc_max = np.zeros_like(veg)
     for cls, (lo, hi) in _VWC.items():
@@ -182,8 +188,10 @@ def static_fields(seed: int, rows: np.ndarray, cols: np.ndarray, lat: np.ndarray
         vwc_max[veg == cls] = hi
     return {
         "clay": clay, "sand": sand, "silt": silt, "porosity": porosity,
+        "porosity_top": porosity_top, "porosity_mid": porosity_mid,
         "elevation": elevation, "elevation_std": elevation_std, "vegetation_class": veg,
-        "mean_precip": mean_precip, "aridity": aridity, "land_mask": np.ones((ny, nx)),
+        "mean_precip": 365.25 * mean_precip, "precip_mm_day": mean_precip,
+        "aridity": aridity, "land_mask": np.ones((ny, nx)),
         "fc": fc, "wp": wp, "vwc_min": vwc_min, "vwc_max": vwc_max,
         "t_mean": t_mean, "t_amp": t_amp, "humid": uu, "lat2d": np.asarray(la),
     }
@@ -203,7 +211,7 @@ def daily_forcing(seed: int, static: dict, rows: np.ndarray, cols: np.ndarray,
     Returns
     -------
     forcing : dict of (T, ny, nx) float64
-        ``tp_mm``, ``t2m``, ``q``, ``ssrd``, ``ssr`` (J m-2), ``pet`` (mm),
+        ``tp_mm``, ``t2m``, ``q``, ``ssrd``, ``ssr``, ``str`` (J m-2), ``pet`` (mm),
         ``atm_tau`` (clear-sky fraction) and ``vwc``.
     t_anom : (ny, nx)
         The synoptic temperature anomaly after the last day (carried on).
@@ -216,11 +224,11 @@ def daily_forcing(seed: int, static: dict, rows: np.ndarray, cols: np.ndarray,
     season_p = _season(d, la, 170.0)
     # wet / dry days: a smooth (storm-sized) Gaussian field against the
     # seasonal wet-day probability; amounts from a gamma distribution
-    pw0 = np.clip(0.10 + 0.07 * static["mean_precip"], 0.08, 0.5)
+    pw0 = np.clip(0.10 + 0.07 * static["precip_mm_day"], 0.08, 0.5)
     p_wet = np.clip(pw0 * (1.0 + 0.5 * season_p), 0.02, 0.9)
     z = smooth_noise(seed, STREAMS["storm"], rows, cols, s.storm_cells, days=days)
     wet = ndtr(z) < p_wet
-    mean_amount = static["mean_precip"] / pw0
+    mean_amount = static["precip_mm_day"] / pw0
     amount = rng.gamma(s.precip_shape, 1.0 / s.precip_shape, size=wet.shape) * mean_amount
     tp_mm = np.where(wet, amount, 0.0)
     # synoptic temperature anomaly: AR(1) in time (rho 0.7, sd 3 K, carried
@@ -238,9 +246,21 @@ def daily_forcing(seed: int, static: dict, rows: np.ndarray, cols: np.ndarray,
     pressure = 101325.0 * np.exp(-static["elevation"] / 8400.0)
     rh = np.clip(0.40 + 0.30 * static["humid"] + 0.20 * wet, 0.15, 0.95)
     q = rh * _q_sat(t2m, pressure)
+    str_mj = _net_longwave(t2m, q, pressure, atm_tau)
     pet = _pet_priestley_taylor(ssr_mj, t2m)
     vseason = 0.5 * (1 + _season(d, la, 215.0))
     vwc = static["vwc_min"] + (static["vwc_max"] - static["vwc_min"]) * vseason ** 1.5
     assert tp_mm.shape[0] == T
     return {"tp_mm": tp_mm, "t2m": t2m, "q": q, "ssrd": ssrd_mj * 1e6, "ssr": ssr_mj * 1e6,
-            "pet": pet, "atm_tau": atm_tau, "vwc": vwc}, anom[-1]
+            "str": str_mj * 1e6, "pet": pet, "atm_tau": atm_tau, "vwc": vwc}, anom[-1]
+
+
+def _net_longwave(t2m_k, q, p_pa, atm_tau):
+    """Surface net thermal radiation (MJ m-2 day-1, negative: a loss), FAO-56 eq. 39.
+
+    Rnl = σ T⁴ (0.34 − 0.14 √e_a) (1.35 Rs/Rso − 0.35), σ = 4.903e-9 MJ K-4 m-2 day-1,
+    e_a (kPa) from q and p, Rs/Rso the clear-sky fraction ``atm_tau / 0.75``.
+    """
+    e_a = q * p_pa / (0.622 + 0.378 * q) / 1000.0
+    rs_rso = np.clip(atm_tau / 0.75, 0.3, 1.0)
+    return -4.903e-9 * t2m_k ** 4 * (0.34 - 0.14 * np.sqrt(e_a)) * (1.35 * rs_rso - 0.35)

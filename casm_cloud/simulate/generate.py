@@ -49,7 +49,7 @@ DEFAULT_CHUNKS = {"time": 365, "y": 64, "x": 64}
 
 _STATIC_VARS = tuple(schema.KINDS["static"][0])
 _TRUTH_VARS = ("sm_l1", "sm_l2", "sm_l3")
-_ERA5_VARS = ("t2m", "tp", "q", "ssr", "ssrd", "skt", "swvl1", "swvl2", "swvl3")
+_ERA5_VARS = ("t2m", "tp", "q", "ssr", "ssrd", "str", "skt", "swvl1", "swvl2", "swvl3")
 _EPOCH = np.datetime64("1970-01-01", "D")
 
 
@@ -120,7 +120,7 @@ def _slab(b: _Block, static: dict, days: np.ndarray, rng, state, anom):
     skt_amp = 2.0 + 6.0 * (f["atm_tau"] / 0.75) * (0.6 + 0.4 * (1.0 - beta))
     out = {"sm_l1": theta[0], "sm_l2": theta[1], "sm_l3": theta[2],
            "t2m": f["t2m"], "tp": f["tp_mm"] / 1000.0, "q": f["q"], "ssr": f["ssr"],
-           "ssrd": f["ssrd"], "skt": skt, "skt_amp": skt_amp, "vwc": f["vwc"]}
+           "ssrd": f["ssrd"], "str": f["str"], "skt": skt, "skt_amp": skt_amp, "vwc": f["vwc"]}
     # ERA5 soil water: a model with its own (smooth, constant) bias per layer
     for i in range(3):
         bias = 0.02 * smooth_noise(b.seed, STREAMS["era5_bias"] * 10 + i, b.rows, b.cols, 8)

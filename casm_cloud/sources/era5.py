@@ -1,8 +1,10 @@
 """ERA5: the public ARCO Zarr on Google Cloud, and CDS netCDF / GRIB files.
 
-Both adapters return daily fields on an EASE2 window with the canonical
-short names (DESIGN.md §2): ``t2m``, ``skt``, ``q``, ``tp``, ``ssr``,
-``ssrd``, ``swvl1..3``.
+Both adapters return daily fields on a grid window with the canonical
+short names (docs/science.md, "Data model"): ``t2m``, ``skt``, ``q``, ``tp``, ``ssr``,
+``ssrd``, ``str``, ``swvl1..3``.  The window is one of an EASE2 grid
+(regridded) or of ERA5's own grid ``grid="ERA5_0p25"``
+(:class:`casm_cloud.grid.LatLonGrid`; cells are selected, not interpolated).
 
 * Variable mapping: ARCO-ERA5 uses long names (``2m_temperature``,
   ``total_precipitation``, ``volumetric_soil_water_layer_1`` …); CDS files use
@@ -13,7 +15,7 @@ short names (DESIGN.md §2): ``t2m``, ``skt``, ``q``, ``tp``, ``ssr``,
   Documentation CY41R2 Part IV, eq. 7.5) and ``q = 0.622 e / (p - 0.378 e)``.
 * Hourly -> daily (SoMo.ml): instantaneous variables are the mean of at
   least ``min_count`` (default 6) hourly values of the UTC day; the
-  accumulated ones (``tp``, ``ssr``, ``ssrd``: hourly accumulations over the
+  accumulated ones (``tp``, ``ssr``, ``ssrd``, ``str``: hourly accumulations over the
   hour *ending* at the stamp) are moved to the hour they accumulate over
   and summed to a daily total, as ``mean × values per day`` so that a day with
   a few missing hours is not biased low (still at least ``min_count``).
@@ -34,6 +36,7 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud import schema
+from casm_cloud.grid import LATLON_GRIDS, LatLonGrid
 from casm_cloud.regrid import regrid_to_window
 from casm_cloud.sources._common import (
     check_units,
@@ -45,7 +48,7 @@ from casm_cloud.sources._common import (
 )
 
 __all__ = ["ARCO_URL", "ARCO_NAMES", "ACCUMULATED", "open_era5_arco", "open_era5_cds",
-           "daily_from_hourly"]
+           "daily_from_hourly", "select_window", "specific_humidity"]
 
 #: The public ARCO-ERA5 store (anonymous access; one hour per chunk).
 ARCO_URL = "gs://gcp-public-data-arco-era5/ar/full_37-1h-0p25deg-chunk-1.zarr-v3"
@@ -57,6 +60,7 @@ ARCO_NAMES: dict[str, str] = {
     "total_precipitation": "tp",
     "surface_net_solar_radiation": "ssr",
     "surface_solar_radiation_downwards": "ssrd",
+    "surface_net_thermal_radiation": "str",
     "volumetric_soil_water_layer_1": "swvl1",
     "volumetric_soil_water_layer_2": "swvl2",
     "volumetric_soil_water_layer_3": "swvl3",
@@ -64,13 +68,20 @@ ARCO_NAMES: dict[str, str] = {
     "surface_pressure": "sp",
 }
 #: Accumulated variables (hourly accumulations, summed to daily totals).
-ACCUMULATED = frozenset({"tp", "ssr", "ssrd"})
+ACCUMULATED = frozenset({"tp", "ssr", "ssrd", "str"})
 CANONICAL = tuple(schema.KINDS["era5"][1])
 _INPUT_UNITS = {"d2m": "K", "sp": "Pa", **{n: schema.spec("era5", n).units for n in CANONICAL
                                            if n != "q"}}
 
 
-def _specific_humidity(d2m: xr.DataArray, sp: xr.DataArray) -> xr.DataArray:
+def specific_humidity(d2m: xr.DataArray, sp: xr.DataArray) -> xr.DataArray:
+    """Specific humidity (kg kg-1) from dew point (K) and surface pressure (Pa).
+
+    Saturation vapour pressure over water at the dew point with the IFS
+    constants of Tetens' formula (Buck 1981; IFS Documentation CY41R2 Part IV,
+    eq. 7.5): ``e = 611.21 exp(17.502 (Td - 273.16) / (Td - 32.19))`` Pa, then
+    ``q = 0.622 e / (p - 0.378 e)`` (ε = Rd/Rv = 0.622).
+    """
     e = 611.21 * np.exp(17.502 * (d2m - 273.16) / (d2m - 32.19))
     q = 0.622 * e / (sp - 0.378 * e)
     return q.rename("q").assign_attrs(units="kg kg-1")
@@ -101,7 +112,7 @@ def _hourly_canonical(ds: xr.Dataset, variables: Sequence[str], where: str) -> x
         check_units(ds[name], _INPUT_UNITS[name], where)
     out = xr.Dataset({v: ds[v] for v in variables if v != "q"})
     if "q" in variables:
-        out["q"] = _specific_humidity(ds["d2m"], ds["sp"])
+        out["q"] = specific_humidity(ds["d2m"], ds["sp"])
     drop = [c for c in out.coords if c not in out.dims and c not in ("time",)]
     return out.drop_vars(drop)
 
@@ -146,6 +157,59 @@ def daily_from_hourly(ds: xr.Dataset, *, min_count: int = 6,
     return out.assign_attrs(ds.attrs)
 
 
+def _target_window(grid, region, lat, lon):
+    if grid not in LATLON_GRIDS:
+        return target_window(grid, region, lat, lon)
+    g = LatLonGrid(grid)
+    if region is not None and (lat is not None or lon is not None):
+        raise ValueError("give either region= or lat=/lon=, not both")
+    if region is not None:
+        return g.window_by_name(region)
+    if lat is None or lon is None:
+        return g.subwindow(slice(None), slice(None))
+    return g.window(lat=tuple(lat), lon=tuple(lon))
+
+
+def select_window(ds: xr.Dataset, window) -> xr.Dataset:
+    """The cells of a :class:`~casm_cloud.grid.LatLonGrid` window, picked from ERA5's grid.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        On a regular lat/lon grid of the window's spacing: dims ``latitude``,
+        ``longitude`` (or ``lat``, ``lon``), longitudes 0..360 or -180..180,
+        latitude in either order.
+    window : casm_cloud.grid.GridWindow
+        A window of a lat/lon grid.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``y``, ``x`` with ``window.coords()``; lazy (one ``isel`` per axis).
+
+    Raises
+    ------
+    casm_cloud.schema.SchemaError
+        If a cell centre of the window is not on the dataset's grid.
+    """
+    ydim, xdim = ("latitude", "longitude") if "latitude" in ds.dims else ("lat", "lon")
+    if ydim not in ds.dims or xdim not in ds.dims:
+        raise schema.SchemaError(f"ERA5: no latitude/longitude dimensions (have {dict(ds.sizes)})")
+    lat, lon = ds[ydim].values.astype(np.float64), ds[xdim].values.astype(np.float64)
+    tol = 1e-3 * window.cell_size
+    iy = np.abs(lat[None, :] - window.lat[:, None]).argmin(axis=1)
+    dlon = np.mod(lon[None, :] - window.lon[:, None] + 180.0, 360.0) - 180.0
+    ix = np.abs(dlon).argmin(axis=1)
+    bad = (np.abs(lat[iy] - window.lat) > tol).any() or (
+        np.abs(dlon[np.arange(ix.size), ix]) > tol).any()
+    if bad:
+        raise schema.SchemaError(f"ERA5: the cells of {window!r} are not on the dataset's "
+                                 f"{ydim}/{xdim} grid")
+    out = ds.isel({ydim: xr.DataArray(iy, dims="y"), xdim: xr.DataArray(ix, dims="x")})
+    out = out.drop_vars([ydim, xdim], errors="ignore")
+    return out.assign_coords({k: v for k, v in window.coords().items()})
+
+
 def _era5(ds: xr.Dataset, where: str, *, variables, start, end, grid, region, lat, lon, daily,
           min_count, method) -> xr.Dataset:
     variables = list(variables) if variables is not None else None
@@ -157,7 +221,7 @@ def _era5(ds: xr.Dataset, where: str, *, variables, start, end, grid, region, la
         if not variables:
             raise schema.SchemaError(f"{where}: none of the ERA5 variables {list(CANONICAL)} is "
                                      f"present (have {sorted(map(str, ds.data_vars))[:20]})")
-    window = target_window(grid, region, lat, lon)
+    window = _target_window(grid, region, lat, lon)
     hourly = _hourly_canonical(ds, variables, where)
     if start is not None or end is not None:
         # keep the hour after ``end`` for accumulations that end at 00 UTC
@@ -165,7 +229,10 @@ def _era5(ds: xr.Dataset, where: str, *, variables, start, end, grid, region, la
         hourly = hourly.sel(time=slice(None if start is None else pd.Timestamp(start), hi))
     if hourly.sizes["time"] == 0:
         raise schema.SchemaError(f"{where}: no time steps between {start} and {end}")
-    on_window = regrid_to_window(hourly, window, method=method)
+    if window.kind == "latlon":
+        on_window = select_window(hourly, window)
+    else:
+        on_window = regrid_to_window(hourly, window, method=method)
     out = daily_from_hourly(on_window, min_count=min_count) if daily else on_window
     out = time_slice(out, start, end)
     return finish(out, "era5", window, {"source": f"ERA5 ({where})"})
@@ -177,7 +244,7 @@ def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None =
                    lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
                    daily: bool = True, min_count: int = 6,
                    method: str = "bilinear", consolidated: bool | None = None) -> xr.Dataset:
-    """ERA5 from an ARCO-layout Zarr store (hourly, global 0.25°), daily on an EASE2 window.
+    """ERA5 from an ARCO-layout Zarr store (hourly, global 0.25°), daily on a grid window.
 
     Parameters
     ----------
@@ -191,7 +258,9 @@ def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None =
     start, end : str, optional
         First and last day (inclusive).
     grid, region, lat, lon
-        The target window (see ``casm_cloud.grid``): a named region or a box.
+        The target window (see ``casm_cloud.grid``): a named region or a box
+        of an EASE2 grid (``"M25"``…, regridded) or of ``"ERA5_0p25"``
+        (ERA5's cells, selected; no region or box: the whole 90 N – 60 S grid).
     daily : bool
         Aggregate hourly to daily (see the module docstring).
     min_count : int
@@ -245,7 +314,7 @@ def open_era5_cds(urlpath, *, storage_options: Mapping | None = None,
                   lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
                   daily: bool = True, min_count: int = 6,
                   method: str = "bilinear") -> xr.Dataset:
-    """ERA5 from CDS downloads (netCDF or GRIB), daily on an EASE2 window.
+    """ERA5 from CDS downloads (netCDF or GRIB), daily on a grid window.
 
     Parameters
     ----------

@@ -1,0 +1,278 @@
+"""Windowed SoMo.ml prediction written chunk by chunk into Zarr, resumable and appendable.
+
+The store follows the storage protocol (:mod:`casm_cloud.storage`): the
+template first (metadata, coordinates), then one region per output chunk,
+each recorded in the store's ``ChunkRecord``, then the completion attribute.
+Each chunk task reads its region of the features with the 364 days before it
+(the halo), computes, writes and records itself, so a killed run re-run with
+the same arguments skips finished chunks and gives the same bits.  With
+``append=True`` a store whose days are a prefix of the new output grows its
+time axis; only new chunks (and a grown partial last chunk, whose record key
+holds its length) are computed, so the result equals a full run.
+
+With a dask ``client`` whose workers declare ``GPU`` resources, each chunk
+is its own ``client.submit(..., resources={"GPU": 1})`` (no graph fusion can
+drop the annotation, docs/architecture.md, "Known traps"); otherwise chunks run on CPU workers, or
+in this process without a client.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from casm_cloud import storage
+from casm_cloud.inference import PredictSummary
+from casm_cloud.somo.predict import ModelSpec, Plan, make_plan, run_region
+from casm_cloud.somo.windowed import Precision
+
+__all__ = ["SOMO_HASH_ATTR", "predict_to_zarr"]
+
+log = logging.getLogger(__name__)
+
+#: Attribute holding the prediction's own configuration hash.
+SOMO_HASH_ATTR = "casm_somo_predict_hash"
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Everything a chunk task needs besides its data (small, picklable)."""
+
+    spec: ModelSpec
+    dims: tuple[str, ...]
+    out: str
+    storage_options: Mapping
+    device: str
+    precision: Precision
+    batch: int | None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One output chunk: its key, region and lazy inputs (culled graphs)."""
+
+    key: dict
+    region: dict
+    dynamic: xr.Dataset
+    static: xr.Dataset
+
+
+def _run_piece(task: _Task, piece: _Piece) -> dict:
+    t0 = time.perf_counter()
+    values, dev, prec = run_region(task.spec, task.dims, piece.dynamic, piece.static,
+                                   task.device, task.precision, task.batch)
+    part = xr.Dataset({task.spec.target: (task.dims, values)})
+    storage.write_region(part, task.out, task.storage_options, region=piece.region)
+    info = {"pid": os.getpid(), "device": dev, "precision": prec,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")}
+    storage.ChunkRecord(task.out, task.storage_options).mark(piece.key, info)
+    return info
+
+
+def _key(index: tuple[int, ...], region: Mapping[str, slice]) -> dict:
+    # The number of days is part of the key: a partial last time chunk that
+    # grows on append is not "done" any more and is computed again.
+    r = region["time"]
+    return {"t": index[0], **{f"s{i}_": v for i, v in enumerate(index[1:])},
+            "n": r.stop - r.start}
+
+
+def _hash(plan: Plan, features: xr.Dataset, statics: xr.Dataset, precision: str) -> str:
+    space = [[d, int(plan.dynamic.sizes[d]),
+              *(str(v) for v in (plan.dynamic[d].values[[0, -1]] if d in plan.dynamic.coords
+                                  else ()))] for d in plan.dims[1:]]
+    doc = {"checkpoint": plan.spec.content_hash, "dynamic": list(plan.spec.dynamic),
+           "static": list(plan.spec.static), "start": str(plan.times[0]),
+           "chunks": plan.chunks, "space": space, "precision": precision,
+           "inputs": [features.attrs.get(storage.HASH_ATTR), statics.attrs.get(storage.HASH_ATTR)],
+           "version": 1}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _template(plan: Plan, attrs: Mapping) -> xr.Dataset:
+    import dask.array as dsa
+
+    shape = (plan.times.size, *(plan.dynamic.sizes[d] for d in plan.dims[1:]))
+    data = dsa.full(shape, np.nan, dtype=np.float32, chunks=tuple(plan.chunks[d] for d in plan.dims))
+    coords = {"time": ("time", plan.times), **plan.coords}
+    units = dict(plan.spec.units).get(plan.spec.target, "m3 m-3")
+    var = xr.Variable(plan.dims, data, {"units": units, "long_name": "soil moisture predicted "
+                                        f"by SoMo.ml ({plan.spec.target})"})
+    ds = xr.Dataset({plan.spec.target: var}, coords=coords)
+    ds.attrs = dict(attrs)
+    return ds
+
+
+def _prepare(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[str, str], *,
+             resume: bool, overwrite: bool, append: bool) -> None:
+    """Create, reuse or grow the store; refuse one made by another configuration."""
+    state = storage.store_state(out, so)
+    if state["exists"] and not overwrite:
+        stored = storage.open_zarr(out, so)
+        if stored.attrs.get(SOMO_HASH_ATTR) != hashes[SOMO_HASH_ATTR]:
+            raise storage.StoreError(f"output {out} was written by another SoMo.ml prediction "
+                                     "configuration; pass overwrite=True or choose another output")
+        old, new = stored["time"].values, template["time"].values
+        if resume and np.array_equal(old, new):
+            storage.zarr_group(out, so).attrs.update(dict(hashes))
+            return
+        if append and old.size < new.size and np.array_equal(old, new[:old.size]):
+            grow = template.isel(time=slice(old.size, None))
+            grow = grow.drop_vars([v for v in grow.variables if "time" not in grow[v].dims])
+            storage.zarr_group(out, so).attrs[storage.COMPLETE_ATTR] = False
+            grow.attrs = {**stored.attrs, **hashes, storage.COMPLETE_ATTR: False}
+            grow.to_zarr(out, append_dim="time", compute=False, consolidated=False,
+                         safe_chunks=False, storage_options=dict(so) or None)
+            return
+        if resume or append:
+            raise storage.StoreError(
+                f"output {out} holds days {old[0]!s:.10}..{old[-1]!s:.10}; this run makes "
+                f"{new[0]!s:.10}..{new[-1]!s:.10}: pass append=True when it extends them, or "
+                "overwrite=True to start again")
+    storage.write_template(template, out, so, config_hash=hashes[storage.HASH_ATTR])
+    storage.zarr_group(out, so).attrs.update(dict(hashes))
+
+
+def _culled(ds: xr.Dataset) -> xr.Dataset:
+    import dask
+
+    if any(v.chunks is not None for v in ds.variables.values()):
+        (ds,) = dask.optimize(ds)
+    return ds
+
+
+def _gpu_workers(client) -> list[str]:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU", 0) >= 1]
+
+
+def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dataset | str,
+                    out: str, *, chunks: Mapping[str, int] | None = None, start=None, end=None,
+                    precision: Precision = "auto", device: str = "auto",
+                    batch_size: int | None = None, storage_options: Mapping | None = None,
+                    client=None, resume: bool = True, append: bool = False,
+                    overwrite: bool = False, config_hash: str | None = None,
+                    progress: Callable[[int, int], Any] | None = None) -> PredictSummary:
+    """Windowed SoMo.ml prediction into a Zarr store, chunk by chunk.
+
+    Parameters
+    ----------
+    checkpoint : str
+        SoMo.ml checkpoint directory (:func:`casm_cloud.somo.import_published`).
+    features, statics : xarray.Dataset or str
+        Daily dynamic features and static features (or Zarr URLs of them) over
+        the same spatial dimensions (see :func:`casm_cloud.somo.predict`).
+    out : str
+        Output Zarr URL.
+    chunks : mapping, optional
+        Output chunk sizes (``time`` default 365 days; spatial: the features').
+    start, end : optional
+        First and last output day (default: the first day with a 365-day
+        window, and the last forcing day).
+    precision : {"auto", "fp32", "bf16"}
+        ``"auto"``: bf16 where measured faster (GPU, AMX CPU), per worker.
+    device : {"auto", "cpu", "cuda"}
+    batch_size : int, optional
+        Windows per forward (default 2,048 on CPU, 16,384 on CUDA).
+    storage_options : mapping, optional
+        fsspec options of ``out``, the checkpoint and URL inputs.
+    client : distributed.Client, optional
+        One task per chunk on this cluster (GPU workers get ``GPU=1`` tasks).
+    resume : bool
+        Skip chunks recorded as finished by a run of the same configuration.
+    append : bool
+        Grow a store whose days are a prefix of this run's (the monthly update).
+    overwrite : bool
+        Replace a store of another configuration instead of refusing.
+    config_hash : str, optional
+        The runner's hash, recorded as ``casm_config_hash``.
+    progress : callable, optional
+        ``progress(done, total)`` after each chunk.
+
+    Returns
+    -------
+    casm_cloud.inference.PredictSummary
+
+    Raises
+    ------
+    casm_cloud.somo.features.FeatureError
+        A missing or mis-unitised input, mismatched cells, or fewer than 364
+        days of forcing before the first output day (nothing is written).
+    casm_cloud.models.checkpoint.CheckpointError
+        A checkpoint that is not a SoMo.ml EA-LSTM.
+    casm_cloud.storage.StoreError
+        ``out`` holds another configuration or other days.
+    """
+    so = dict(storage_options or {})
+    if isinstance(features, str):
+        features = storage.open_zarr(features, so)
+    if isinstance(statics, str):
+        statics = storage.open_zarr(statics, so)
+    plan = make_plan(checkpoint, features, statics, start=start, end=end, chunks=chunks,
+                     storage_options=so)
+    phash = _hash(plan, features, statics, precision)
+    hashes = {SOMO_HASH_ATTR: phash, storage.HASH_ATTR: config_hash or phash}
+    attrs = {k: v for k, v in features.attrs.items() if k.startswith(("ease2_", "latlon_"))}
+    attrs.update({"title": "soil moisture predicted by SoMo.ml (windowed EA-LSTM)",
+                  "casm_checkpoint": plan.spec.path, "casm_precision": precision, **hashes})
+    _prepare(out, so, _template(plan, attrs), hashes, resume=resume, overwrite=overwrite,
+             append=append)
+    task = _Task(plan.spec, plan.dims, out, so, device, precision, batch_size)
+    record = storage.ChunkRecord(out, so)
+    done = record.done() if resume else set()
+    pieces, n_total = [], 0
+    for index, region in plan.regions():
+        n_total += 1
+        key = _key(index, region)
+        if record.key(key) in done:
+            continue
+        dyn, sta = plan.inputs(region)
+        pieces.append(_Piece(key, region, _culled(dyn), _culled(sta)))
+    skipped = n_total - len(pieces)
+    log.info("somo predict %s: %d chunks, %d finished, %d to compute", out, n_total, skipped,
+             len(pieces))
+    if client is None:
+        for i, piece in enumerate(pieces, 1):
+            _run_piece(task, piece)
+            if progress is not None:
+                progress(skipped + i, n_total)
+    else:
+        _on_cluster(client, task, pieces, phash, skipped, n_total, progress)
+    storage.mark_complete(out, so, config_hash=hashes[storage.HASH_ATTR])
+    return PredictSummary(url=out, config_hash=hashes[storage.HASH_ATTR], predict_hash=phash,
+                          n_chunks=n_total, computed=len(pieces), skipped=skipped)
+
+
+def _on_cluster(client, task: _Task, pieces: list[_Piece], phash: str, skipped: int,
+                n_total: int, progress) -> None:
+    from distributed import as_completed
+
+    gpus = _gpu_workers(client) if task.device != "cpu" else []
+    if task.device == "cuda" and not gpus:
+        raise ValueError("device='cuda' but no worker of the cluster declares a GPU resource "
+                         "(start workers with --resources GPU=1)")
+    resources = {"GPU": 1} if gpus else None
+    run = uuid.uuid4().hex[:8]
+    futures = [client.submit(_run_piece, task, p, resources=resources, pure=False,
+                             key=f"somo-predict-{phash[:8]}-{run}-{i}")
+               for i, p in enumerate(pieces)]
+    try:
+        for i, fut in enumerate(as_completed(futures), 1):
+            fut.result()
+            if progress is not None:
+                progress(skipped + i, n_total)
+    except BaseException:
+        client.cancel(futures)
+        raise
