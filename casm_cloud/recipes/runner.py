@@ -79,6 +79,8 @@ class Context:
     config_hash: str = ""            # its hash (recorded in the stores it writes)
     timings: dict[str, float] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # filled after the run, for callers
+    _task_bar: Any = field(default=None, repr=False)
 
     @property
     def so(self) -> dict:
@@ -111,7 +113,10 @@ class Context:
 
     @contextlib.contextmanager
     def chunk_bar(self, what: str) -> Iterator[Callable[[int, int], None] | None]:
-        """A bar over a stage's chunks: yields ``progress(done, total)`` (None when quiet)."""
+        """A bar over a stage's chunks: yields ``progress(done, total)`` (None when quiet).
+
+        While it runs, the stage's bar of cluster tasks is hidden (one bar at a time).
+        """
         if not self.progress:
             yield None
             return
@@ -123,19 +128,32 @@ class Context:
             bar.total = total
             bar.update(done - bar.n)
 
+        task_bar, self._task_bar = self._task_bar, None
+        if task_bar is not None:
+            task_bar.paused = True
         try:
             yield progress
         finally:
             bar.close()
+            if task_bar is not None:
+                task_bar.paused = False
+            self._task_bar = task_bar
 
     @contextlib.contextmanager
     def tasks_bar(self) -> Iterator[None]:
-        """A bar over the dask tasks the cluster finishes while the block runs."""
-        if not self.progress or self.client is None:
+        """A bar over the dask tasks the cluster finishes while the block runs.
+
+        The runner opens one around every stage; nested calls add nothing.
+        """
+        if not self.progress or self.client is None or self._task_bar is not None:
             yield
             return
-        with _TaskBar(self.client, self.stage):
-            yield
+        with _TaskBar(self.client, self.stage) as bar:
+            self._task_bar = bar
+            try:
+                yield
+            finally:
+                self._task_bar = None
 
 
 class _TaskBar:
@@ -148,6 +166,7 @@ class _TaskBar:
 
     def __init__(self, client, what: str, every: float = 0.5):
         self.client, self.what, self.every = client, what, every
+        self.paused = False
 
     @staticmethod
     def _counts(dask_scheduler=None) -> tuple[int, int]:
@@ -169,10 +188,11 @@ class _TaskBar:
             except Exception:  # noqa: BLE001 - a bar never breaks a stage
                 return
             done, total = done - self._base[0], total - self._base[1]
-            if total <= 0:
+            if total <= 0 or self.paused:
                 continue
             if bar is None:
-                bar = tqdm(desc=f"[casm-cloud]   {self.what}", unit="task", leave=False)
+                bar = tqdm(desc=f"[casm-cloud]   {self.what}", unit="task", leave=False,
+                           total=total)
             bar.total = total
             bar.update(done - bar.n)
         if bar is not None:
@@ -328,7 +348,8 @@ def _execute(ctx: Context, s: Stage, fn: Callable, recipe, h: str, what: str) ->
     _say(ctx, s.name, what)
     ctx.stage, ctx.config_hash = s.name, h
     t0 = time.perf_counter()
-    fn(ctx, s.params(recipe))
+    with ctx.tasks_bar():
+        fn(ctx, s.params(recipe))
     ctx.timings[s.name] = time.perf_counter() - t0
     _mark(ctx, s.name, h, ctx.timings[s.name])
     _say(ctx, s.name, f"done in {ctx.timings[s.name]:.1f} s")

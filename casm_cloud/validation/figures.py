@@ -22,9 +22,14 @@ __all__ = ["scatter", "boxplot_by_network", "time_series", "station_map", "write
 
 
 def _plt():
+    """pyplot, on the Agg backend unless the user (a notebook's inline backend) chose one."""
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
