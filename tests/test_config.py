@@ -81,7 +81,7 @@ def test_load_yaml_file(tmp_path):
     p.write_text("run_root: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(p)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")
 
 
@@ -96,3 +96,23 @@ def test_demo_recipe(tmp_path):
     r = demo_recipe(tmp_path / "d")
     assert r.run_root.endswith("d/run") and r.output("product").endswith("d/product.zarr")
     assert r.sources.truth == "truth"
+
+
+def test_presets_set_defaults_and_explicit_keys_win():
+    from casm_cloud.config import AMSR_ALL, DEFAULT_PRESET, PRESETS
+
+    paper = recipe_from_dict(_with(preset="paper"))
+    assert paper.channels.amsr == ("tb_10v", "tb_18h", "tb_36h", "tb_89v")
+    assert paper.channels.latlon and paper.training.freeze_first == 3
+    default = recipe_from_dict(BASE)
+    assert default.preset == DEFAULT_PRESET
+    assert default.channels.amsr == tuple(PRESETS[DEFAULT_PRESET]["channels"]["amsr"])
+    assert recipe_from_dict(_with(preset="amsr12")).channels.amsr == AMSR_ALL
+    # a key the recipe gives wins over its preset; the keys it does not give keep it
+    r = recipe_from_dict(_with(preset="paper", channels__latlon=False, training__epochs=3))
+    assert not r.channels.latlon and r.channels.amsr == paper.channels.amsr
+    assert r.training.epochs == 3 and r.training.freeze_first == 3
+    # a dumped recipe reloads to itself whatever its preset
+    assert recipe_from_dict(paper.model_dump(mode="json")) == paper
+    with pytest.raises(ConfigError, match="recipe key 'preset'"):
+        recipe_from_dict(_with(preset="nonsense"))

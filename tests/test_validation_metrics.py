@@ -57,7 +57,7 @@ def test_metric_equals_pytesmo(ours, theirs):
     np.testing.assert_allclose(got.values, _reference(x, y, theirs), rtol=0, atol=1e-9)
 
 
-def test_anomaly_r_equals_pytesmo_moving_average():
+def test_anomaly_r_pair_first_equals_pytesmo_moving_average_of_the_pairs():
     x, y = _pairs(seed=3, n_time=900, freq="1D")
 
     def ref(a, b):
@@ -66,10 +66,29 @@ def test_anomaly_r_equals_pytesmo_moving_average():
         ok = aa.notna() & ab.notna()
         return pm.pearson_r(aa[ok].values, ab[ok].values)
 
-    got = vm.anomaly_r(x, y)
+    got = vm.anomaly_r(x, y, pair_first=True)
     expected = _reference(x, y, ref)
     assert np.isfinite(expected).all()
     np.testing.assert_allclose(got.values, expected, atol=1e-9)
+
+
+def test_anomaly_r_default_takes_each_series_anomalies_on_its_own():
+    """The papers' rule (and pytesmo's anomaly adapter): anomalies of each whole series,
+    then pairing; it differs from anomalies of the pairs where the gaps differ."""
+    x, y = _pairs(seed=3, n_time=900, freq="1D")
+    expected = []
+    for s in x.station.values:
+        xs = x.sel(station=s).to_series().astype(np.float64)
+        ys = y.sel(station=s).to_series()
+        ax = xs - moving_average(xs.dropna(), window_size=35, min_obs=10).reindex(xs.index)
+        ay = ys - moving_average(ys.dropna(), window_size=35, min_obs=10).reindex(ys.index)
+        ok = ax.notna() & ay.notna()
+        expected.append(pm.pearson_r(ax[ok].values, ay[ok].values))
+    got = vm.anomaly_r(x, y)
+    np.testing.assert_allclose(got.values, np.array(expected), atol=1e-9)
+    paired = vm.anomaly_r(x, y, pair_first=True)
+    assert np.abs(got.values - paired.values).max() > 1e-4
+    np.testing.assert_allclose(vm.pair_metrics(x, y)["anomaly_R"].values, got.values)
 
 
 def test_anomaly_matches_moving_average_on_irregular_times():

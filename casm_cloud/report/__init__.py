@@ -20,6 +20,7 @@ changes), :mod:`~casm_cloud.report.figures` (one function per figure),
 Public API::
 
     write_report(out_dir, product=product, truth=truth, validation=table)
+    write_somo_report(out_dir, product=somo_product, cv=cv_table)   # the SoMo.ml page
     scores_against_truth(product, truth, min_obs=40)
     sensor_changes_from_source(product)
 """
@@ -32,6 +33,7 @@ from casm_cloud.report.scores import (
     scores_against_truth,
     sensor_changes_from_source,
 )
+from casm_cloud.report.somo import write_somo_report
 
-__all__ = ["write_report", "scores_against_truth", "sensor_changes_from_source",
+__all__ = ["write_report", "write_somo_report", "scores_against_truth", "sensor_changes_from_source",
            "harmonic_anomaly", "ReportError", "MissingVariableError"]

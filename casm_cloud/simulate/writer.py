@@ -86,7 +86,8 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
                      seed: int = 0, storage_options: Mapping | None = None,
                      era5_native: bool = False, amsre_ease1: bool = False,
                      chunks: Mapping[str, int] | None = None, n_stations: int = 8,
-                     settings=None) -> str:
+                     settings=None, sources=None, station_depths=None,
+                     shared_cells: int = 0, lat=None, lon=None) -> str:
     """Simulate a named region and write every source, the stations and a catalog.
 
     Parameters
@@ -96,9 +97,11 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
         ``memory://``).  Gets ``<source>.zarr`` per source, ``stations/``
         (ISMN layout) and ``catalog.yaml``.
     region : str
-        Named region (:data:`casm_cloud.grid.REGIONS`).
+        Named region (:data:`casm_cloud.grid.REGIONS`); ignored when ``lat`` and
+        ``lon`` are given.
     grid : str
-        EASE2 grid name (``M36``, ``M25``, ``M09``).
+        EASE2 grid name (``M36``, ``M25``, ``M09``) or ``ERA5_0p25`` (ERA5's regular
+        0.25° lat/lon grid, :class:`casm_cloud.grid.LatLonGrid`).
     start, end : str or date
         First and last day.
     seed : int
@@ -112,6 +115,14 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
     n_stations : int
         Number of ISMN-like stations.
     settings : SimSettings, optional
+    sources : iterable of str, optional
+        Subset of the simulator's sources to write (default: all); ``truth``
+        and ``static`` are always written (the stations need them).
+    station_depths, shared_cells
+        Sensor depths per station and extra stations in already used cells
+        (see :func:`casm_cloud.simulate.simulate_stations`).
+    lat, lon : (float, float), optional
+        The window's latitude and longitude ranges instead of a region.
 
     Returns
     -------
@@ -127,11 +138,17 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
         ``PermissionError``).
     """
     from casm_cloud.catalog import make_entry, write_catalog
-    from casm_cloud.grid import EASE2Grid
+    from casm_cloud.grid import LATLON_GRIDS, EASE2Grid, LatLonGrid
+
+    def grid_by_name(name):  # EASE2 by default: its error names the EASE2 grids
+        return LatLonGrid(name) if name in LATLON_GRIDS else EASE2Grid(name)
     from casm_cloud.simulate import simulate
     from casm_cloud.simulate.stations import simulate_stations, write_ismn
 
-    window = EASE2Grid(grid).window_by_name(region)
+    window = grid_by_name(grid).window_by_name(region) if lat is None else \
+        grid_by_name(grid).window(lat=tuple(lat), lon=tuple(lon))
+    if sources is not None:
+        sources = tuple(dict.fromkeys(["truth", "static", *sources]))
     try:
         t0, t1 = parse_day(start, "start"), parse_day(end, "end")
     except ValueError as err:  # parse_day's "is not a date": the user's input
@@ -146,19 +163,24 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
     catalog_path = storage.join(out, "catalog.yaml")
     storage.remove(catalog_path, so)
     config_hash = hashlib.sha256(json.dumps(
-        {"region": region, "grid": grid, "start": str(t0), "end": str(t1), "seed": seed,
+        {"region": region if lat is None else [list(lat), list(lon)], "grid": grid, "start": str(t0), "end": str(t1), "seed": seed,
          "era5_native": era5_native, "amsre_ease1": amsre_ease1, "chunks": ch,
-         "n_stations": n_stations, "settings": repr(settings)}, sort_keys=True).encode()
+         "n_stations": n_stations, "settings": repr(settings),
+         **({"sources": list(sources)} if sources is not None else {}),
+         **({"station_depths": repr(station_depths), "shared_cells": shared_cells}
+            if station_depths is not None or shared_cells else {})},
+        sort_keys=True).encode()
     ).hexdigest()[:16]
 
     sources = simulate(window, t0, t1, seed, chunks=ch, era5_native=era5_native,
-                       amsre_ease1=amsre_ease1, settings=settings)
+                       amsre_ease1=amsre_ease1, settings=settings, sources=sources)
     urls = write_sources(sources, out, so, config_hash=config_hash)
 
     truth = storage.open_zarr(urls["truth"], so, require_complete=True)
     static = storage.open_zarr(urls["static"], so, require_complete=True).load()
     n = min(n_stations, truth.sizes["y"] * truth.sizes["x"])
-    stations = simulate_stations(truth, n_stations=n, seed=seed, static=static)
+    stations = simulate_stations(truth, n_stations=n, seed=seed, static=static,
+                                 depths=station_depths, shared_cells=shared_cells)
     write_ismn(stations, storage.join(out, "stations"), so)
 
     entries = {}

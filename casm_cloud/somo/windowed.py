@@ -41,7 +41,8 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 dot products natively (AMX or AVX512-BF16).
 
     oneDNN's bf16 LSTM uses them; without either, bf16 is emulated and slower
-    than fp32 (DESIGN.md §5), so ``precision="auto"`` does not even measure.
+    than fp32 (see "Known traps" in docs/architecture.md), so ``precision="auto"``
+    does not even measure.
     """
     if cpu_has_amx():
         return True

@@ -359,15 +359,21 @@ def anomaly(da: xr.DataArray, dim: Hashable = "time", *, window_days: float = 35
 
 
 def anomaly_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time", *,
-              window_days: float = 35.0, min_obs: int = 10) -> xr.DataArray:
-    r"""Pearson R of the short-term anomalies of the paired series.
+              window_days: float = 35.0, min_obs: int = 10,
+              pair_first: bool = False) -> xr.DataArray:
+    r"""Pearson R of the short-term anomalies of two series.
 
-    Both series are first reduced to their common valid times, then each is
-    turned into anomalies with :func:`anomaly` (value − mean of a ±17-day
-    window with ≥ 10 values), and R is taken over times where both
-    anomalies exist.  Reference: CASM paper (Skulovich & Gentine 2023,
-    Sci. Data 10, 154), anomaly as in ``pytesmo.time_series.anomaly``
-    (moving-average reference), R as ``pytesmo.metrics.pearson_r``.
+    Each series is turned into anomalies with :func:`anomaly` (value − mean
+    of a ±17-day window with ≥ 10 values) **on its own**, from all of its
+    valid values, and R is then taken over the times where both anomalies
+    exist.  This is the rule of the SoMo.ml and CASM papers and of pytesmo's
+    anomaly adapter (``pytesmo.validation_framework.data_scalers``/
+    ``AnomalyAdapter``: anomalies before temporal matching).  With
+    ``pair_first=True`` both series are first reduced to their common valid
+    times and the anomalies are taken of the paired series (the older rule,
+    a window then holds fewer values).  Anomaly as in
+    ``pytesmo.time_series.filtering.moving_average``, R as
+    ``pytesmo.metrics.pearson_r``.
 
     Parameters
     ----------
@@ -378,7 +384,9 @@ def anomaly_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time", *,
     window_days : float
         Full window width in days (35 = ±17.5 days).
     min_obs : int
-        Fewest valid paired values in the window.
+        Fewest valid values of a series in the window.
+    pair_first : bool
+        Pair the series before taking anomalies (default: each on its own).
 
     Returns
     -------
@@ -389,7 +397,7 @@ def anomaly_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time", *,
     ValidationError
         If ``dim`` is missing from either input or is not datetime.
     """
-    x, y = _paired(x, y, dim)
+    x, y = _paired(x, y, dim) if pair_first else _check(x, y, dim)
     ax = anomaly(x, dim, window_days=window_days, min_obs=min_obs)
     ay = anomaly(y, dim, window_days=window_days, min_obs=min_obs)
     both = ax.notnull() & ay.notnull()

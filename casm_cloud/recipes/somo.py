@@ -1,0 +1,579 @@
+"""The SoMo.ml recipe (O & Orth 2021, Sci. Data 8, 170) as stages on the runner.
+
+Each stage is ``params(recipe) -> dict`` (exactly what it passes to library
+code) and ``run(ctx, p)``.  The stage table is in docs/architecture.md, "The
+SoMo.ml recipe".
+
+    forcing → statics → targets → train → predict → validate → report → export
+
+* ``forcing``: daily dynamic features and ERA5's layer soil moisture on the window;
+* ``statics``: the ten static features (climatology over ``periods.climatology``);
+* ``targets``: ISMN stations → daily, good-flagged, ERA5-rescaled layer targets per cell;
+* ``train``: per layer (in order; layer k takes the simulated SM of the layers
+  above as dynamic inputs), the CV folds and the final seeds as parallel
+  tasks on the workers;
+* ``predict``: per layer and seed, windowed prediction over the window; the
+  product is the seeds' mean (``sm_l1..3``) and standard deviation
+  (``structural_uncertainty_l1..3``);
+* ``validate``: the CV table, the product at the station cells, and (on the
+  simulator) the scores against the truth at cells no fold trained on;
+* ``report``: the SoMo.ml page; ``export``: one netCDF per year and layer.
+
+Layer k's predictions start ``(3 − k) · (window − 1)`` days before the
+product (and the training period), so that the layers below have complete
+windows; the forcing starts ``3 · (window − 1)`` days before them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from casm_cloud import storage
+from casm_cloud.config import DEFAULT_OUTPUTS
+from casm_cloud.errors import InputError
+from casm_cloud.recipes.runner import Context, Stage
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STAGES", "check", "demo_sources", "LAYERS"]
+
+LAYERS = ("sm_l1", "sm_l2", "sm_l3")
+_K = len(LAYERS)
+
+
+def _lead(window: int, k: int) -> dt.timedelta:
+    """How far before a period layer k (0-based) starts predicting."""
+    return dt.timedelta(days=(_K - 1 - k) * (window - 1))
+
+
+def _layer_start(day: dt.date, window: int, k: int) -> dt.date:
+    return day - _lead(window, k)
+
+
+def _product(ctx: Context, p: dict) -> str:
+    return ctx.output(p["product"], DEFAULT_OUTPUTS["product"])
+
+
+def _open(ctx: Context, stage: str, *parts: str) -> xr.Dataset:
+    return storage.open_zarr(ctx.url(stage, *parts), ctx.so, require_complete=True)
+
+
+def _catalog(p: dict):
+    from casm_cloud.catalog import open_catalog
+
+    return open_catalog(p["catalog"], storage_options=p["catalog_options"])
+
+
+# --------------------------------------------------------------------------- forcing
+def forcing_params(r) -> dict:
+    s, pr, w = r.sources, r.periods, r.model.window
+    first = min(pr.training.start, pr.product.start)
+    return dict(catalog=s.catalog, catalog_options=dict(s.storage_options), era5=s.era5,
+                window=r.grid.window(), dynamic=list(r.model.dynamic),
+                start=min(first - dt.timedelta(days=_K * (w - 1)), pr.climatology.start),
+                end=max(pr.training.end, pr.product.end, pr.climatology.end),
+                product_start=pr.product.start, lead_days=_K * (w - 1),
+                climatology=[pr.climatology.start, pr.climatology.end])
+
+
+def _era5(p: dict):
+    from casm_cloud.catalog import open_source
+    from casm_cloud.regrid import on_window
+
+    return on_window(open_source(_catalog(p), p["era5"]), p["window"],
+                     name=f"catalog entry {p['era5']!r}")
+
+
+def _forcing(p: dict, era5: xr.Dataset, start, end) -> tuple[xr.Dataset, xr.Dataset]:
+    from casm_cloud.somo.features import dynamic_features
+    from casm_cloud.somo.targets import era5_layers
+
+    era5 = era5.sel(time=slice(str(start), str(end) + "T23:59:59"))
+    names = list(dict.fromkeys([*p["dynamic"], "tp", "snr"]))
+    feats = dynamic_features(era5, variables=names)
+    layers = era5_layers(era5)
+    ny, nx = p["window"].shape
+    ch = {"time": 365, "y": min(ny, 64), "x": min(nx, 64)}
+    out = []
+    for ds in (feats, layers):
+        ds = ds.chunk(ch)
+        ds.attrs.update(p["window"].identity())
+        for c in ("lat", "lon"):
+            if c in era5.coords and c not in ds.coords:
+                ds = ds.assign_coords({c: era5[c]})
+        out.append(ds)
+    return out[0], out[1]
+
+
+def _days(ds: xr.Dataset) -> tuple[dt.date, dt.date]:
+    t = pd.DatetimeIndex(ds["time"].values)
+    return t[0].date(), t[-1].date()
+
+
+def run_forcing(ctx: Context, p: dict) -> None:
+    """ERA5 → daily dynamic features and ERA5 layer soil moisture on the window."""
+    from casm_cloud.somo.features import FeatureError
+
+    era5 = _era5(p)
+    have = _days(era5)
+    c0, c1 = p["climatology"]
+    if c0 < have[0] or c1 > have[1]:
+        raise FeatureError(f"periods.climatology {c0}..{c1} is outside the forcing: ERA5 entry "
+                           f"{p['era5']!r} has days {have[0]}..{have[1]}")
+    need = p["product_start"] - dt.timedelta(days=p["lead_days"])
+    if need < have[0]:
+        raise FeatureError(f"periods.product.start {p['product_start']}: the three layers' "
+                           f"{p['lead_days']}-day lead-in needs forcing from {need}; ERA5 entry "
+                           f"{p['era5']!r} starts {have[0]}")
+    feats, layers = _forcing(p, era5, max(p["start"], have[0]), ctx.end(p["end"]))
+    ctx.write(feats, ctx.out("features.zarr"))
+    ctx.write(layers, ctx.out("era5_layers.zarr"))
+
+
+def update_forcing(ctx: Context, p: dict) -> None:
+    """Append the new days of the forcing (features and ERA5 layers)."""
+    era5 = _era5(p)
+    for name in ("features.zarr", "era5_layers.zarr"):
+        url = ctx.out(name)
+        last = pd.Timestamp(storage.open_zarr(url, ctx.so)["time"].values[-1]).date()
+        end = min(ctx.end(p["end"]), _days(era5)[1])
+        if end <= last:
+            continue
+        feats, layers = _forcing(p, era5, last + dt.timedelta(days=1), end)
+        new = feats if name == "features.zarr" else layers
+        storage.append_time(new, url, ctx.so, config_hash=ctx.config_hash)
+
+
+# --------------------------------------------------------------------------- statics
+def statics_params(r) -> dict:
+    s, c = r.sources, r.periods.climatology
+    return dict(catalog=s.catalog, catalog_options=dict(s.storage_options), static=s.static,
+                window=r.grid.window(), start=c.start, end=c.end)
+
+
+def run_statics(ctx: Context, p: dict) -> None:
+    """The ten static features on the window (mean precipitation and aridity from ERA5)."""
+    from casm_cloud.catalog import open_source
+    from casm_cloud.regrid import on_window
+    from casm_cloud.somo.features import static_features
+
+    static = on_window(open_source(_catalog(p), p["static"]), p["window"],
+                       name=f"catalog entry {p['static']!r}")
+    feats = _open(ctx, "forcing", "features.zarr")
+    out = static_features(static, feats, start=str(p["start"]), end=str(p["end"]))
+    out = out.assign_coords({c: feats[c] for c in ("lat", "lon") if c in feats.coords})
+    out.attrs.update(p["window"].identity())
+    ctx.write(out, ctx.out("statics.zarr"))
+
+
+# --------------------------------------------------------------------------- targets
+def targets_params(r) -> dict:
+    return dict(stations=r.sources.stations, window=r.grid.window(),
+                min_overlap=r.targets.min_overlap)
+
+
+def run_targets(ctx: Context, p: dict) -> None:
+    """ISMN → per cell and layer: daily, good-flagged, rescaled to ERA5, stations averaged."""
+    import tempfile
+
+    from casm_cloud.somo.targets import station_targets
+    from casm_cloud.validation.stations import read_ismn
+    from casm_cloud.validation.workflow import _local_stations
+
+    with tempfile.TemporaryDirectory(prefix="casm-somo-ismn-") as meta:
+        stations = read_ismn(_local_stations(p["stations"]), depth=(0.0, 0.5), meta_path=meta)
+    era5_sm = _open(ctx, "forcing", "era5_layers.zarr")
+    targets, table = station_targets(stations, p["window"], era5_sm,
+                                     min_overlap=p["min_overlap"])
+    _write_csv(ctx.out("sensors.csv"), table, ctx.so)
+    ctx.write(targets, ctx.out("targets.zarr"))
+    ctx.summary["targets"] = {n: int((targets[f"n_stations_{n}"] > 0).sum()) for n in LAYERS}
+
+
+def _write_csv(url: str, df: pd.DataFrame, so: dict) -> None:
+    fs, path = storage.url_to_fs(url, so)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as f:
+        df.to_csv(f, index=False)
+
+
+def _read_csv(url: str, so: dict) -> pd.DataFrame | None:
+    fs, path = storage.url_to_fs(url, so)
+    if not fs.exists(path):
+        return None
+    with fs.open(path) as f:
+        return pd.read_csv(f)
+
+
+# --------------------------------------------------------------------------- train
+def _model(r) -> dict:
+    m = r.model
+    return dict(hidden=m.hidden, dropout=m.dropout, initial_forget_bias=m.initial_forget_bias,
+                window=m.window)
+
+
+def train_params(r) -> dict:
+    t, cv, e = r.training, r.cv, r.ensemble
+    return dict(dynamic=list(r.model.dynamic), static=list(r.model.static), model=_model(r),
+                fit=dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                         samples_per_epoch=t.samples_per_epoch),
+                period=[r.periods.training.start, r.periods.training.end],
+                folds=cv.folds, block_size=cv.block_size, cv_seed=cv.seed,
+                members=e.members, seed=e.seed)
+
+
+def _variants(p: dict, folds: np.ndarray) -> list[tuple[str, np.ndarray, int]]:
+    """(name, training cells, seed) of every model of a layer: the CV folds, the final seeds."""
+    out = [(f"fold_{f}", np.flatnonzero(folds != f), p["cv_seed"] + f)
+           for f in range(p["folds"])]
+    out += [(f"seed_{k}", np.arange(folds.size), p["seed"] + k) for k in range(p["members"])]
+    return out
+
+
+def _folds(ctx: Context, p: dict, targets: xr.Dataset) -> np.ndarray:
+    from casm_cloud.somo.cv import check_folds, spatial_folds
+
+    folds = spatial_folds(targets["cell_y"].values, targets["cell_x"].values, p["folds"],
+                          p["block_size"], p["cv_seed"])
+    check_folds(folds, {n: targets[f"n_stations_{n}"].values > 0 for n in LAYERS}, p["folds"])
+    return folds
+
+
+def run_train(ctx: Context, p: dict) -> None:
+    """Per layer, in order: CV folds and final seeds as parallel tasks on the workers."""
+    from casm_cloud.somo.training import train_variant
+
+    targets = _open(ctx, "targets", "targets.zarr")
+    folds = _folds(ctx, p, targets)
+    _write_csv(ctx.out("folds.csv"), pd.DataFrame({
+        "cell": targets["cell"].values, "cell_y": targets["cell_y"].values,
+        "cell_x": targets["cell_x"].values, "fold": folds}), ctx.so)
+    variants = _variants(p, folds)
+    w = p["model"]["window"]
+    runs = {}
+    for k, layer in enumerate(LAYERS):
+        jobs = [{"features": ctx.url("forcing", "features.zarr"),
+                 "statics": ctx.url("statics", "statics.zarr"),
+                 "targets": ctx.url("targets", "targets.zarr"),
+                 "previous": {LAYERS[j]: ctx.out(LAYERS[j], name, "cells.zarr")
+                              for j in range(k)},
+                 "layer": layer, "dynamic": [*p["dynamic"], *LAYERS[:k]],
+                 "static": list(p["static"]), "train_cells": cells.tolist(),
+                 "period": [str(d) for d in p["period"]],
+                 "predict_from": str(_layer_start(p["period"][0], w, k)),
+                 "model": dict(p["model"]), "fit": dict(p["fit"]), "seed": int(seed),
+                 "variant": name, "out": ctx.out(layer, name), "storage_options": ctx.so,
+                 "stage_hash": ctx.config_hash}
+                for name, cells, seed in variants]
+        with ctx.tasks_bar():
+            if ctx.client is None:
+                results = [train_variant(j) for j in jobs]
+            else:
+                futures = [ctx.client.submit(train_variant, j, pure=False,
+                                             key=f"somo-train-{layer}-{j['variant']}-"
+                                                 f"{ctx.config_hash[:8]}") for j in jobs]
+                results = ctx.client.gather(futures)
+        runs[layer] = {j["variant"]: res for j, res in zip(jobs, results, strict=True)}
+    storage.write_marker(ctx.out("runs.json"), {"runs": runs}, ctx.so)
+
+
+# --------------------------------------------------------------------------- predict
+def predict_params(r) -> dict:
+    pp = r.predict
+    return dict(product=r.outputs.product, start=r.periods.product.start,
+                end=r.periods.product.end, window=r.model.window,
+                dynamic=list(r.model.dynamic), members=r.ensemble.members,
+                device=pp.device, precision=pp.precision, batch_size=pp.batch_size,
+                chunks=dict(pp.chunks))
+
+
+def _product_attrs(layer: str) -> dict:
+    from casm_cloud.somo.targets import LAYERS as DEPTHS
+
+    top, bottom = DEPTHS[layer]
+    return {"units": "m3 m-3", "standard_name": "volume_fraction_of_condensed_water_in_soil",
+            "long_name": f"volumetric soil moisture {100 * top:g}-{100 * bottom:g} cm "
+                         "(SoMo.ml, mean of the seeds)",
+            "valid_min": 0.0, "coverage_content_type": "modelResult"}
+
+
+def run_predict(ctx: Context, p: dict) -> None:
+    """Per layer and seed: windowed prediction on the window; the product: mean and std."""
+    from casm_cloud.somo.output import predict_to_zarr
+
+    feats = _open(ctx, "forcing", "features.zarr")
+    statics = _open(ctx, "statics", "statics.zarr")
+    end = ctx.end(p["end"])
+    w = p["window"]
+    means, stds = {}, {}
+    for k, layer in enumerate(LAYERS):
+        start = _layer_start(p["start"], w, k)
+        members = []
+        for s in range(p["members"]):
+            inputs = feats[list(p["dynamic"])]
+            for j in range(k):
+                prev = _open(ctx, "predict", LAYERS[j], f"seed_{s}.zarr")[LAYERS[j]]
+                inputs = inputs.assign({LAYERS[j]: prev.reindex(time=feats["time"])})
+            out = ctx.out(layer, f"seed_{s}.zarr")
+            state = storage.store_state(out, ctx.so)
+            with ctx.chunk_bar(f"{layer} seed {s}") as progress:
+                predict_to_zarr(ctx.url("train", layer, f"seed_{s}"), inputs, statics, out,
+                                chunks=p["chunks"], start=str(start), end=str(end),
+                                precision=p["precision"], device=p["device"],
+                                batch_size=p["batch_size"], storage_options=ctx.so,
+                                client=ctx.client, resume=True, append=True,
+                                overwrite=state["exists"] and
+                                state["config_hash"] != ctx.config_hash,
+                                config_hash=ctx.config_hash, progress=progress)
+            members.append(storage.open_zarr(out, ctx.so)[layer].sel(
+                time=slice(str(p["start"]), str(end))))
+        stack = xr.concat(members, dim="member")
+        means[layer] = stack.mean("member").astype(np.float32).assign_attrs(
+            _product_attrs(layer))
+        stds[layer] = stack.std("member").astype(np.float32).assign_attrs(
+            units="m3 m-3", long_name=f"structural uncertainty of {layer}: standard deviation "
+                                      "of the seeds")
+    product = xr.Dataset({**means, **{f"structural_uncertainty_{n[-2:]}": v
+                                      for n, v in stds.items()}})
+    product = product.assign_coords({c: feats[c] for c in ("lat", "lon") if c in feats.coords})
+    product.attrs = {"title": "SoMo.ml soil moisture (casm_cloud reproduction)",
+                     "references": "O, S. and Orth, R. (2021), Sci. Data 8, 170",
+                     "Conventions": "CF-1.8",
+                     **{k: v for k, v in feats.attrs.items() if k.startswith(("latlon_", "ease2_"))}}
+    ny, nx = product.sizes["y"], product.sizes["x"]
+    ch = p["chunks"]
+    product = product.chunk({"time": min(ch.get("time", 365), product.sizes["time"]),
+                             "y": min(ch.get("y", ny), ny), "x": min(ch.get("x", nx), nx)})
+    ctx.write(product, _product(ctx, p))
+
+
+# --------------------------------------------------------------------------- validate
+def validate_params(r) -> dict:
+    s = r.sources
+    return dict(product=r.outputs.product, min_obs=r.validation.min_obs,
+                training=[r.periods.training.start, r.periods.training.end],
+                folds=r.cv.folds, catalog=s.catalog, catalog_options=dict(s.storage_options),
+                truth=s.truth, window=r.grid.window())
+
+
+def _scores_table(pred: xr.DataArray, obs: xr.DataArray, min_obs: int, **cols) -> pd.DataFrame:
+    from casm_cloud.somo.cv import SCORES, cell_scores
+
+    sc = cell_scores(pred, obs).compute()
+    df = sc.to_dataframe().reset_index()
+    df.loc[df["n"] < min_obs, list(SCORES)] = np.nan
+    for k, v in cols.items():
+        df.insert(0, k, v)
+    return df
+
+
+def run_validate(ctx: Context, p: dict) -> None:
+    """The CV table, the product at the station cells, and scores against the truth."""
+    from casm_cloud.somo.cv import SCORES, cv_scores
+
+    targets = _open(ctx, "targets", "targets.zarr")
+    folds = _read_csv(ctx.url("train", "folds.csv"), ctx.so)["fold"].values
+    t0, t1 = (str(d) for d in p["training"])
+    per_cell = []
+    for layer in LAYERS:
+        obs_all = targets[layer]
+        for f in range(p["folds"]):
+            held = np.flatnonzero((folds == f) & (targets[f"n_stations_{layer}"].values > 0))
+            pred = _open(ctx, "train", layer, f"fold_{f}", "cells.zarr")[layer]
+            pred = pred.isel(cell=held).sel(time=slice(t0, t1))
+            obs = obs_all.isel(cell=held).sel(time=slice(t0, t1))
+            per_cell.append(_scores_table(pred, obs, p["min_obs"], fold=f, layer=layer))
+    per_cell = pd.concat(per_cell, ignore_index=True)
+    _write_csv(ctx.out("cv_cells.csv"), per_cell, ctx.so)
+    table = cv_scores(per_cell.dropna(subset=list(SCORES), how="all"))
+    _write_csv(ctx.out("cv.csv"), table, ctx.so)
+    ctx.summary["cv"] = table
+
+    product = storage.open_zarr(_product(ctx, p), ctx.so, require_complete=True)
+    cy = xr.DataArray(targets["cell_y"].values, dims="cell")
+    cx = xr.DataArray(targets["cell_x"].values, dims="cell")
+    rows = []
+    for layer in LAYERS:
+        pred = product[layer].isel(y=cy, x=cx).drop_vars(["y", "x", "lat", "lon", "crs"],
+                                                          errors="ignore")
+        obs = targets[layer].reindex(time=pred["time"])  # targets are not updated
+        df = _scores_table(pred.transpose("cell", "time"), obs, p["min_obs"], layer=layer)
+        df["cell_y"], df["cell_x"] = targets["cell_y"].values, targets["cell_x"].values
+        rows.append(df)
+    stations = pd.concat(rows, ignore_index=True)
+    _write_csv(ctx.out("stations.csv"), stations, ctx.so)
+
+    if p["truth"]:
+        from casm_cloud.catalog import open_source
+        from casm_cloud.regrid import on_window
+
+        truth = on_window(open_source(_catalog(p), p["truth"]), p["window"], name="truth")
+        trained = np.zeros(p["window"].shape, bool)
+        trained[targets["cell_y"].values, targets["cell_x"].values] = True
+        ys, xs = np.nonzero(~trained)
+        yy, xx = xr.DataArray(ys, dims="cell"), xr.DataArray(xs, dims="cell")
+        rows = []
+        for layer in LAYERS:
+            pred = product[layer].isel(y=yy, x=xx)
+            ref = truth[layer].reindex(time=pred["time"]).isel(y=yy, x=xx)
+            drop = ["y", "x", "lat", "lon", "crs"]
+            df = _scores_table(pred.drop_vars(drop, errors="ignore").transpose("cell", "time"),
+                               ref.drop_vars(drop, errors="ignore").transpose("cell", "time"),
+                               p["min_obs"], layer=layer)
+            rows.append(df)
+        cells = pd.concat(rows, ignore_index=True)
+        _write_csv(ctx.out("truth_cells.csv"), cells, ctx.so)
+        summary = cells.groupby("layer")[list(SCORES)].median().reset_index()
+        summary.insert(1, "n_cells", cells.groupby("layer").size().values)
+        _write_csv(ctx.out("truth.csv"), summary, ctx.so)
+        ctx.summary["truth"] = summary
+
+
+# --------------------------------------------------------------------------- report
+def report_params(r) -> dict:
+    return dict(product=r.outputs.product, report=r.outputs.report,
+                title=f"casm_cloud SoMo.ml: {r.name}")
+
+
+def run_report(ctx: Context, p: dict) -> None:
+    from casm_cloud.report.somo import write_somo_report
+
+    product = storage.open_zarr(_product(ctx, p), ctx.so, require_complete=True)
+    tables = {n: _read_csv(ctx.url("validate", f"{n}.csv"), ctx.so)
+              for n in ("cv", "stations", "truth")}
+    out = ctx.output(p["report"], DEFAULT_OUTPUTS["report"])
+    ctx.summary["report"] = write_somo_report(out, product=product, cv=tables["cv"],
+                                              stations=tables["stations"],
+                                              truth=tables["truth"], title=p["title"],
+                                              storage_options=ctx.so)
+    for key in ("cv", "truth"):
+        if key not in ctx.summary and tables[key] is not None:
+            ctx.summary[key] = tables[key]
+
+
+# --------------------------------------------------------------------------- export
+def export_params(r) -> dict:
+    return dict(product=r.outputs.product, export=r.outputs.export, end=r.periods.product.end)
+
+
+def _export_url(ctx: Context, p: dict) -> str:
+    return ctx.output(p["export"], "somo")
+
+
+def export_somo(product_url: str, out: str, storage_options=None, *, years=None) -> list[str]:
+    """One netCDF per year and layer: ``<out>/SoMo.ml_<layer>_<year>.nc``.
+
+    Each file holds the layer's soil moisture and its structural uncertainty,
+    written to a local scratch file first and then copied, so an interrupted
+    export never leaves a half-written file under its final name.
+    """
+    import os
+    import tempfile
+
+    so = dict(storage_options or {})
+    product = storage.open_zarr(product_url, so, require_complete=True)
+    fs, root = storage.url_to_fs(out, so)
+    fs.makedirs(root, exist_ok=True)
+    written = []
+    for year in np.unique(pd.DatetimeIndex(product["time"].values).year):
+        if years is not None and year not in years:
+            continue
+        for layer in LAYERS:
+            unc = f"structural_uncertainty_{layer[-2:]}"
+            part = product[[layer, unc]].sel(time=str(year)).load()
+            part.attrs = {k: v for k, v in product.attrs.items()
+                          if k != storage.COMPLETE_ATTR and not isinstance(v, bool)}
+            for v in part.variables.values():
+                v.encoding = {}
+            enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in part.data_vars}
+            name = f"SoMo.ml_{layer}_{year}.nc"
+            with tempfile.TemporaryDirectory(prefix="casm-somo-export-") as tmp:
+                local = os.path.join(tmp, name)
+                part.to_netcdf(local, encoding=enc, engine="netcdf4")
+                fs.put_file(local, f"{root.rstrip('/')}/{name}")
+            written.append(storage.join(out, name))
+    return written
+
+
+def run_export(ctx: Context, p: dict) -> None:
+    ctx.summary["export"] = export_somo(_product(ctx, p), _export_url(ctx, p), ctx.so)
+
+
+def update_export(ctx: Context, p: dict) -> None:
+    from casm_cloud.recipes.runner import stage_state
+
+    done = stage_state(ctx.run_root, "export", ctx.so) or {}
+    since = dt.date.fromisoformat(done.get("until", str(p["end"]))).year
+    export_somo(_product(ctx, p), _export_url(ctx, p), ctx.so,
+                years=range(since, ctx.end(p["end"]).year + 1))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("forcing", (), forcing_params, run_forcing, update_forcing),
+    Stage("statics", ("forcing",), statics_params, run_statics),
+    Stage("targets", ("forcing",), targets_params, run_targets),
+    Stage("train", ("forcing", "statics", "targets"), train_params, run_train),
+    Stage("predict", ("forcing", "statics", "train"), predict_params, run_predict, "rerun"),
+    Stage("validate", ("targets", "train", "predict"), validate_params, run_validate, "rerun"),
+    Stage("report", ("predict", "validate"), report_params, run_report, "rerun"),
+    Stage("export", ("predict",), export_params, run_export, update_export),
+)
+
+
+# --------------------------------------------------------------------------- before a cluster
+def check(r) -> None:
+    """The catalog and its entries, the station folder, the feature names."""
+    from casm_cloud.catalog import CatalogError, list_sources, open_catalog
+    from casm_cloud.somo.features import DYNAMIC_FEATURES, PUBLISHED_STATIC
+
+    s = r.sources
+    if not storage.exists(s.catalog, s.storage_options):
+        raise CatalogError(f"sources.catalog: no catalog at {s.catalog}")
+    entries = set(list_sources(open_catalog(s.catalog, storage_options=s.storage_options)))
+    for key in ("era5", "static", "truth"):
+        entry = getattr(s, key)
+        if entry and entry not in entries:
+            raise CatalogError(f"sources.{key}: catalog {s.catalog} has no entry {entry!r}; "
+                               f"it has {sorted(entries)}")
+    if not storage.exists(s.stations, s.storage_options):
+        raise CatalogError(f"sources.stations: no ISMN folder or zip at {s.stations}")
+    bad = [n for n in r.model.dynamic if n not in DYNAMIC_FEATURES]
+    if bad:
+        raise InputError(f"model.dynamic: unknown feature(s) {bad}; expected some of "
+                         f"{list(DYNAMIC_FEATURES)}")
+    bad = [n for n in r.model.static if n not in PUBLISHED_STATIC]
+    if bad:
+        raise InputError(f"model.static: unknown feature(s) {bad}; expected some of "
+                         f"{list(PUBLISHED_STATIC)}")
+
+
+#: How the demo's simulated stations are laid out (several depths, shared cells).
+DEMO_STATIONS = {"n_stations": 40, "shared_cells": 4}
+
+
+def demo_sources(recipe, out: str) -> None:
+    """Simulate the demo window on the recipe's grid into ``out/sources`` unless it is there."""
+    import time
+
+    if storage.exists(recipe.sources.catalog):
+        return
+    from casm_cloud.simulate import write_simulation
+    from casm_cloud.simulate.stations import SOMO_DEPTHS
+
+    g, pr, w = recipe.grid, recipe.periods, recipe.model.window
+    first = min(pr.training.start, pr.product.start, pr.climatology.start) - \
+        dt.timedelta(days=_K * (w - 1))
+    last = max(pr.training.end, pr.product.end, pr.climatology.end)
+    sources = storage.join(out, "sources")
+    print(f"[casm-cloud] simulating the SoMo.ml demo window into {sources} ...", flush=True)
+    t0 = time.perf_counter()
+    window = {"lat": g.lat, "lon": g.lon} if g.lat is not None else {}
+    write_simulation(sources, region=g.region or "demo", grid=g.name, start=str(first),
+                     end=str(last), seed=0, sources=["truth", "era5", "static"],
+                     station_depths=SOMO_DEPTHS, **DEMO_STATIONS, **window)
+    print(f"[casm-cloud] simulate       done in {time.perf_counter() - t0:.1f} s", flush=True)

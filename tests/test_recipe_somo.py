@@ -1,0 +1,207 @@
+"""The SoMo.ml recipe end to end on a tiny ERA5 0.25° window on a LocalCluster: the product,
+the CV table, the report and export; a kill mid-prediction and a lost training task resume to
+the same bits; ``update`` appends new days and is idempotent; bad input is one clear error."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from casm_cloud import storage
+from casm_cloud.config import recipe_from_dict
+from casm_cloud.errors import UserError
+from casm_cloud.recipes import run_recipe, update_recipe
+from casm_cloud.recipes.runner import stage_state
+
+STAGES = ("forcing", "statics", "targets", "train", "predict", "validate", "report", "export")
+LAYERS = ("sm_l1", "sm_l2", "sm_l3")
+VARS = (*LAYERS, "structural_uncertainty_l1", "structural_uncertainty_l2",
+        "structural_uncertainty_l3")
+END, UNTIL = "2012-10-31", "2012-12-31"
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    from casm_cloud.simulate import write_simulation
+    from casm_cloud.simulate.stations import SOMO_DEPTHS
+
+    out = tmp_path_factory.mktemp("somo-sources")
+    write_simulation(str(out), region="tiny", grid="ERA5_0p25", start="2010-06-01",
+                     end=UNTIL, seed=0, sources=["truth", "era5", "static"], n_stations=16,
+                     station_depths=SOMO_DEPTHS, shared_cells=2)
+    return out
+
+
+def _raw(sources: Path, root: Path, **sections) -> dict:
+    raw = {
+        "kind": "somo", "name": "tiny", "run_root": str(root / "run"),
+        "sources": {"catalog": str(sources / "catalog.yaml"),
+                    "stations": str(sources / "stations"), "truth": "truth"},
+        "grid": {"name": "ERA5_0p25", "region": "tiny"},
+        "periods": {"product": {"start": "2012-07-01", "end": END},
+                    "training": {"start": "2011-01-01", "end": END},
+                    "climatology": {"start": "2011-01-01", "end": END}},
+        "model": {"hidden": 8, "window": 20},
+        "training": {"epochs": 2, "batch_size": 64, "lr": 0.02, "samples_per_epoch": 256},
+        "cv": {"folds": 3, "block_size": 2},
+        "ensemble": {"members": 2},
+        "predict": {"chunks": {"time": 64, "y": 8, "x": 8}, "device": "cpu"},
+        "validation": {"min_obs": 20},
+        "cluster": {"n_workers": 2, "threads_per_worker": 1},
+    }
+    raw.update(sections)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(sources, client, tmp_path_factory):
+    recipe = recipe_from_dict(_raw(sources, tmp_path_factory.mktemp("somo-reference")))
+    return recipe, run_recipe(recipe, client=client, progress=False)
+
+
+def _product(recipe) -> xr.Dataset:
+    return xr.open_zarr(recipe.output("product"), consolidated=False).load()
+
+
+def _copy(recipe, root: Path):
+    shutil.copytree(Path(recipe.run_root), root / "run")
+    raw = recipe.model_dump(mode="json")
+    raw.update(run_root=str(root / "run"), outputs={})
+    return recipe_from_dict(raw)
+
+
+def test_recipe_end_to_end(reference):
+    recipe, ctx = reference
+    assert list(ctx.timings) == list(STAGES)
+    product = _product(recipe)
+    assert set(VARS) <= set(product.data_vars)
+    assert product.time.values[0] == np.datetime64("2012-07-01")
+    assert product.time.values[-1] == np.datetime64(END)
+    for n in LAYERS:
+        v = product[n]
+        assert v.attrs["units"] == "m3 m-3" and "standard_name" in v.attrs
+        assert np.isfinite(v.values).all() and (v.values >= 0).all()
+        assert (product[f"structural_uncertainty_{n[-2:]}"].values >= 0).all()
+    # per layer: every fold and their mean
+    cv = ctx.summary["cv"]
+    assert set(cv["layer"]) == set(LAYERS)
+    assert sorted(set(cv["fold"])) == ["0", "1", "2", "mean"]
+    assert np.isfinite(cv[cv["fold"] == "mean"][["R", "NRMSE", "anomaly_R"]].values).all()
+    truth = ctx.summary["truth"].set_index("layer")
+    assert (truth["n_cells"] > 10).all()
+    files = sorted(p.name for p in Path(recipe.run_root, "somo").glob("*.nc"))
+    assert files == [f"SoMo.ml_{n}_2012.nc" for n in LAYERS]
+    nc = xr.open_dataset(Path(recipe.run_root, "somo", "SoMo.ml_sm_l2_2012.nc"))
+    assert {"sm_l2", "structural_uncertainty_l2"} <= set(nc.data_vars)
+    page = (Path(recipe.output("report")) / "index.html").read_text()
+    assert "Cross validation" in page and "somo_maps.png" in page
+    # the trained networks are SoMo.ml checkpoints the library predicts with
+    from casm_cloud.somo.predict import load_spec
+
+    spec = load_spec(str(Path(recipe.run_root, "train", "sm_l3", "seed_1")))
+    assert spec.dynamic[-2:] == ("sm_l1", "sm_l2") and spec.window == 20
+    sensors = storage.open_zarr(recipe.run_root + "/targets/targets.zarr")
+    assert int(sensors["n_stations_sm_l1"].max()) >= 1
+
+
+def test_killed_run_resumes_to_the_same_bits(reference, client, tmp_path):
+    recipe = _copy(reference[0], tmp_path)
+    run = Path(recipe.run_root)
+    # a lost training task: its model is trained again, to the same weights
+    weights = (run / "train" / "sm_l2" / "seed_1" / "model.safetensors").read_bytes()
+    (run / "train" / "sm_l2" / "seed_1" / "_done.json").unlink()
+    for name in ("train", "predict", "validate", "report", "export"):
+        (run / name / "_stage.json").unlink()
+    shutil.rmtree(run / "predict")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    exe = Path(sys.executable).parent / "casm-cloud"
+    proc = subprocess.Popen([str(exe), "run", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("[casm-cloud] predict") and "running" in line:
+                time.sleep(3)                     # some chunks of some seeds written
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert stage_state(recipe.run_root, "train") is not None
+    assert stage_state(recipe.run_root, "predict") is None
+    assert (run / "train" / "sm_l2" / "seed_1" / "model.safetensors").read_bytes() == weights
+    ctx = run_recipe(recipe, client=client, progress=False)
+    assert list(ctx.timings) == list(STAGES[STAGES.index("predict"):])
+    got, want = _product(recipe), _product(reference[0])
+    for name in VARS:
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+
+
+def test_update_appends_new_days_and_is_idempotent(reference, client, tmp_path):
+    recipe = _copy(reference[0], tmp_path)
+    before = _product(recipe)
+    ctx = update_recipe(recipe, UNTIL, client=client, progress=False)
+    assert set(ctx.timings) == {"forcing", "predict", "validate", "report", "export"}
+    after = _product(recipe)
+    assert after.time.values[-1] == np.datetime64(UNTIL)
+    n = before.sizes["time"]
+    assert after.sizes["time"] == n + 61
+    for name in VARS:  # stored days untouched (every day is its own window)
+        np.testing.assert_array_equal(after[name].isel(time=slice(0, n)).values,
+                                      before[name].values, err_msg=name)
+        assert np.isfinite(after[name].isel(time=slice(n, None)).values).all()
+
+    def files(root):
+        return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+    snapshot = files(recipe.output("product"))
+    again = update_recipe(recipe, UNTIL, client=client, progress=False)
+    assert again.timings == {}
+    assert files(recipe.output("product")) == snapshot
+
+
+def test_climatology_outside_the_forcing_is_one_clear_error(sources, client, tmp_path):
+    from casm_cloud.somo.features import FeatureError
+
+    raw = _raw(sources, tmp_path)
+    raw["periods"]["climatology"] = {"start": "2005-01-01", "end": "2009-12-31"}
+    recipe = recipe_from_dict(raw)
+    with pytest.raises(FeatureError, match="periods.climatology 2005-01-01..2009-12-31 is "
+                                           "outside the forcing"):
+        run_recipe(recipe, client=client, progress=False, until="statics")
+    assert issubclass(FeatureError, UserError)
+    assert stage_state(recipe.run_root, "forcing") is None
+    assert not storage.store_state(recipe.run_root + "/forcing/features.zarr")["complete"]
+
+
+def test_an_empty_cv_fold_stops_training_naming_it(reference, client, tmp_path):
+    from casm_cloud.somo.cv import CVError
+
+    recipe = _copy(reference[0], tmp_path)
+    raw = recipe.model_dump(mode="json")
+    raw["cv"] = {**raw["cv"], "folds": 40}
+    bad = recipe_from_dict(raw)
+    with pytest.raises(CVError, match="cv.folds=40"):
+        run_recipe(bad, client=client, progress=False, until="train")
+    assert stage_state(bad.run_root, "train")["config_hash"] != ""  # the old marker stays
+    assert stage_state(bad.run_root, "train") == stage_state(recipe.run_root, "train")
