@@ -129,12 +129,8 @@ def _prepare(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[str, s
             storage.zarr_group(out, so).attrs.update(dict(hashes))
             return
         if append and old.size < new.size and np.array_equal(old, new[:old.size]):
-            grow = template.isel(time=slice(old.size, None))
-            grow = grow.drop_vars([v for v in grow.variables if "time" not in grow[v].dims])
-            storage.zarr_group(out, so).attrs[storage.COMPLETE_ATTR] = False
-            grow.attrs = {**stored.attrs, **hashes, storage.COMPLETE_ATTR: False}
-            grow.to_zarr(out, append_dim="time", compute=False, consolidated=False,
-                         safe_chunks=False, storage_options=dict(so) or None)
+            storage.grow_time(template.isel(time=slice(old.size, None)), out, so,
+                              attrs={**stored.attrs, **hashes}, compute=False)
             return
         if resume or append:
             raise storage.StoreError(
