@@ -39,6 +39,7 @@ from casm_cloud.storage import secret_keys
 __all__ = [
     "CasmSource",
     "CatalogError",
+    "SourceError",
     "make_entry",
     "write_catalog",
     "open_catalog",
@@ -80,6 +81,16 @@ def _plain_local(urlpath: str) -> str:
 def _is_relative(urlpath: str) -> bool:
     u = str(urlpath)
     return not ("://" in u or u.startswith("/") or u.startswith("{") or u.startswith("~"))
+
+
+def _redacted(url: str) -> str:
+    """``url`` without the user name and password it may embed (never repeated in messages)."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _check_no_secrets(urlpath: str, storage_options: Mapping | None, where: str) -> None:
@@ -147,7 +158,7 @@ def make_entry(adapter: str, urlpath: str, *, kind: str | None = None, descripti
         For an unknown adapter, an option the adapter does not accept, or a
         credential in ``storage_options`` or ``urlpath``.
     """
-    where = f"entry {urlpath!r}"
+    where = f"entry {_redacted(str(urlpath))!r}"
     if kind is not None:
         options["kind"] = kind
     _check_options(adapter, options, where)
@@ -241,8 +252,51 @@ def describe_sources(catalog) -> dict[str, dict]:
     return out
 
 
-def open_source(catalog, name: str, **overrides) -> xr.Dataset:
+class SourceError(CatalogError):
+    """A catalog entry that cannot give what was asked: its files are missing, a file has
+    the wrong variables or grid, the period or window lies outside what it holds."""
+
+
+#: The request keywords :func:`open_source` passes to the adapters that take them.
+_REQUEST = ("window", "start", "end", "variables", "channels")
+
+
+def _accepted(adapter: str) -> set[str]:
+    params = inspect.signature(get_adapter(adapter)).parameters
+    return {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _request(adapter: str, window, period, variables, halo_days: int) -> dict:
+    """What an adapter is asked for, in the keywords it takes (the rest is done after)."""
+    import pandas as pd
+
+    takes = _accepted(adapter)
+    out = {}
+    if window is not None and "window" in takes:
+        out["window"] = window
+    if period is not None and {"start", "end"} <= takes:
+        start, end = (pd.Timestamp(str(d)) for d in period)
+        halo = pd.Timedelta(days=int(halo_days))
+        out["start"] = str((start - halo).date())
+        out["end"] = str((end + halo).date())
+    if variables is not None:
+        for key in ("variables", "channels"):
+            if key in takes:
+                out[key] = list(variables)
+                break
+    return out
+
+
+def open_source(catalog, name: str, *, window=None, period=None,
+                variables=None, halo_days: int = 0, **overrides) -> xr.Dataset:
     """Open entry ``name`` of ``catalog`` as a canonical, lazy, validated dataset.
+
+    With ``window``, ``period`` and ``variables`` the request is pushed down
+    to the adapter: it picks the files of the period and cuts the store to
+    the variables, days and cells the window needs *before* it builds dask
+    arrays, so the cost of an open follows the request, not the store.  What
+    an adapter cannot take is done here after (``casm_cloud.regrid.on_window``:
+    cut out, or regridded from another grid; a time and variable selection).
 
     Parameters
     ----------
@@ -250,6 +304,14 @@ def open_source(catalog, name: str, **overrides) -> xr.Dataset:
         An open catalog or the path/URL of one.
     name : str
         Entry name.
+    window : casm_cloud.grid.GridWindow, optional
+        The grid window to return.
+    period : (date, date), optional
+        First and last day (inclusive).
+    variables : sequence of str, optional
+        Canonical variables to keep.
+    halo_days : int
+        Days added on both sides of ``period`` (what a stage needs around it).
     **overrides
         Replace stored keyword arguments (e.g. ``urlpath=``, an adapter
         option); ``storage_options`` are merged into the stored ones (this is
@@ -261,9 +323,17 @@ def open_source(catalog, name: str, **overrides) -> xr.Dataset:
 
     Raises
     ------
-    KeyError
+    CatalogError
         If the catalog has no entry ``name`` (the message lists the entries).
+    SourceError
+        A user error of the entry (a :class:`CatalogError`): missing files, a
+        file with the wrong variables, units or grid, a period with no data,
+        a window outside the source's grid; the message names the entry, its
+        location and what was expected.  Raised before anything is written.
     """
+    from casm_cloud.errors import UserError
+    from casm_cloud.sources._common import time_slice
+
     cat = _as_catalog(catalog)
     if name not in cat.entries:
         raise CatalogError(f"catalog has no source {name!r}; it has {sorted(cat.entries)}")
@@ -273,4 +343,38 @@ def open_source(catalog, name: str, **overrides) -> xr.Dataset:
         # A relative entry lives beside the catalog: reach it the same way.
         so = dict(cat.user_parameters.get("STORAGE_OPTIONS") or {})
     so.update(overrides.pop("storage_options", None) or {})
-    return cat[name].read(storage_options=so or None, **overrides)
+    adapter = stored.get("adapter")
+    request = _request(adapter, window, period, variables, halo_days) if adapter in ADAPTERS \
+        else {}
+    where = f"catalog entry {name!r} ({adapter} at {overrides.get('urlpath', stored.get('urlpath'))})"
+    try:
+        ds = cat[name].read(storage_options=so or None, **{**request, **overrides})
+        if variables is not None:
+            missing = [v for v in variables if v not in ds.data_vars]
+            if missing:
+                raise SourceError(f"has no variable(s) {missing}; it has {sorted(ds.data_vars)}")
+            ds = ds[list(variables)]
+        if period is not None and "time" in ds.dims:
+            import pandas as pd
+
+            halo = pd.Timedelta(days=int(halo_days))
+            lo, hi = (pd.Timestamp(str(d)) for d in period)
+            held = ds["time"].values
+            ds = time_slice(ds, lo - halo, hi + halo)
+            if ds.sizes["time"] == 0:
+                span = (f"{str(held[0])[:10]}..{str(held[-1])[:10]}" if held.size
+                        else "no time steps")
+                raise SourceError(f"no data in the period {period[0]}..{period[1]}; it holds "
+                                  f"{span}")
+        if window is not None:
+            from casm_cloud.regrid import on_window
+
+            ds = on_window(ds, window, name=where)
+    except CatalogError as err:
+        if str(err).startswith("catalog entry"):
+            raise
+        raise SourceError(f"{where}: {err}") from err
+    except (UserError, FileNotFoundError) as err:
+        msg = str(err.args[0]) if isinstance(err, FileNotFoundError) and err.args else str(err)
+        raise SourceError(f"{where}: {msg}") from err
+    return ds

@@ -39,7 +39,8 @@ import xarray as xr
 from casm_cloud.errors import UserError
 from casm_cloud.grid import GridWindow
 
-__all__ = ["Method", "RegridError", "regrid_to_window", "on_window", "EASE1_GLOBAL", "ease1_latlon"]
+__all__ = ["Method", "RegridError", "regrid_to_window", "on_window", "source_box", "EASE1_GLOBAL",
+           "ease1_latlon"]
 
 Method = Literal["bilinear", "nearest"]
 _METHODS = ("bilinear", "nearest")
@@ -309,6 +310,39 @@ def regrid_to_window(ds: xr.Dataset, window: GridWindow, *, method: Method = "bi
              if not k.startswith(("ease1_", "ease2_", "geospatial_"))}
     out.attrs = {**attrs, **window.identity()}
     return out
+
+
+def source_box(ds: xr.Dataset, window: GridWindow, *, method: Method = "bilinear",
+               name: str = "source") -> dict[str, slice]:
+    """The source cells ``window`` needs: ``{ydim: slice, xdim: slice}`` for ``ds.isel``.
+
+    Computed from coordinates only, so an adapter can cut a store opened
+    without dask to the box before it builds dask arrays over it (the cost of
+    an open follows the window, not the store).  Regridding the box gives
+    what regridding the whole source gives.  On the window's own EASE2 grid
+    the box is the window itself.
+
+    Raises
+    ------
+    RegridError
+        If ``window`` lies outside the source grid (named ``name``), or the
+        source grid is not one :func:`regrid_to_window` reads.
+    """
+    if {"y", "x"} <= set(ds.dims) and any(k.startswith("ease2_") for k in ds.attrs):
+        src = GridWindow.from_attrs(ds.attrs, (ds.sizes["y"], ds.sizes["x"]))
+        if src.name == window.name:
+            r0 = window.row_slice.start - src.row_slice.start
+            c0 = window.col_slice.start - src.col_slice.start
+            if r0 < 0 or c0 < 0 or r0 + window.shape[0] > src.shape[0] or \
+                    c0 + window.shape[1] > src.shape[1]:
+                raise RegridError(f"{name} ({src!r}) does not cover the window {window!r}")
+            return {"y": slice(r0, r0 + window.shape[0]), "x": slice(c0, c0 + window.shape[1])}
+    src = _source_grid(ds)
+    try:
+        _, _, ys_, xs_ = _weights(src, window, method)
+    except RegridError as err:
+        raise RegridError(f"{name}: {err}") from None
+    return {src.y.dim: ys_, src.x.dim: xs_}
 
 
 def on_window(ds: xr.Dataset, window: GridWindow, *, name: str = "source") -> xr.Dataset:

@@ -14,14 +14,17 @@ from casm_cloud.grid import EASE2Grid, GridWindow
 
 def target_window(grid: str = "M25", region: str | None = None,
                   lat: Sequence[float] | None = None,
-                  lon: Sequence[float] | None = None) -> GridWindow:
-    """The EASE2 window an adapter returns: a named region or a lat/lon box.
+                  lon: Sequence[float] | None = None,
+                  window: GridWindow | None = None) -> GridWindow:
+    """The EASE2 window an adapter returns: a named region or a lat/lon box (or ``window``).
 
     Raises
     ------
     ValueError
         If both or neither of ``region`` and ``lat``/``lon`` are given.
     """
+    if window is not None:
+        return window
     g = EASE2Grid(grid)
     if region is not None and (lat is not None or lon is not None):
         raise ValueError("give either region= or lat=/lon=, not both")
@@ -64,8 +67,9 @@ def check_units(da: xr.DataArray, expected: str, where: str) -> None:
 
 
 def finish(ds: xr.Dataset, kind: str, window: GridWindow, attrs: Mapping | None = None,
-           ) -> xr.Dataset:
-    """Canonical attributes, grid identity, float32, ``crs``; then validate."""
+           *, values: str = "auto") -> xr.Dataset:
+    """Canonical attributes, grid identity, float32, ``crs``; then validate (``values`` as
+    :func:`casm_cloud.schema.validate`'s)."""
     out = ds.copy()
     for name in list(out.data_vars):
         if np.issubdtype(out[name].dtype, np.floating) and out[name].dtype != np.float32:
@@ -74,7 +78,7 @@ def finish(ds: xr.Dataset, kind: str, window: GridWindow, attrs: Mapping | None 
     if "crs" not in out.coords:
         out = out.assign_coords(crs=xr.DataArray(np.int32(0), attrs=window.crs_attrs()))
     out.attrs = {**dict(attrs or {}), **window.identity()}
-    return schema.validate(out, kind, grid=window)
+    return schema.validate(out, kind, grid=window, values=values)
 
 
 def local_file(urlpath: str, storage_options: Mapping | None = None) -> str:
@@ -102,9 +106,120 @@ def expand_paths(urlpath, storage_options: Mapping | None = None) -> list[str]:
         if any(c in str(p) for c in "*?["):
             fs, _, found = fsspec.get_fs_token_paths(str(p), storage_options=dict(storage_options or {}))
             if not found:
+                if len(paths) > 1:  # one day of a date template: the archive has a gap
+                    continue
                 raise FileNotFoundError(f"no file matches {p}")
             proto = str(p).split("://", 1)[0] + "://" if "://" in str(p) else ""
             out += [proto + f if proto and not f.startswith(proto) else f for f in sorted(found)]
         else:
             out.append(str(p))
+    if not out:
+        raise FileNotFoundError(f"no file matches {paths[0]} (nor any of {len(paths)} patterns)")
+    return out
+
+
+# --------------------------------------------------------------------------- push-down
+def period_bounds(start=None, end=None) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """``start`` and the last instant of ``end``'s day (dates are inclusive of their day)."""
+    lo = pd.Timestamp(start) if start is not None else None
+    hi = pd.Timestamp(end) if end is not None else None
+    if hi is not None and hi == hi.normalize():
+        hi = hi + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    return lo, hi
+
+
+def time_index(times: np.ndarray, start=None, end=None) -> slice:
+    """The integer slice of sorted ``times`` within ``[start, end]`` (see :func:`period_bounds`)."""
+    lo, hi = period_bounds(start, end)
+    t = np.asarray(times).astype("datetime64[ns]")
+    i0 = 0 if lo is None else int(np.searchsorted(t, np.datetime64(lo.as_unit("ns")), "left"))
+    i1 = t.size if hi is None else int(np.searchsorted(t, np.datetime64(hi.as_unit("ns")),
+                                                       "right"))
+    return slice(i0, max(i0, i1))
+
+
+def _store_chunk(ds: xr.Dataset, dim: str) -> int | None:
+    for v in ds.variables.values():
+        if dim in v.dims:
+            pref = v.encoding.get("preferred_chunks") or {}
+            if dim in pref:
+                return int(pref[dim])
+            ch = v.encoding.get("chunks")
+            if ch is not None and len(ch) == v.ndim:
+                return int(ch[v.dims.index(dim)])
+    return None
+
+
+def _aligned(start: int, n: int, step: int | None) -> tuple[int, ...] | int:
+    """Chunks of ``n`` elements from ``start`` whose edges fall on a store's chunk grid."""
+    if not step or n == 0:
+        return -1
+    first = min(n, step - start % step)
+    rest = n - first
+    return (first, *([step] * (rest // step)), *([rest % step] if rest % step else []))
+
+
+def select_stored(ds: xr.Dataset, index: Mapping[str, slice] | None = None) -> xr.Dataset:
+    """``ds.isel(index)`` of a store opened without dask (``chunks=None``), then dask chunks
+    on the store's own chunk grid.
+
+    Selecting first and chunking after keeps the cost of an open in
+    proportion to the request: ``xr.open_zarr(store, chunks={})`` builds a
+    task for every chunk of the store before any selection
+    (docs/architecture.md, "Known traps").  Variables without a stored
+    chunking (coordinates) are loaded.
+    """
+    index = dict(index or {})
+    out = ds.isel(index) if index else ds
+    chunks = {}
+    for dim, n in out.sizes.items():
+        sl = index.get(dim, slice(None))
+        start = sl.start or 0 if isinstance(sl, slice) else 0
+        chunks[dim] = _aligned(int(start), int(n), _store_chunk(ds, dim))
+    data = [n for n in out.data_vars]
+    return out.chunk({d: c for d, c in chunks.items()}) if data else out
+
+
+def filter_paths_by_date(paths: Sequence[str], date_of, start=None, end=None) -> list[str]:
+    """The paths whose date (``date_of(path)``: a datetime64 or None) lies in ``[start, end]``.
+
+    Paths without a date in their name are kept (the adapter reads it from
+    the file).  Files are chosen before any is opened.
+    """
+    if start is None and end is None:
+        return list(paths)
+    lo, hi = period_bounds(start, end)
+    keep = []
+    for p in paths:
+        d = date_of(p)
+        if d is None:
+            keep.append(p)
+            continue
+        t = pd.Timestamp(d)
+        if (lo is None or t >= lo.normalize()) and (hi is None or t <= hi):
+            keep.append(p)
+    return keep
+
+
+def expand_date_template(urlpath, start=None, end=None) -> list[str] | str:
+    """``{date:%Y.%m.%d}`` placeholders expanded over the days of ``[start, end]``.
+
+    Cloud archives are folders per day: a template names only the days a
+    request needs, so listing them costs what the request does, not what the
+    archive holds.  Without placeholders ``urlpath`` is returned unchanged.
+    """
+    paths = [urlpath] if isinstance(urlpath, str) else list(urlpath)
+    if not any("{date" in str(p) for p in paths):
+        return urlpath
+    if start is None or end is None:
+        raise ValueError(f"{paths[0]}: a date template needs a period (start= and end=)")
+    days = pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize(), freq="D")
+    out: list[str] = []
+    for p in paths:
+        seen = set()
+        for d in days:
+            u = str(p).format(date=d)
+            if u not in seen:
+                seen.add(u)
+                out.append(u)
     return out

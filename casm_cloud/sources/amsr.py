@@ -40,12 +40,14 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud import schema
-from casm_cloud.grid import EASE2Grid
+from casm_cloud.grid import EASE2Grid, GridWindow
 from casm_cloud.regrid import EASE1_GLOBAL, regrid_to_window
 from casm_cloud.schema import AMSR_CHANNELS
 from casm_cloud.sources._common import (
     check_units,
+    expand_date_template,
     expand_paths,
+    filter_paths_by_date,
     finish,
     local_file,
     target_window,
@@ -121,6 +123,19 @@ def _from_flat_files(paths: list[str], storage_options, orbit: str, want: set[st
                                     "row": np.arange(g["nrows"]), "col": np.arange(g["ncols"])})
 
 
+def _0301_date(path: str) -> np.datetime64 | None:
+    m = _NSIDC0301.search(str(path).rsplit("/", 1)[-1])
+    if not m:
+        return None
+    return np.datetime64(pd.Timestamp(f"{m.group(1)}-01-01")
+                         + pd.Timedelta(days=int(m.group(2)) - 1), "ns")
+
+
+def _cetb_date(path: str) -> np.datetime64 | None:
+    m = _CETB.search(str(path).rsplit("/", 1)[-1])
+    return np.datetime64(pd.Timestamp(m.group(4)).date(), "ns") if m else None
+
+
 def _is_store(urlpath) -> bool:
     u = str(urlpath).rstrip("/")
     return isinstance(urlpath, str) and (u.endswith(".zarr") or u.endswith(".nc")) and \
@@ -132,7 +147,8 @@ def open_amsre_nsidc0301(urlpath, *, storage_options: Mapping | None = None,
                          grid: str = "M25", region: str | None = None,
                          lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
                          start: str | None = None, end: str | None = None,
-                         method: str = "bilinear") -> xr.Dataset:
+                         method: str = "bilinear",
+                         window: GridWindow | None = None) -> xr.Dataset:
     """AMSR-E daily TB on EASE-Grid v1 (NSIDC-0301) regridded to an EASE2 window.
 
     Parameters
@@ -153,6 +169,10 @@ def open_amsre_nsidc0301(urlpath, *, storage_options: Mapping | None = None,
         First and last day kept.
     method : {"bilinear", "nearest"}
         Regridding method.
+    window : GridWindow, optional
+        The target window itself (instead of ``grid``/``region``/``lat``/``lon``).
+        Flat files are chosen by the date in their name before any is read;
+        ``{date:…}`` in ``urlpath`` names the folders of the period only.
 
     Returns
     -------
@@ -184,10 +204,11 @@ def open_amsre_nsidc0301(urlpath, *, storage_options: Mapping | None = None,
     else:
         if orbit not in ("A", "D"):
             raise ValueError(f"orbit {orbit!r}: expected 'A' or 'D'")
-        paths = expand_paths(urlpath, storage_options)
+        paths = expand_paths(expand_date_template(urlpath, start, end), storage_options)
+        paths = filter_paths_by_date(paths, _0301_date, start, end)
         ds = _from_flat_files(paths, storage_options, orbit, want)
         where = f"NSIDC-0301 ({orbit})"
-    window = target_window(grid, region, lat, lon)
+    window = target_window(grid, region, lat, lon, window=window)
     ds = time_slice(ds, start, end)
     out = regrid_to_window(ds, window, method=method)
     return finish(out, "amsre", window, {"source": f"AMSR-E {where}"})
@@ -221,7 +242,8 @@ def open_amsr2_cetb(urlpath, *, storage_options: Mapping | None = None,
                     passes: Literal["A", "D", "M", "E"] = "D",
                     channels: Sequence[str] | None = None, region: str | None = None,
                     lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
-                    start: str | None = None, end: str | None = None) -> xr.Dataset:
+                    start: str | None = None, end: str | None = None,
+                    window: GridWindow | None = None) -> xr.Dataset:
     """AMSR2 CETB (NSIDC-0630) 25 km GRD files as a canonical ``amsr2`` dataset.
 
     Parameters
@@ -237,7 +259,10 @@ def open_amsr2_cetb(urlpath, *, storage_options: Mapping | None = None,
     region, lat, lon
         The target window of the M25 grid (the CETB T25km grid).
     start, end : str, optional
-        First and last day kept.
+        First and last day kept; files are chosen by the date in their name
+        before any is opened (``{date:…}`` in ``urlpath``: the period's folders only).
+    window : GridWindow, optional
+        The target window of the M25 grid itself.
 
     Returns
     -------
@@ -252,9 +277,13 @@ def open_amsr2_cetb(urlpath, *, storage_options: Mapping | None = None,
         Bad names, missing ``TB``, wrong units, cells off the grid, duplicates.
     """
     want = _wanted(channels)
-    window = target_window("M25", region, lat, lon)
+    window = target_window("M25", region, lat, lon, window=window)
+    if window.name != "M25":
+        raise schema.SchemaError(f"{urlpath}: CETB T25km files are on the EASE2 M25 grid; "
+                                 f"{window!r} is not")
     by_name: dict[str, dict[np.datetime64, xr.DataArray]] = {}
-    for p in expand_paths(urlpath, storage_options):
+    paths = expand_paths(expand_date_template(urlpath, start, end), storage_options)
+    for p in filter_paths_by_date(paths, _cetb_date, start, end):
         pas, name, day, tb = _cetb_file(p, storage_options, window)
         if pas != passes or name is None or (want is not None and name not in want):
             continue

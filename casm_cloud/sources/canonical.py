@@ -13,14 +13,22 @@ from collections.abc import Mapping, Sequence
 import xarray as xr
 
 from casm_cloud import schema, storage
+from casm_cloud.grid import GridWindow
+from casm_cloud.sources._common import select_stored, time_index
 
 __all__ = ["open_canonical_zarr"]
 
 
 def open_canonical_zarr(urlpath: str, *, storage_options: Mapping | None = None,
                         kind: str, variables: Sequence[str] | None = None,
-                        require_complete: bool = False) -> xr.Dataset:
+                        require_complete: bool = False, window: GridWindow | None = None,
+                        start: str | None = None, end: str | None = None,
+                        method: str = "bilinear") -> xr.Dataset:
     """Open a canonical Zarr store lazily and validate it.
+
+    The store is opened without dask, cut to the variables, the period and
+    the cells ``window`` needs, and only then chunked (on the store's own
+    chunk grid), so the cost of an open follows the request, not the store.
 
     Parameters
     ----------
@@ -31,9 +39,17 @@ def open_canonical_zarr(urlpath: str, *, storage_options: Mapping | None = None,
     kind : str
         Canonical kind (a key of :data:`casm_cloud.schema.KINDS`).
     variables : sequence of str, optional
-        Keep only these data variables.
+        Keep only these data variables (the store is validated with all of
+        the kind's required variables first).
     require_complete : bool
         Refuse stores without the completion attribute (unfinished writes).
+    window : GridWindow, optional
+        Return this window: cut out of a store on the same EASE2 grid, or
+        regridded (``method``) from a store on another grid.
+    start, end : str, optional
+        First and last day kept (inclusive).
+    method : {"bilinear", "nearest"}
+        Regridding method for a store on another grid.
 
     Returns
     -------
@@ -46,15 +62,35 @@ def open_canonical_zarr(urlpath: str, *, storage_options: Mapping | None = None,
         If there is no store at ``urlpath`` (or it is unfinished and
         ``require_complete``).
     casm_cloud.schema.SchemaError
-        If the store is not a canonical ``kind`` dataset, or a requested
-        variable is absent.
+        If the store is not a canonical ``kind`` dataset, a requested
+        variable is absent, or the period holds no time step.
+    casm_cloud.regrid.RegridError
+        If ``window`` lies outside the store's grid.
     """
-    ds = storage.open_zarr(urlpath, storage_options, require_complete=require_complete)
+    from casm_cloud.regrid import on_window, source_box
+
+    ds = storage.open_zarr(urlpath, storage_options, require_complete=require_complete,
+                           chunks=None)
     if variables is not None:
         missing = [v for v in variables if v not in ds.data_vars]
         if missing:
             raise schema.SchemaError(
                 f"{urlpath}: variables {missing} are not in the store (have {sorted(ds.data_vars)})"
             )
+    index = {}
+    if (start is not None or end is not None) and "time" in ds.dims:
+        index["time"] = time_index(ds["time"].values, start, end)
+        if index["time"].stop == index["time"].start:
+            t = ds["time"].values
+            held = f"{str(t[0])[:10]}..{str(t[-1])[:10]}" if t.size else "no time steps"
+            raise schema.SchemaError(f"{urlpath}: no time step in {start}..{end}; the store "
+                                     f"holds {held}")
+    if window is not None:
+        index.update(source_box(ds, window, method=method, name=str(urlpath)))
+    ds = schema.validate(select_stored(ds, index), kind)
+    if variables is not None:
         ds = ds[list(variables)]
-    return schema.validate(ds, kind)
+    if window is not None:
+        ds = on_window(ds, window, name=str(urlpath))
+        ds.attrs.update(window.identity())
+    return ds

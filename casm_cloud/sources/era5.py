@@ -210,8 +210,50 @@ def select_window(ds: xr.Dataset, window) -> xr.Dataset:
     return out.assign_coords({k: v for k, v in window.coords().items()})
 
 
+def _arco_request(ds: xr.Dataset, variables, start, end, window, method) -> xr.Dataset:
+    """The variables, hours and cells a request needs, cut from a store opened without dask.
+
+    Then chunked on the store's own chunks (one hour per chunk on Google's
+    ARCO-ERA5, long time series per chunk on ECMWF's geo-chunked store), so
+    the cost of an open follows the request, not the store.
+    """
+    from casm_cloud.regrid import source_box
+    from casm_cloud.sources._common import select_stored
+
+    inverse = {v: k for k, v in ARCO_NAMES.items()}
+    wanted = list(CANONICAL) if variables is None else list(variables)
+    if "q" in wanted:
+        wanted += ["d2m", "sp"]
+    raw = [n for v in wanted for n in (inverse.get(v), v) if n in ds.data_vars]
+    if raw:
+        ds = ds[list(dict.fromkeys(raw))]
+    tdim = "valid_time" if "valid_time" in ds.dims else "time"
+    index = {}
+    if tdim in ds.dims and (start is not None or end is not None):
+        t = ds[tdim].values.astype("datetime64[ns]")
+        i0 = 0 if start is None else int(np.searchsorted(t, np.datetime64(pd.Timestamp(start)
+                                                                          .as_unit("ns"))))
+        # the hour after ``end`` too: accumulations ending at 00 UTC
+        i1 = t.size if end is None else int(np.searchsorted(t, np.datetime64(
+            (pd.Timestamp(end).normalize() + pd.Timedelta(days=1)).as_unit("ns")), "right"))
+        index[tdim] = slice(i0, max(i0, i1))
+    if window.kind == "latlon":
+        ydim, xdim = ("latitude", "longitude") if "latitude" in ds.dims else ("lat", "lon")
+        if ydim in ds.dims and xdim in ds.dims:
+            la, lo = ds[ydim].values.astype(np.float64), ds[xdim].values.astype(np.float64)
+            iy = np.abs(la[None, :] - window.lat[:, None]).argmin(axis=1)
+            ix = np.abs(np.mod(lo[None, :] - window.lon[:, None] + 180.0, 360.0)
+                        - 180.0).argmin(axis=1)
+            index[ydim] = slice(int(iy.min()), int(iy.max()) + 1)
+            if np.all(np.diff(ix) > 0):  # not wrapping the seam
+                index[xdim] = slice(int(ix.min()), int(ix.max()) + 1)
+    else:
+        index.update(source_box(ds, window, method=method, name="ERA5 store"))
+    return select_stored(ds, index)
+
+
 def _era5(ds: xr.Dataset, where: str, *, variables, start, end, grid, region, lat, lon, daily,
-          min_count, method) -> xr.Dataset:
+          min_count, method, window=None) -> xr.Dataset:
     variables = list(variables) if variables is not None else None
     if variables is None:
         present = set(ds.data_vars) | {ARCO_NAMES.get(v, v) for v in ds.data_vars}
@@ -221,7 +263,7 @@ def _era5(ds: xr.Dataset, where: str, *, variables, start, end, grid, region, la
         if not variables:
             raise schema.SchemaError(f"{where}: none of the ERA5 variables {list(CANONICAL)} is "
                                      f"present (have {sorted(map(str, ds.data_vars))[:20]})")
-    window = _target_window(grid, region, lat, lon)
+    window = _target_window(grid, region, lat, lon) if window is None else window
     hourly = _hourly_canonical(ds, variables, where)
     if start is not None or end is not None:
         # keep the hour after ``end`` for accumulations that end at 00 UTC
@@ -233,9 +275,20 @@ def _era5(ds: xr.Dataset, where: str, *, variables, start, end, grid, region, la
         on_window = select_window(hourly, window)
     else:
         on_window = regrid_to_window(hourly, window, method=method)
+    values = "auto"
+    if daily and on_window.sizes["time"] > 1:
+        # Ranges checked on the first hour: the first daily chunk would read a day of hours.
+        finish(on_window.isel(time=slice(0, 1)), "era5", window)
+        values = "none"
+    if daily and on_window.chunks and max(on_window.chunks.get("time", (24,))) < 24:
+        # Hours (one per chunk on ARCO) gathered into days first: each hour is then read
+        # by one task, not once per daily statistic (count, mean) that fuses its read.
+        days = on_window["time"].values.astype("datetime64[D]")
+        on_window = on_window.chunk(
+            {"time": tuple(int(n) for n in np.unique(days, return_counts=True)[1])})
     out = daily_from_hourly(on_window, min_count=min_count) if daily else on_window
     out = time_slice(out, start, end)
-    return finish(out, "era5", window, {"source": f"ERA5 ({where})"})
+    return finish(out, "era5", window, {"source": f"ERA5 ({where})"}, values=values)
 
 
 def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None = None,
@@ -243,7 +296,8 @@ def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None =
                    end: str | None = None, grid: str = "M25", region: str | None = None,
                    lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
                    daily: bool = True, min_count: int = 6,
-                   method: str = "bilinear", consolidated: bool | None = None) -> xr.Dataset:
+                   method: str = "bilinear", consolidated: bool | None = None,
+                   window=None) -> xr.Dataset:
     """ERA5 from an ARCO-layout Zarr store (hourly, global 0.25°), daily on a grid window.
 
     Parameters
@@ -270,6 +324,12 @@ def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None =
     consolidated : bool, optional
         Whether the store has consolidated metadata (``None``: try, then
         fall back to reading each array's metadata).
+    window : casm_cloud.grid.GridWindow, optional
+        The target window itself (instead of ``grid``/``region``/``lat``/``lon``).
+        Either layout is read: Google's ARCO-ERA5 (long names, ``time``, one
+        hour per chunk) and ECMWF's geo-chunked ARCO single levels (short
+        names, ``valid_time``); the store is cut to the variables, hours and
+        cells the request needs before any dask array is built.
 
     Returns
     -------
@@ -284,10 +344,15 @@ def open_era5_arco(urlpath: str = ARCO_URL, *, storage_options: Mapping | None =
     so = dict(storage_options or {})
     if not so and str(urlpath).startswith("gs://"):
         so = {"token": "anon"}
-    ds = xr.open_zarr(str(urlpath), storage_options=so or None, chunks={}, consolidated=consolidated)
+    # Without dask first: cut to the request, then chunk (docs/architecture.md, "Known traps").
+    remote = "://" in str(urlpath) and not str(urlpath).startswith("file://")
+    ds = xr.open_zarr(str(urlpath), storage_options=(so or None) if remote else None,
+                      chunks=None, consolidated=consolidated)
+    window = _target_window(grid, region, lat, lon) if window is None else window
+    ds = _arco_request(ds, variables, start, end, window, method)
     return _era5(ds, str(urlpath), variables=variables, start=start, end=end, grid=grid,
                  region=region, lat=lat, lon=lon, daily=daily, min_count=min_count,
-                 method=method)
+                 method=method, window=window)
 
 
 def _open_cds_file(path: str, storage_options: Mapping | None) -> xr.Dataset:
@@ -313,7 +378,7 @@ def open_era5_cds(urlpath, *, storage_options: Mapping | None = None,
                   end: str | None = None, grid: str = "M25", region: str | None = None,
                   lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
                   daily: bool = True, min_count: int = 6,
-                  method: str = "bilinear") -> xr.Dataset:
+                  method: str = "bilinear", window=None) -> xr.Dataset:
     """ERA5 from CDS downloads (netCDF or GRIB), daily on a grid window.
 
     Parameters
@@ -345,4 +410,5 @@ def open_era5_cds(urlpath, *, storage_options: Mapping | None = None,
     ds = parts[0] if len(parts) == 1 else xr.combine_by_coords(parts, combine_attrs="override")
     where = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
     return _era5(ds, where, variables=variables, start=start, end=end, grid=grid, region=region,
-                 lat=lat, lon=lon, daily=daily, min_count=min_count, method=method)
+                 lat=lat, lon=lon, daily=daily, min_count=min_count, method=method,
+                 window=window)

@@ -42,7 +42,9 @@ from casm_cloud import schema
 from casm_cloud.grid import EASE2Grid, GridError, GridWindow
 from casm_cloud.sources._common import (
     check_units,
+    expand_date_template,
     expand_paths,
+    filter_paths_by_date,
     finish,
     local_file,
     target_window,
@@ -115,7 +117,10 @@ def smap_granule_window(path: str, storage_options: Mapping | None = None,
         if f"EASE_row_index{suf}" in g and f"EASE_column_index{suf}" in g:
             rows = _read(g[f"EASE_row_index{suf}"])
             cols = _read(g[f"EASE_column_index{suf}"])
-            names = ["M09" if np.nanmax(rows) >= 406 or np.nanmax(cols) >= 964 else "M36"]
+            # SPL3SMP_E granules are on M09 (a subset's indices may all fit M36)
+            enhanced = "_SM_P_E_" in str(path).rsplit("/", 1)[-1]
+            names = ["M09" if enhanced or np.nanmax(rows) >= 406 or np.nanmax(cols) >= 964
+                     else "M36"]
             loc = None
         else:
             lat, lon = _read(g[f"latitude{suf}"]), _read(g[f"longitude{suf}"])
@@ -141,6 +146,11 @@ def smap_granule_window(path: str, storage_options: Mapping | None = None,
                 continue
     raise schema.SchemaError(f"{path}: the cells of {group} do not form a block of the EASE2 "
                              "M36 or M09 grid")
+
+
+def _name_date(path: str) -> np.datetime64 | None:
+    m = re.search(r"_(\d{8})_", str(path).rsplit("/", 1)[-1])
+    return np.datetime64(pd.Timestamp(m.group(1)).date(), "ns") if m else None
 
 
 def _granule_date(path: str, f) -> np.datetime64:
@@ -184,7 +194,8 @@ def open_smap_l3(urlpath, *, storage_options: Mapping | None = None,
                  quality: Literal["recommended", "succeeded", "all"] = "recommended",
                  grid: str | None = None, region: str | None = None,
                  lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
-                 start: str | None = None, end: str | None = None) -> xr.Dataset:
+                 start: str | None = None, end: str | None = None,
+                 window: GridWindow | None = None) -> xr.Dataset:
     """SMAP L3 daily soil moisture granules as a canonical ``smap`` dataset.
 
     Parameters
@@ -206,7 +217,11 @@ def open_smap_l3(urlpath, *, storage_options: Mapping | None = None,
         Target window: a named region or a lat/lon box; default the whole
         area the granules cover (native grid only).
     start, end : str, optional
-        First and last day kept.
+        First and last day kept.  Granules are chosen by the date in their
+        name before any is opened; ``{date:%Y.%m.%d}`` in ``urlpath`` names
+        the per-day folders of the period only (an archive over HTTPS).
+    window : GridWindow, optional
+        The target window itself (instead of ``grid``/``region``/``lat``/``lon``).
 
     Returns
     -------
@@ -226,7 +241,12 @@ def open_smap_l3(urlpath, *, storage_options: Mapping | None = None,
     if quality not in _QUALITY_BITS:
         raise ValueError(f"quality {quality!r}: expected one of {sorted(_QUALITY_BITS)}")
     orbits = ("am", "pm") if orbit == "both" else (orbit,)
-    paths = expand_paths(urlpath, storage_options)
+    paths = expand_paths(expand_date_template(urlpath, start, end), storage_options)
+    paths = filter_paths_by_date(paths, _name_date, start, end)
+    if not paths:
+        raise FileNotFoundError(f"no SMAP granule of {start}..{end} in {urlpath}")
+    if window is not None:
+        grid, region, lat, lon = window.name, None, None, None
     src = smap_granule_window(paths[0], storage_options, orbits[0])
     dates = []
     for p in paths:
@@ -248,13 +268,15 @@ def open_smap_l3(urlpath, *, storage_options: Mapping | None = None,
     dates = [dates[i] for i in order]
 
     if grid is None or grid == src.name:
-        if region is None and lat is None and lon is None:
+        if window is not None:
+            pass
+        elif region is None and lat is None and lon is None:
             window = src
         else:
             window = target_window(src.name, region, lat, lon)
         block = window
     else:
-        window = target_window(grid, region, lat, lon)
+        window = target_window(grid, region, lat, lon, window=window)
         block = src  # regridded below
     r0 = block.row_slice.start - src.row_slice.start
     c0 = block.col_slice.start - src.col_slice.start

@@ -36,7 +36,9 @@ from casm_cloud import schema
 from casm_cloud.grid import EASE2Grid, GridWindow
 from casm_cloud.sources._common import (
     check_units,
+    expand_date_template,
     expand_paths,
+    filter_paths_by_date,
     finish,
     local_file,
     target_window,
@@ -49,6 +51,12 @@ __all__ = ["open_smos_l3tb", "ANGLE_CLASSES"]
 ANGLE_CLASSES = (2.5, 7.5, 12.5, 17.5, 22.5, 27.5, 32.5, 37.5, 40.0, 42.5, 47.5, 52.5, 57.5, 62.5)
 _NAME = re.compile(r"MIR_CDF3T([AD])_(\d{8})T\d{6}_")
 _TOL_DEG = 1e-3  # file lat/lon vs EASE2 cell centres (float32 storage ~1e-5 deg)
+
+
+def _name_date(path: str) -> np.datetime64 | None:
+    m = _NAME.search(str(path).rsplit("/", 1)[-1])
+    d = m.group(2) if m else None
+    return np.datetime64(f"{d[:4]}-{d[4:6]}-{d[6:]}", "ns") if d else None
 
 
 def _index_of(values: np.ndarray, centres: np.ndarray, what: str, path: str) -> np.ndarray:
@@ -123,7 +131,8 @@ def open_smos_l3tb(urlpath, *, storage_options: Mapping | None = None, angle: fl
                    max_rfi_fraction: float | None = 0.0, max_accuracy: float | None = None,
                    grid: str = "M25", region: str | None = None,
                    lat: Sequence[float] | None = None, lon: Sequence[float] | None = None,
-                   start: str | None = None, end: str | None = None) -> xr.Dataset:
+                   start: str | None = None, end: str | None = None,
+                   window: GridWindow | None = None) -> xr.Dataset:
     """CATDS L3TB daily files as a canonical ``smos`` dataset (``tb_h``, ``tb_v``).
 
     Parameters
@@ -146,7 +155,11 @@ def open_smos_l3tb(urlpath, *, storage_options: Mapping | None = None, angle: fl
         Target window; default the whole block the files cover.  A grid
         other than M25 is reached by bilinear regridding.
     start, end : str, optional
-        First and last day kept.
+        First and last day kept.  Files are chosen by the date in their name
+        before any is opened; ``{date:%Y/%j}`` (or any ``{date:…}`` format) in
+        ``urlpath`` names the folders of the period only.
+    window : GridWindow, optional
+        The target window itself (instead of ``grid``/``region``/``lat``/``lon``).
 
     Returns
     -------
@@ -162,7 +175,12 @@ def open_smos_l3tb(urlpath, *, storage_options: Mapping | None = None, angle: fl
         class, wrong units, cells off the EASE2 grid, files on different
         blocks, or two files for one day.
     """
-    paths = expand_paths(urlpath, storage_options)
+    paths = expand_paths(expand_date_template(urlpath, start, end), storage_options)
+    paths = filter_paths_by_date(paths, _name_date, start, end)
+    if not paths:
+        raise FileNotFoundError(f"no L3TB file of {start}..{end} in {urlpath}")
+    if window is not None:
+        grid, region, lat, lon = window.name, None, None, None
     if orbit is not None:
         paths = [p for p in paths if (_NAME.search(p.rsplit("/", 1)[-1]) or [None, None])[1] == orbit]
         if not paths:
@@ -177,7 +195,9 @@ def open_smos_l3tb(urlpath, *, storage_options: Mapping | None = None, angle: fl
     ds = ds.assign_coords(time=np.array([d[3] for d in days], dtype="datetime64[ns]"),
                           **block.coords()).assign_attrs(block.identity())
     ds = time_slice(ds, start, end)
-    if region is None and lat is None and lon is None and grid == "M25":
+    if window is not None:
+        pass
+    elif region is None and lat is None and lon is None and grid == "M25":
         window = block
     else:
         window = target_window(grid, region, lat, lon)

@@ -364,34 +364,67 @@ def fit_seasonal_cycle(da: xr.DataArray, dim: str = "time", min_obs: int = 40) -
     agg_kw = dict(kbuf=kbuf, min_obs=min_obs, dtype=dtype)
 
     if _is_dask(da):
-        import dask.array as dsa
-
-        data = da.data
-        tchunks = (data.chunks[0],)
-        s_d = dsa.from_array(s, chunks=tchunks)
-        c_d = dsa.from_array(c, chunks=tchunks)
-        ind = tuple(range(data.ndim))
-        # Each block is a (sums, idx, vals) tuple that only the reduction below
-        # reads; the declared shape is that of its sums, (9, *space).
-        partial = dsa.blockwise(
-            _partial_block, ind, data, ind, s_d, (0,), c_d, (0,), kbuf=kbuf,
-            adjust_chunks={0: lambda n: _k.NSUMS}, dtype=np.float64,
-            meta=np.empty((0,) * data.ndim, np.float64), token="seasonal-partial",
-        )
         from functools import partial as bind
 
-        params = dsa.reduction(
-            partial, chunk=_identity, combine=bind(_combine, kbuf=kbuf),
-            aggregate=bind(_aggregate, **agg_kw), axis=0, keepdims=True, concatenate=False,
-            output_size=len(PARAM_NAMES), dtype=np.float64, split_every=_SPLIT_EVERY,
-            name="seasonal-fit", meta=np.empty((0,) * data.ndim, np.float64),
-        )
+        params = _reduce_partials(da.data, s, c, kbuf, bind(_aggregate, **agg_kw),
+                                  len(PARAM_NAMES), "seasonal-fit")
     else:
         y = np.asarray(da.values)
         params = _aggregate([_partial_block(y, s, c, kbuf=kbuf, parallel=True)], parallel=True,
                             **agg_kw)
 
     return _params_dataset(params, da, dim, rest, min_obs)
+
+
+def _partial_block_sink(y: np.ndarray, s: np.ndarray, c: np.ndarray, *where: np.ndarray,
+                        kbuf: int, sink) -> tuple:
+    """:func:`_partial_block` of a chunk that ``sink(y, location)`` also stores.
+
+    ``where`` are the chunk's indices along each axis, so ``location`` is the
+    chunk's ``(start, stop)`` per axis: one task holds the chunk, writes it
+    and adds it to the sums.
+    """
+    sink(y, tuple((int(w[0]), int(w[-1]) + 1) for w in where))
+    return _partial_block(y, s, c, kbuf=kbuf)
+
+
+def _reduce_partials(data, s: np.ndarray, c: np.ndarray, kbuf: int, aggregate, size: int,
+                     name: str, sink=None):
+    """The tree reduction over time of the partials of a (time, *space) dask array.
+
+    ``aggregate`` finishes each spatial block's merged partial: the fit
+    (:func:`_aggregate`) or, for stored sums, the partial itself
+    (:func:`_combine`); ``size`` is the declared length of its first axis.
+    ``sink``, if given, is called with each chunk and its location by the
+    task that computes its partial (:func:`_partial_block_sink`).
+    """
+    from functools import partial as bind
+
+    import dask.array as dsa
+
+    tchunks = (data.chunks[0],)
+    s_d = dsa.from_array(s, chunks=tchunks)
+    c_d = dsa.from_array(c, chunks=tchunks)
+    ind = tuple(range(data.ndim))
+    # Each block is a (sums, idx, vals) tuple that only the reduction below
+    # reads; the declared shape is that of its sums, (9, *space).
+    common = dict(adjust_chunks={0: lambda n: _k.NSUMS}, dtype=np.float64,
+                  meta=np.empty((0,) * data.ndim, np.float64))
+    if sink is None:
+        partial = dsa.blockwise(_partial_block, ind, data, ind, s_d, (0,), c_d, (0,), kbuf=kbuf,
+                                token="seasonal-partial", **common)
+    else:
+        where = [x for d, (n, ch) in enumerate(zip(data.shape, data.chunks))
+                 for x in (dsa.from_array(np.arange(n), chunks=(ch,)), (d,))]
+        partial = dsa.blockwise(_partial_block_sink, ind, data, ind, s_d, (0,), c_d, (0,),
+                                *where, kbuf=kbuf, sink=sink, token="seasonal-partial-store",
+                                **common)
+    return dsa.reduction(
+        partial, chunk=_identity, combine=bind(_combine, kbuf=kbuf),
+        aggregate=aggregate, axis=0, keepdims=True, concatenate=False,
+        output_size=size, dtype=np.float64, split_every=_SPLIT_EVERY,
+        name=name, meta=np.empty((0,) * data.ndim, np.float64),
+    )
 
 
 def _is_dask(obj: xr.DataArray) -> bool:
