@@ -239,11 +239,11 @@ def bench_open(urls: dict[str, str], repeats: int) -> dict:
     win = _demo()
     out = {}
     for name, url in urls.items():
-        def new():
+        def new(url=url):
             return open_era5_arco(url, window=win, start="2020-01-01", end="2020-01-31",
                                   variables=["t2m"])
 
-        def old():  # how the adapter opened before: dask over every chunk, then select
+        def old(url=url):  # how the adapter opened before: dask over every chunk, then select
             ds = xr.open_zarr(url, chunks={}, consolidated=False)
             return ds[["2m_temperature"]].sel(time=slice("2020-01-01", "2020-02-01T00"))
 

@@ -118,19 +118,40 @@ def _add_predict(sub) -> None:
 
 
 def _print_summary(ctx) -> None:
-    r = ctx.recipe
     print("\ncasm-cloud summary")
-    print(f"  product : {r.output('product')}")
-    print(f"  export  : {r.output('export')}")
-    print(f"  report  : {storage_join(r.output('report'), 'index.html')}")
+    for name, url in ctx.outputs.items():
+        print(f"  {name:<8}: {storage_join(url, 'index.html') if name == 'report' else url}")
     if ctx.dashboard:
         print(f"  dask dashboard (while running): {ctx.dashboard}")
+    if ctx.summary.get("preset"):
+        print(f"  preset  : {ctx.summary['preset']}")
     scores = ctx.summary.get("scores")
     if scores:
         print("  scores against the simulated truth (median over cells):")
         for k, v in scores.items():
             if isinstance(v, (int, float)):
                 print(f"    {k:<28} {v:.3f}")
+        for k, v in (scores.get("bias_steps") or {}).items():
+            print(f"    bias step {k:<18} {v:+.4f}")
+    for key, what, n in (("eras", "the simulated truth (median cell)", "n_pixels"),
+                         ("station_eras", "the stations (median station)", "n_stations")):
+        eras = (scores or {}).get(key) if key == "eras" else ctx.summary.get(key)
+        if eras:
+            print(f"  per era, against {what}:")
+            print(f"    {'era':<18} {'from':<10}  {'to':<10}  {'R':>6} {'ubRMSE':>7} "
+                  f"{'bias':>7} {n:>10}")
+            for label, e in eras.items():
+                print(f"    {label:<18} {e['start']:<10}  {e['end']:<10}  {e['R']:6.3f} "
+                      f"{e['ubRMSE']:7.4f} {e['bias']:+7.4f} {e[n]:>10}")
+    for key, what in (("cv", "cross validation at held-out station cells (median cell per "
+                              "fold; 'mean' over folds)"),
+                      ("truth", "scores against the simulated truth at cells no fold trained "
+                                "on (median cell)")):
+        table = ctx.summary.get(key)  # the SoMo.ml recipe's tables (pandas)
+        if table is not None and len(table):
+            print(f"  {what}:")
+            print("    " + table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+                  .replace("\n", "\n    "))
     if ctx.timings:
         print(f"  stages run: {', '.join(f'{k} {v:.0f}s' for k, v in ctx.timings.items())}")
 
@@ -141,74 +162,89 @@ def storage_join(*parts: str) -> str:
     return join(*parts)
 
 
-def _add_recipe_commands(sub) -> None:
-    from casm_cloud.recipes import RECIPES
+def _add_common(p) -> None:
+    """Options of the commands that run a recipe's stages."""
+    p.add_argument("--from", dest="start_from", metavar="STAGE",
+                   help="re-run from this stage on")
+    p.add_argument("--until-stage", dest="until_stage", metavar="STAGE",
+                   help="stop after this stage")
+    p.add_argument("--cluster", help="'local', 'gateway' or tcp://host:port "
+                   "(overrides the recipe)")
 
-    def add_common(p):
-        p.add_argument("--from", dest="start_from", metavar="STAGE",
-                       help="re-run from this stage on")
-        p.add_argument("--until-stage", dest="until_stage", metavar="STAGE",
-                       help="stop after this stage")
-        p.add_argument("--cluster", help="'local', 'gateway' or tcp://host:port "
-                       "(overrides the recipe)")
+
+def _add_demo(sub) -> None:
+    from casm_cloud.recipes import RECIPES
 
     p = sub.add_parser("demo", help="simulate the demo region (if needed) and run the recipe")
     p.add_argument("--out", default=None, help="output folder (default ./<recipe>-demo)")
     p.add_argument("--recipe", default="casm", choices=sorted(RECIPES),
                    help="which recipe's demo (default: casm)")
-    add_common(p)
+    _add_common(p)
 
-    def run_demo(a):
+    def run(a):
         from casm_cloud.recipes import run_demo
 
         out = a.out or f"{a.recipe}-demo"
         _print_summary(run_demo(out, kind=a.recipe, start_from=a.start_from,
                                 until=a.until_stage, cluster=a.cluster))
 
-    p.set_defaults(func=run_demo)
+    p.set_defaults(func=run)
 
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="run (or resume) a recipe")
     p.add_argument("recipe", help="recipe YAML file")
-    add_common(p)
+    _add_common(p)
 
-    def run_run(a):
+    def run(a):
         from casm_cloud.config import load_recipe
         from casm_cloud.recipes import run_recipe
 
-        recipe = load_recipe(a.recipe, **_cluster_override(a.cluster))
+        recipe = _with_cluster(load_recipe(a.recipe), a.cluster)
         _print_summary(run_recipe(recipe, start_from=a.start_from, until=a.until_stage))
 
-    p.set_defaults(func=run_run)
+    p.set_defaults(func=run)
 
+
+def _add_update(sub) -> None:
     p = sub.add_parser("update", help="extend a finished run with new months of data")
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--until", required=True, help="last day to include, YYYY-MM-DD")
     p.add_argument("--cluster", help="'local', 'gateway' or tcp://host:port")
 
-    def run_update(a):
+    def run(a):
         from casm_cloud.config import load_recipe
         from casm_cloud.recipes import update_recipe
 
-        recipe = load_recipe(a.recipe, **_cluster_override(a.cluster))
+        recipe = _with_cluster(load_recipe(a.recipe), a.cluster)
         _print_summary(update_recipe(recipe, a.until))
 
-    p.set_defaults(func=run_update)
+    p.set_defaults(func=run)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export-casm", help="write the published CASM layout (netCDF per year)")
     p.add_argument("product", help="product Zarr store (path or URL)")
     p.add_argument("--out", required=True, help="output folder (path or URL)")
 
-    def run_export(a):
+    def run(a):
         from casm_cloud.merge import export_casm
 
         for path in export_casm(a.product, a.out):
             print(path)
 
-    p.set_defaults(func=run_export)
+    p.set_defaults(func=run)
 
 
-def _cluster_override(kind: str | None) -> dict:
-    return {"cluster": {"kind": kind}} if kind else {}
+def _with_cluster(recipe, kind: str | None):
+    """The recipe with ``--cluster`` as its cluster kind; its other cluster keys stay."""
+    if not kind:
+        return recipe
+    from casm_cloud.config import recipe_from_dict
+
+    raw = recipe.model_dump(mode="json")
+    raw["cluster"] = {**raw["cluster"], "kind": kind}
+    return recipe_from_dict(raw)
 
 
 def _add_validate(sub) -> None:
@@ -277,7 +313,10 @@ def _add_somo(sub) -> None:
 
 # Registry of subcommands, in the order `--help` lists them.
 _COMMANDS = [
-    _add_recipe_commands,
+    _add_demo,
+    _add_run,
+    _add_update,
+    _add_export,
     _add_simulate,
     _add_seasonal,
     _add_predict,
@@ -308,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except UserError as err:
-        print(f"casm-cloud: error: {err}", file=sys.stderr)
+        # One line, also for messages that quote a multi-line parser error.
+        one = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"casm-cloud: error: {one}", file=sys.stderr)
         log.debug("traceback", exc_info=True)
         return 2
     except KeyboardInterrupt:

@@ -34,7 +34,9 @@ from typing import Any
 import dask
 import yaml
 
-__all__ = ["get_client", "gateway_cluster_options", "CONNECTION_KEYS"]
+from casm_cloud.errors import UserError
+
+__all__ = ["get_client", "gateway_cluster_options", "CONNECTION_KEYS", "ClusterError"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,15 @@ CONNECTION_KEYS = ("address", "proxy_address", "public_address", "auth")
 #: (benchmarks/bench_seasonal.py against its ``--no-hugepages`` run).
 #: glibc >= 2.35; older ones ignore it, as do systems with THP off.
 WORKER_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+class ClusterError(UserError, ValueError):
+    """A cluster that cannot be had as asked (spec, options, gateway address)."""
+
+
+#: Cluster options of the deployed gateway (deploy/helm/dask-gateway-values.yaml) that
+#: ``threads_per_worker`` and ``memory_limit`` set where ``gateway_options`` does not.
+GATEWAY_CORES, GATEWAY_MEMORY = "worker_cores", "worker_memory"
 
 
 def _load_defaults() -> None:
@@ -89,9 +100,11 @@ def get_client(spec: str | None = "local", *, n_workers: int | None = None,
         (default ``casm_cloud.cluster.gateway.n-workers``).  Ignored for an
         address.
     threads_per_worker : int, optional
-        Local only (on a gateway the server's ``worker_cores`` decides).
+        Threads per worker.  Gateway: sets the ``worker_cores`` cluster option
+        (unless ``gateway_options`` does); default: the server's.
     memory_limit : str or int, optional
-        Local only: memory per worker (``"4GiB"``, bytes or ``"auto"``).
+        Memory per worker (``"4GiB"``, bytes; local also ``"auto"``).  Gateway:
+        sets ``worker_memory`` (in GiB) unless ``gateway_options`` does.
     resources : mapping, optional
         Worker resources, e.g. ``{"GPU": 1}``.  Local: given to every worker.
         Gateway: ``GPU`` sets the cluster option named by
@@ -113,8 +126,8 @@ def get_client(spec: str | None = "local", *, n_workers: int | None = None,
 
     Raises
     ------
-    ValueError
-        For an unknown spec, a cluster option the gateway does not offer (it
+    ClusterError
+        (a :class:`~casm_cloud.errors.UserError`, also a ``ValueError``) For an unknown spec, a cluster option the gateway does not offer (it
         lists those it does), options given for the wrong spec, or no gateway
         address.
     ImportError
@@ -124,21 +137,22 @@ def get_client(spec: str | None = "local", *, n_workers: int | None = None,
     """
     spec = dask.config.get("casm_cloud.cluster.spec") if spec is None else spec
     if not isinstance(spec, str) or not spec:
-        raise ValueError(f"cluster spec {spec!r}: expected 'local', 'gateway' or a scheduler "
+        raise ClusterError(f"cluster spec {spec!r}: expected 'local', 'gateway' or a scheduler "
                          "address such as 'tcp://host:8786'")
     if spec != "gateway" and gateway_options:
-        raise ValueError(f"gateway_options given, but cluster spec is {spec!r}, not 'gateway'")
+        raise ClusterError(f"gateway_options given, but cluster spec is {spec!r}, not 'gateway'")
     if spec == "local":
         factory = _local(n_workers, threads_per_worker, memory_limit, resources, dashboard)
     elif spec == "gateway":
-        factory = _gateway(n_workers, resources, gateway_options or {})
+        factory = _gateway(n_workers, resources, gateway_options or {},
+                           threads_per_worker=threads_per_worker, memory_limit=memory_limit)
     elif "://" in spec:
         if resources:
-            raise ValueError(f"resources={dict(resources)!r} cannot be given to an existing "
+            raise ClusterError(f"resources={dict(resources)!r} cannot be given to an existing "
                              f"scheduler at {spec}; start its workers with --resources")
         factory = _address(spec)
     else:
-        raise ValueError(f"unknown cluster spec {spec!r}: expected 'local', 'gateway' or a "
+        raise ClusterError(f"unknown cluster spec {spec!r}: expected 'local', 'gateway' or a "
                          "scheduler address such as 'tcp://host:8786'")
     with factory as (client, link):
         if link:
@@ -209,21 +223,21 @@ def gateway_cluster_options(gateway, options: Mapping[str, Any]):
 
     Raises
     ------
-    ValueError
+    ClusterError
         Naming an option the server does not offer (listing those it does),
         or a value it rejects.
     """
     available = gateway.cluster_options()  # server fields + dask-gateway config defaults
     for key, value in options.items():
         if key not in available:
-            raise ValueError(
+            raise ClusterError(
                 f"gateway cluster option {key!r} is not offered by the server at "
                 f"{gateway.address}; it offers {sorted(available)}"
             )
         try:
             available[key] = value
         except (TypeError, ValueError) as err:
-            raise ValueError(f"gateway cluster option {key!r}={value!r}: {err}") from None
+            raise ClusterError(f"gateway cluster option {key!r}={value!r}: {err}") from None
     return available
 
 
@@ -247,8 +261,30 @@ def _shutdown(cluster) -> None:
         cluster.gateway.close = lambda: None
 
 
+def _sized(gateway, options: dict, threads_per_worker, memory_limit) -> dict:
+    """``options`` with ``worker_cores`` / ``worker_memory`` from the threads and memory asked."""
+    from dask.utils import parse_bytes
+
+    asked = {}
+    if threads_per_worker is not None:
+        asked[GATEWAY_CORES] = ("threads_per_worker", int(threads_per_worker))
+    if memory_limit not in (None, "auto"):
+        gib = (parse_bytes(memory_limit) if isinstance(memory_limit, str) else memory_limit) / 2**30
+        asked[GATEWAY_MEMORY] = ("memory_limit", float(gib))
+    asked = {k: v for k, v in asked.items() if k not in options}
+    if not asked:
+        return options
+    offered = gateway.cluster_options()
+    for key, (name, value) in asked.items():
+        if key not in offered:
+            raise ClusterError(f"cluster.{name}={value}: the gateway at {gateway.address} offers "
+                               f"no {key!r} option to set it; it offers {sorted(offered)}")
+    return {**options, **{k: v for k, (_, v) in asked.items()}}
+
+
 @contextlib.contextmanager
-def _gateway(n_workers, resources, gateway_options):
+def _gateway(n_workers, resources, gateway_options, *, threads_per_worker=None,
+             memory_limit=None):
     dask_gateway = _import_gateway()
     connection = {k: gateway_options[k] for k in CONNECTION_KEYS if k in gateway_options}
     options = {k: v for k, v in gateway_options.items() if k not in CONNECTION_KEYS}
@@ -257,7 +293,7 @@ def _gateway(n_workers, resources, gateway_options):
         options.setdefault(dask.config.get("casm_cloud.cluster.gateway.gpu-option"),
                            int(extra.pop("GPU")))
     if extra:
-        raise ValueError(f"resources {sorted(extra)}: only 'GPU' can be requested from a "
+        raise ClusterError(f"resources {sorted(extra)}: only 'GPU' can be requested from a "
                          "gateway (other worker resources are the server's configuration)")
     n = _cfg("gateway.n-workers", n_workers)
     maximum = dask.config.get("casm_cloud.cluster.gateway.adaptive-maximum")
@@ -265,10 +301,11 @@ def _gateway(n_workers, resources, gateway_options):
     try:
         gateway = dask_gateway.Gateway(**connection)
     except ValueError as err:
-        raise ValueError(f"dask-gateway: {err} (set DASK_GATEWAY__ADDRESS or "
+        raise ClusterError(f"dask-gateway: {err} (set DASK_GATEWAY__ADDRESS or "
                          "gateway_options['address'])") from None
     with contextlib.ExitStack() as stack:
         stack.callback(_close_once, gateway)
+        options = _sized(gateway, options, threads_per_worker, memory_limit)
         cluster_options = gateway_cluster_options(gateway, options)
         cluster = gateway.new_cluster(cluster_options, shutdown_on_close=True)
         stack.callback(_shutdown, cluster)  # also when scaling or waiting fails
@@ -276,8 +313,16 @@ def _gateway(n_workers, resources, gateway_options):
             cluster.adapt(minimum=n, maximum=int(maximum))
         else:
             cluster.scale(n)
+        # Not the process's default client: the runner makes it current for its stages
+        # (recipes._context), and library code takes the client it is given.
         client = cluster.get_client(set_as_default=False)
         stack.callback(client.close)
         log.info("dask-gateway cluster %s: waiting for %d worker(s)", cluster.name, n)
-        client.wait_for_workers(n, timeout=timeout)
+        try:
+            client.wait_for_workers(n, timeout=timeout)
+        except TimeoutError:
+            raise ClusterError(
+                f"dask-gateway cluster {cluster.name} at {gateway.address}: {n} worker(s) did "
+                f"not arrive within {timeout:g} s (casm_cloud.cluster.gateway.timeout); ask "
+                "for fewer or smaller workers, or wait longer") from None
         yield client, cluster.dashboard_link

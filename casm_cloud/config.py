@@ -106,8 +106,41 @@ def _no_credentials(options: dict) -> dict:
 
 
 class Channels(_Section):
+    """The networks' inputs: TB channels per sensor, and lat/lon as two more."""
+
     smos: tuple[str, ...] = ("tb_h", "tb_v")
     amsr: tuple[str, ...] = ("tb_10v", "tb_18h", "tb_36h", "tb_89v")
+    latlon: bool = True
+
+
+#: The twelve AMSR-E / AMSR2 channels (6.9-89 GHz, H and V).
+AMSR_ALL = tuple(f"tb_{f}{p}" for f in ("06", "10", "18", "23", "36", "89") for p in "hv")
+
+#: Named configurations: each sets the defaults of the keys it governs (a key the
+#: recipe gives wins).  ``paper`` is Skulovich & Gentine (2023): four AMSR channels,
+#: lat/lon as inputs, the three-stage transfer (NN_SMOS, NN_AMSR2, NN_AMSR2 fine-tuned
+#: on AMSR-E -> NN_SMOS with its first three hidden layers frozen).  ``amsr12`` is the
+#: measured improvement of docs/amsre_era.md: all twelve AMSR channels (6.9 GHz too,
+#: which the paper had and did not use), the rest as the paper.
+PRESETS: dict[str, dict] = {
+    "paper": {"channels": {"amsr": ["tb_10v", "tb_18h", "tb_36h", "tb_89v"], "latlon": True},
+              "training": {"freeze_first": 3}},
+    "amsr12": {"channels": {"amsr": list(AMSR_ALL), "latlon": True},
+               "training": {"freeze_first": 3}},
+}
+#: The preset of a recipe that names none (the best measured record).
+DEFAULT_PRESET = "amsr12"
+
+
+def _with_defaults(raw: dict, defaults: dict) -> dict:
+    """``raw`` with the keys of ``defaults`` it lacks (nested sections merged)."""
+    out = dict(raw)
+    for k, v in defaults.items():
+        if isinstance(v, dict) and isinstance(out.get(k, {}), dict):
+            out[k] = _with_defaults(out.get(k) or {}, v)
+        elif k not in out:
+            out[k] = v
+    return out
 
 
 class SciencePeriods(_Section):
@@ -202,6 +235,8 @@ class Recipe(_Section):
 
     kind: Literal["casm"] = "casm"
     name: str = "casm"
+    # Named configuration setting the defaults of the keys it governs (PRESETS).
+    preset: Literal["paper", "amsr12"] = DEFAULT_PRESET
     run_root: str
     storage_options: dict[str, Any] = {}
     sources: Sources
@@ -223,6 +258,19 @@ class Recipe(_Section):
     @classmethod
     def _no_secrets(cls, v: dict) -> dict:
         return _no_credentials(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data):
+        """The preset's values under the keys the recipe does not give.
+
+        An unknown preset is left to the field check, which names the key.
+        """
+        if isinstance(data, dict):
+            name = data.get("preset", DEFAULT_PRESET)
+            if isinstance(name, str) and name in PRESETS:
+                data = _with_defaults(data, PRESETS[name])
+        return data
 
     # -- derived --------------------------------------------------------
     def output(self, which: Literal["product", "export", "report"]) -> str:
@@ -349,7 +397,7 @@ def demo_recipe(out: str | Path, *, kind: str = "casm") -> Recipe:
     raw["run_root"] = join(out, "run")
     raw["sources"]["catalog"] = join(out, "sources", "catalog.yaml")
     raw["sources"]["stations"] = join(out, "sources", "stations")
-    raw["outputs"] = {"product": join(out, "product.zarr"), "export": join(out, "casm"),
+    raw["outputs"] = {"product": join(out, "product.zarr"), "export": join(out, kind),
                       "report": join(out, "report")}
     return recipe_from_dict(raw)
 
@@ -373,3 +421,148 @@ validation: {min_obs: 50}
 
 #: The demo recipe of each kind (YAML; paths are filled in by :func:`demo_recipe`).
 _DEMOS = {"casm": _DEMO_YAML}
+
+
+# --------------------------------------------------------------------------- SoMo.ml
+class SomoSources(_Section):
+    """Catalog entries and the ISMN stations of a SoMo.ml run."""
+
+    catalog: str
+    era5: str = "era5"           # ERA5 forcing (daily or hourly) with swvl1..3
+    static: str = "static"       # canonical static maps
+    stations: str                # ISMN folder or zip: the training targets
+    truth: str | None = None     # the simulator's truth (scores against it)
+    storage_options: dict[str, Any] = {}
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict) -> dict:
+        return _no_credentials(v)
+
+
+class SomoGrid(GridConfig):
+    """The window, on ERA5's 0.25° grid by default (or an EASE2 grid)."""
+
+    name: Literal["ERA5_0p25", "M36", "M25", "M09"] = "ERA5_0p25"
+
+    def window(self):
+        from casm_cloud.grid import grid_by_name
+
+        grid = grid_by_name(self.name)
+        lat, lon, region = self.lat, self.lon, self.region
+        if lat is not None:
+            return grid.window(lat=lat, lon=lon)
+        return grid.window_by_name(region)
+
+
+class SomoPeriods(_Section):
+    """The product's days, the training targets' days, the climatology of the statics."""
+
+    product: Period
+    training: Period
+    climatology: Period
+
+
+class SomoModel(_Section):
+    """The EA-LSTM (O & Orth 2021: 128 hidden, dropout 0.5, forget bias 5, 365 days)."""
+
+    hidden: int = Field(128, ge=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    initial_forget_bias: float = 5.0
+    window: int = Field(365, ge=2)
+    dynamic: tuple[str, ...] = ("log_tp", "t2m", "snr", "ssrd", "q", "skt")
+    static: tuple[str, ...] = ("elevation", "elevation_std", "mean_precip", "aridity", "clay",
+                               "sand", "silt", "porosity_top", "porosity_mid",
+                               "vegetation_class")
+
+
+class SomoTraining(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    samples_per_epoch: int | None = Field(None, ge=1)  # None: every sample each epoch
+
+
+class SomoTargets(_Section):
+    min_overlap: int = Field(30, ge=2)  # fewest common days of a station and its ERA5 cell
+
+
+class SomoCV(_Section):
+    folds: int = Field(5, ge=2)
+    block_size: int = Field(4, ge=1)   # cells per side of a spatial block
+    seed: int = 0
+
+
+class SomoEnsemble(_Section):
+    members: int = Field(5, ge=1)      # final runs on all cells, seeds seed .. seed+members-1
+    seed: int = 0
+
+
+class SomoPredict(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    batch_size: int | None = None
+    chunks: dict[Literal["time", "y", "x"], int] = {"time": 365, "y": 64, "x": 64}
+
+
+class SomoValidation(_Section):
+    min_obs: int = Field(30, ge=2)     # fewest paired days of a cell's scores
+
+
+class SomoRecipe(_Section):
+    """A SoMo.ml recipe (``kind: somo``): ERA5 + statics + ISMN → one EA-LSTM per layer."""
+
+    kind: Literal["somo"] = "somo"
+    name: str = "somo"
+    run_root: str
+    storage_options: dict[str, Any] = {}
+    sources: SomoSources
+    grid: SomoGrid = SomoGrid()
+    periods: SomoPeriods
+    model: SomoModel = SomoModel()
+    training: SomoTraining = SomoTraining()
+    targets: SomoTargets = SomoTargets()
+    cv: SomoCV = SomoCV()
+    ensemble: SomoEnsemble = SomoEnsemble()
+    predict: SomoPredict = SomoPredict()
+    validation: SomoValidation = SomoValidation()
+    cluster: Cluster = Cluster()
+    outputs: Outputs = Outputs()
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, v: dict) -> dict:
+        return _no_credentials(v)
+
+    @property
+    def period(self) -> Period:
+        """The product's period (what ``casm-cloud update`` extends)."""
+        return self.periods.product
+
+    def output(self, which: Literal["product", "export", "report"]) -> str:
+        from casm_cloud.storage import join
+
+        given = getattr(self.outputs, which)
+        return given or join(self.run_root, DEFAULT_OUTPUTS[which])
+
+
+RECIPE_KINDS["somo"] = SomoRecipe
+
+_SOMO_DEMO_YAML = """
+kind: somo
+name: somo-demo
+run_root: PLACEHOLDER
+sources: {catalog: PLACEHOLDER, stations: PLACEHOLDER, era5: era5, static: static,
+          truth: truth}
+grid: {name: ERA5_0p25, region: demo}
+periods:
+  product: {start: 2015-01-01, end: 2015-12-31}
+  training: {start: 2011-01-01, end: 2015-12-31}
+  climatology: {start: 2011-01-01, end: 2015-12-31}
+model: {hidden: 24, window: 120}
+training: {epochs: 20, batch_size: 128, lr: 0.02, samples_per_epoch: 2048}
+cv: {folds: 5, block_size: 2}
+ensemble: {members: 5}
+predict: {chunks: {time: 365, y: 16, x: 16}}
+"""
+_DEMOS["somo"] = _SOMO_DEMO_YAML

@@ -189,7 +189,9 @@ def export_casm(product_url: str, out: str, storage_options: Mapping | None = No
     for year in np.unique(casm["date"].dt.year.values):
         if years is not None and year not in years:
             continue
-        part = casm.sel(date=str(year))
+        # Computed wherever dask runs (a gateway's workers), written here: the scratch
+        # file is this machine's, which workers need not see.
+        part = casm.sel(date=str(year)).load()
         enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in part.data_vars}
         with tempfile.TemporaryDirectory(prefix="casm-export-") as tmp:
             local = os.path.join(tmp, f"CASM_SM_{year}.nc")

@@ -80,8 +80,9 @@ def secret_keys(options: Mapping, prefix: str = "") -> list[str]:
     ``client_kwargs.headers.Authorization``) that hold credentials."""
     found = []
     for k, v in options.items():
-        if k == "token" and (v in _TOKEN_MODES or isinstance(v, bool)):
-            continue
+        if k == "token" and (isinstance(v, bool) or (
+                (v is None or isinstance(v, str)) and v in _TOKEN_MODES)):
+            continue  # a credential mechanism; a dict token is the key itself
         if str(k).lower() in _SECRET_KEYS:
             found.append(prefix + str(k))
         elif isinstance(v, Mapping):
@@ -139,7 +140,11 @@ def open_zarr(url: str, storage_options: Mapping | None = None, *,
         raise StoreError(f"no Zarr store at {url}")
     kwargs.setdefault("chunks", {})
     kwargs.setdefault("consolidated", False)
-    ds = xr.open_zarr(url, storage_options=dict(storage_options or {}) or None, **kwargs)
+    try:
+        ds = xr.open_zarr(url, storage_options=dict(storage_options or {}) or None, **kwargs)
+    except (ValueError, KeyError, OSError) as err:  # zarr's errors are ValueErrors
+        raise StoreError(f"{url} cannot be opened as a Zarr store: "
+                         f"{type(err).__name__}: {err}") from err
     # Variables in name order: a store lists them in its backend's order (a local
     # folder's is the file system's), and models and fits take them in order.
     ds = ds[sorted(ds.data_vars)]

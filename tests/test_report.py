@@ -230,3 +230,42 @@ def test_report_computes_only_small_aggregates(tmp_path):
     with dask.config.set(scheduler=get):
         write_report(tmp_path / "report", product=product, truth=truth)
     assert pulled and max(pulled) < one_variable / 4, (max(pulled), one_variable)
+
+
+def test_scores_per_era(product, truth):
+    """Per-era medians: the eras of the sensor changes, each scored on its own times."""
+    s = scores_against_truth(product, truth, sensor_changes=SENSOR_CHANGES)
+    eras = s["eras"]
+    assert len(eras) == len(SENSOR_CHANGES) + 1
+    p, t = product["sm"], truth["sm_l1"]
+    for e in eras.values():
+        sl = slice(e["start"], e["end"])
+        pe, te = p.sel(time=sl).values.astype(float), t.sel(time=sl).values.astype(float)
+        r = [_numpy_r(pe[:, j, i], te[:, j, i]) for j in range(pe.shape[1])
+             for i in range(pe.shape[2])]
+        assert e["R"] == pytest.approx(np.median(r), rel=1e-6)
+        assert e["bias"] == pytest.approx(np.nanmean(pe - te), abs=1e-6)
+    # the factory's era biases +0.02, 0, -0.01
+    assert [e["bias"] for e in eras.values()] == pytest.approx([0.02, 0.0, -0.01], abs=0.003)
+    # explicit eras: labels and first days as given, the first from the record's start
+    first = str(pd.Timestamp(TIMES[0]).date())
+    e2 = scores_against_truth(product, truth, eras={"early": None, "late": "2011-01-01"})["eras"]
+    assert list(e2) == ["early", "late"] and e2["early"]["start"] == first
+    assert e2["early"]["end"] < "2011-01-01" <= e2["late"]["start"]
+
+
+def test_station_scores_by_era():
+    from casm_cloud.report.scores import station_scores_by_era
+
+    times = pd.date_range("2010-01-01", periods=200, freq="3D")
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0.25, 0.05, (3, times.size))
+    prod = ref + 0.01 + rng.normal(0, 0.01, ref.shape)
+    pairs = xr.Dataset({"product": (("station", "time"), prod),
+                        "reference": (("station", "time"), ref)},
+                       coords={"station": ["a", "b", "c"], "time": times})
+    out = station_scores_by_era(pairs, {"one": None, "two": "2011-01-01"})
+    assert list(out) == ["one", "two"]
+    for e in out.values():
+        assert e["n_stations"] == 3 and e["R"] > 0.9
+        assert e["bias"] == pytest.approx(0.01, abs=0.004)

@@ -22,12 +22,12 @@ from safetensors.torch import save as _st_save
 from torch import nn
 
 from casm_cloud import __version__
+from casm_cloud.errors import UserError
 from casm_cloud.models import build_model
 from casm_cloud.storage import join, url_to_fs
-from casm_cloud.errors import UserError
 
-__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "check_inputs",
-           "WEIGHTS", "META"]
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointNotFoundError", "save_checkpoint",
+           "load_checkpoint", "check_inputs", "WEIGHTS", "META"]
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -36,6 +36,10 @@ REQUIRED_META = ("architecture", "inputs", "target", "scaler")
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, incomplete, inconsistent or does not fit the data."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A folder that holds no checkpoint (no ``model.json`` or ``model.safetensors``)."""
 
 
 @dataclass(frozen=True)
@@ -110,14 +114,7 @@ def save_checkpoint(model: nn.Module, path: str, meta: Mapping,
     meta["architecture"] = _jsonable(arch)
     meta.setdefault("package_version", __version__)
     meta.setdefault("created", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(f"checkpoint meta lacks {missing}")
-    names = [*meta["inputs"], meta["target"]]
-    for stat in ("mean", "std"):
-        lack = [n for n in names if n not in meta["scaler"].get(stat, {})]
-        if lack:
-            raise CheckpointError(f"checkpoint scaler {stat!r} lacks {lack}")
+    _check_meta(meta, "checkpoint meta")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = _st_save(state)
     meta["weights_sha256"] = hashlib.sha256(weights).hexdigest()
@@ -130,6 +127,20 @@ def save_checkpoint(model: nn.Module, path: str, meta: Mapping,
     fs.pipe(join(root, WEIGHTS), weights)
     fs.pipe(join(root, META), text)  # last: its presence marks a complete checkpoint
     return str(path)
+
+
+def _check_meta(meta, where: str) -> None:
+    """The keys every checkpoint has, and a scaler for every input and the target."""
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{where}: expected a JSON object, got {type(meta).__name__}")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{where} lacks {missing}")
+    names = [*meta["inputs"], meta["target"]]
+    for stat in ("mean", "std"):
+        lack = [n for n in names if n not in (meta["scaler"] or {}).get(stat, {})]
+        if lack:
+            raise CheckpointError(f"{where}: scaler {stat!r} lacks {lack}")
 
 
 def load_checkpoint(path: str, *, device: str | torch.device = "cpu",
@@ -151,18 +162,25 @@ def load_checkpoint(path: str, *, device: str | torch.device = "cpu",
 
     Raises
     ------
-    FileNotFoundError
-        If either file is missing.
+    CheckpointNotFoundError
+        If either file is missing (also a ``FileNotFoundError``).
     CheckpointError
-        If the weights do not match the JSON (hash, names or shapes).
+        If the JSON is unreadable or incomplete, or the weights do not match it
+        (hash, names or shapes).
     """
     fs, root = url_to_fs(path, storage_options)
     for name in (META, WEIGHTS):
         if not fs.exists(join(root, name)):
-            raise FileNotFoundError(f"checkpoint {path} has no {name}")
+            raise CheckpointNotFoundError(
+                f"checkpoint {path}: no {name}; expected a checkpoint folder holding {META} and "
+                f"{WEIGHTS} (written by casm-cloud training)")
     text = fs.cat(join(root, META))
     weights = fs.cat(join(root, WEIGHTS))
-    meta = json.loads(text)
+    try:
+        meta = json.loads(text)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path}: {META} is not valid JSON ({err})") from None
+    _check_meta(meta, f"checkpoint {path}: {META}")
     if meta.get("weights_sha256") != hashlib.sha256(weights).hexdigest():
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS} does not match the hash recorded "
                               f"in {META} (an interrupted or mixed write)")

@@ -30,7 +30,7 @@ __all__ = ["RECIPES", "recipe_module", "stages_of", "run_recipe", "update_recipe
            "stage_hashes", "stage_state"]
 
 #: Recipe kind -> module (imported when first used).
-RECIPES = {"casm": "casm_cloud.recipes.casm"}
+RECIPES = {"casm": "casm_cloud.recipes.casm", "somo": "casm_cloud.recipes.somo"}
 
 
 def recipe_module(kind: str) -> ModuleType:
@@ -49,21 +49,59 @@ def _context(recipe, client, progress: bool) -> Iterator[Context]:
     ctx = Context(recipe.run_root, dict(recipe.storage_options), progress=progress)
     if client is not None:
         ctx.client, ctx.dashboard = client, getattr(client, "dashboard_link", None)
-        yield ctx
+        with _current(client):
+            yield ctx
         return
     from casm_cloud.cluster import get_client
 
     c = recipe.cluster
+    # get_client shuts the cluster down when the block ends, also on an error or Ctrl-C.
     with get_client(c.kind, n_workers=c.n_workers, threads_per_worker=c.threads_per_worker,
                     memory_limit=c.memory_limit, gateway_options=dict(c.gateway)) as (cl, dash):
         ctx.client, ctx.dashboard = cl, dash
         if progress and dash:
             print(f"[casm-cloud] dask dashboard: {dash}", flush=True)
-        yield ctx
+        with _current(cl):
+            yield ctx
+
+
+@contextlib.contextmanager
+def _current(client) -> Iterator[None]:
+    """Every dask computation of the stages runs on ``client``'s cluster.
+
+    Library code that submits tasks takes the client it is given; the rest
+    (``dask.compute``, ``to_zarr``) uses dask's scheduler setting.  A
+    dask-gateway client is not the process's default client (a notebook's own
+    stays so), so without this those computations would run on threads here,
+    or fail with "No clients found" where ``scheduler="dask.distributed"`` is
+    set.  ``as_current`` sets that scheduler and makes ``Client.current()``
+    (and ``distributed.get_client()``) return this client in this thread.
+    Not ``dask.config.set(scheduler=client)``: nannies pickle the dask config
+    into every worker they restart, and a client does not pickle (a worker
+    killed mid-stage would never come back).
+    """
+    with client.as_current():
+        yield
+
+
+def _with_outputs(ctx: Context, recipe) -> Context:
+    """Name the run's user-facing outputs for the caller's summary (after the stages ran)."""
+    from casm_cloud.config import DEFAULT_OUTPUTS
+
+    ctx.outputs = {k: recipe.output(k) for k in DEFAULT_OUTPUTS if hasattr(recipe, "output")}
+    return ctx
 
 
 def _preflight(recipe) -> None:
-    recipe_module(recipe.kind).check(recipe)
+    import yaml
+
+    try:
+        recipe_module(recipe.kind).check(recipe)
+    except yaml.YAMLError as err:  # the catalog (the one YAML a check reads)
+        from casm_cloud.catalog import CatalogError
+
+        raise CatalogError(f"sources.catalog: {recipe.sources.catalog} is not valid YAML: "
+                           f"{err}") from None
     check_run_root(recipe.run_root, recipe.storage_options)
 
 
@@ -94,7 +132,8 @@ def run_recipe(recipe, *, start_from: str | None = None, until: str | None = Non
     validate_names(stages, start_from, until)
     _preflight(recipe)
     with _context(recipe, client, progress) as ctx:
-        return run_stages(stages, recipe, ctx, start_from=start_from, until_stage=until)
+        return _with_outputs(
+            run_stages(stages, recipe, ctx, start_from=start_from, until_stage=until), recipe)
 
 
 def update_recipe(recipe, until, *, client=None, progress: bool = True) -> Context:
@@ -122,7 +161,7 @@ def update_recipe(recipe, until, *, client=None, progress: bool = True) -> Conte
     require_finished(stages, recipe, recipe.run_root, recipe.storage_options)
     _preflight(recipe)
     with _context(recipe, client, progress) as ctx:
-        return update_stages(stages, recipe, ctx, until, recipe.period.end)
+        return _with_outputs(update_stages(stages, recipe, ctx, until, recipe.period.end), recipe)
 
 
 def run_demo(out: str = "casm-demo", *, kind: str = "casm", start_from: str | None = None,

@@ -76,6 +76,12 @@ def _sensor_changes(r) -> dict[str, str]:
             "AMSR-E + SMOS → SMOS": str(r.periods.amsre_until)}
 
 
+def _eras(r) -> dict[str, str | None]:
+    """The record's eras, each from its first day: the sensor changes and SMAP's start."""
+    return {"AMSR-E": None, "AMSR-E + SMOS": str(r.periods.smos_from),
+            "SMOS": str(r.periods.amsre_until), "SMOS, SMAP years": str(SMAP_FROM)}
+
+
 def _product(ctx: Context, p: dict) -> str:
     """The product's URL: ``outputs.product``, or ``<run_root>/product.zarr``."""
     return ctx.output(p["product"], DEFAULT_OUTPUTS["product"])
@@ -108,16 +114,25 @@ def _aggregated(p: dict, cat, kind: str, start, end) -> xr.Dataset | None:
     A partial last bin comes with the next update, so stored bins never change.
     """
     from casm_cloud.aggregate import nday_mean, screen_frozen
-    from casm_cloud.catalog import open_source
+    from casm_cloud.catalog import SourceError, open_source
     from casm_cloud.regrid import on_window
 
     entry = p["entries"][kind]
-    ds = on_window(open_source(cat, entry), p["window"], name=f"catalog entry {entry!r}")
-    ds = ds[p["channels"][kind]].sel(time=slice(str(start), str(end)))
+    # window, period and variables pushed down: the adapter reads only what is asked
+    try:
+        ds = open_source(cat, entry, window=p["window"], period=(start, end),
+                         variables=p["channels"][kind])
+    except SourceError as err:
+        if "no data in the period" not in str(err) and "no time step" not in str(err):
+            raise
+        return None  # a source without data in these months (an update past its end)
+    ds = on_window(ds, p["window"], name=f"catalog entry {entry!r}")
+    ds = ds.sel(time=slice(str(start), str(end)))
     if ds.sizes["time"] == 0:
         return None
     if kind != "truth" and p["era5"]:
-        era5 = on_window(open_source(cat, p["era5"]), p["window"], name=f"entry {p['era5']!r}")
+        era5 = open_source(cat, p["era5"], window=p["window"], period=(start, end),
+                           variables=["skt"])
         ds = screen_frozen(ds, era5["skt"], p["frozen_skt_k"])
     n = p["n_days"]
     out = nday_mean(ds, n, anchor=str(p["anchor"]), min_count=p["min_count"])
@@ -135,16 +150,46 @@ def _catalog(p: dict):
     return open_catalog(p["catalog"], storage_options=p["catalog_options"])
 
 
+def _sums_url(ctx: Context, stage: str, kind: str) -> str:
+    """Where the aggregate stage keeps a source's seasonal partial sums."""
+    return ctx.url(stage, f"{kind}_seasonal_sums.zarr")
+
+
+def _write_with_sums(ctx: Context, out: xr.Dataset, kind: str) -> None:
+    """Write the n-day means and, in the same tasks, reduce them to the seasonal sums.
+
+    The task that holds a chunk of means writes it and adds it to the sums
+    (``lazy_sums(write_to=...)``), so the input is read once; the seasonal
+    stage finishes the fit from the stored sums.
+    """
+    import dask
+
+    from casm_cloud.seasonal import lazy_sums, write_sums
+
+    url = ctx.out(f"{kind}.zarr")
+    out = out.copy()
+    for v in out.variables.values():
+        v.encoding = {}
+    storage.write_template(out, url, ctx.so, config_hash=ctx.config_hash)
+    with ctx.tasks_bar():
+        (sums,) = dask.compute(lazy_sums(out, write_to=url, storage_options=ctx.so))
+    write_sums(sums, _sums_url(ctx, ctx.stage, kind), ctx.so, config_hash=ctx.config_hash)
+    storage.mark_complete(url, ctx.so, config_hash=ctx.config_hash)
+
+
 def run_aggregate(ctx: Context, p: dict) -> None:
-    """open → on the window → frozen-soil screen → anchored n-day means → Zarr."""
+    """open → on the window → frozen-soil screen → anchored n-day means → Zarr (+ seasonal sums)."""
     cat, end = _catalog(p), ctx.end(p["end"])
-    for kind in p["entries"]:
-        out = _aggregated(p, cat, kind, p["start"], end)
+    # Every source opened (lazily: cheap) before anything is written, so a bad entry
+    # (missing files, wrong variables or grid, no data in the period) stops the stage
+    # with one error and no output.
+    outs = {kind: _aggregated(p, cat, kind, p["start"], end) for kind in p["entries"]}
+    for kind, out in outs.items():
         if out is None:
             log.warning("aggregate: %s has no complete %d-day bin in %s..%s; skipped", kind,
                         p["n_days"], p["start"], end)
             continue
-        ctx.write(out, ctx.out(f"{kind}.zarr"))
+        _write_with_sums(ctx, out, kind)
 
 
 def _next_bin(ctx: Context, p: dict, url: str, stage: str) -> np.datetime64:
@@ -184,16 +229,29 @@ def seasonal_params(r) -> dict:
 
 
 def run_seasonal(ctx: Context, p: dict) -> None:
-    """The seasonal-cycle parameters of every aggregated source (the CLI's ``seasonal``)."""
+    """The seasonal-cycle parameters of every aggregated source.
+
+    Finished from the partial sums the aggregate stage stored while it wrote
+    the means (the aggregates are not read again); fitted from the stored
+    aggregates (the CLI's ``seasonal``) where those sums do not serve: an
+    older run root, a ``min_obs`` above what they keep, or aggregates grown by
+    an update since.  Both give the same parameters.
+    """
+    from casm_cloud.seasonal import open_sums, params_from_sums, sums_usable, write_seasonal
     from casm_cloud.seasonal import seasonal_params as fit
-    from casm_cloud.seasonal import write_seasonal
 
     for kind, channels in p["channels"].items():
         url = ctx.url("aggregate", f"{kind}.zarr")
         if not storage.store_state(url, ctx.so)["complete"]:
             continue
         ds = _aggregate(ctx, kind, channels)
-        params = fit(ds, channels, min_obs=p["min_obs"])
+        sums = open_sums(_sums_url(ctx, "aggregate", kind), ctx.so)
+        why = sums_usable(sums, ds, channels, min_obs=p["min_obs"])
+        if why is None:
+            params = params_from_sums(sums, channels, min_obs=p["min_obs"])
+        else:
+            log.info("seasonal: %s fitted from its aggregates (stored sums: %s)", kind, why)
+            params = fit(ds, channels, min_obs=p["min_obs"])
         params.attrs.update({k: v for k, v in ds.attrs.items() if k.startswith("ease2_")})
         write_seasonal(params, ctx.out(f"{kind}.zarr"), storage_options=ctx.so,
                        config_hash=ctx.config_hash)
@@ -202,7 +260,8 @@ def run_seasonal(ctx: Context, p: dict) -> None:
 # --------------------------------------------------------------------------- pairs, train
 def pairs_params(r) -> dict:
     return dict(channels={k: _channels(r, k) for k in DIRECT_NETS.values()},
-                start=max(r.period.start, SMAP_FROM), end=r.period.end, **_split(r))
+                latlon=r.channels.latlon, start=max(r.period.start, SMAP_FROM),
+                end=r.period.end, **_split(r))
 
 
 def _target_params(ctx: Context) -> xr.Dataset:
@@ -219,7 +278,7 @@ def run_pairs(ctx: Context, p: dict) -> None:
     for net, kind in DIRECT_NETS.items():
         inputs = _aggregate(ctx, kind, p["channels"][kind]).sel(time=sl)
         pairs = build_pairs(inputs, smap, _open(ctx, "seasonal", f"{kind}.zarr"),
-                            _target_params(ctx), **split)
+                            _target_params(ctx), include_latlon=p["latlon"], **split)
         with ctx.tasks_bar():
             write_pairs(pairs, ctx.out(f"{net}.zarr"), storage_options=ctx.so,
                         config_hash=ctx.config_hash)
@@ -290,7 +349,8 @@ def run_predict_amsre(ctx: Context, p: dict) -> None:
 # --------------------------------------------------------------------------- transfer
 def transfer_params(r) -> dict:
     tp = r.periods.transfer
-    return dict(channels=_channels(r, "amsre"), start=max(tp.start, r.period.start),
+    return dict(channels=_channels(r, "amsre"), latlon=r.channels.latlon,
+                start=max(tp.start, r.period.start),
                 end=min(tp.end, r.period.end), freeze_first=r.training.freeze_first,
                 fine_tune=_fit(r, "fine_tune_epochs"), **_split(r))
 
@@ -305,7 +365,7 @@ def run_transfer(ctx: Context, p: dict) -> None:
     inputs = _aggregate(ctx, "amsre", p["channels"]).sel(time=sl)
     split = {k: p[k] for k in ("split", "block_size", "val_fraction", "test_fraction", "seed")}
     pairs = build_pairs(inputs, target, _open(ctx, "seasonal", "amsre.zarr"),
-                        _target_params(ctx), **split)
+                        _target_params(ctx), include_latlon=p["latlon"], **split)
     url = ctx.out("pairs.zarr")
     with ctx.tasks_bar():
         write_pairs(pairs, url, storage_options=ctx.so, config_hash=ctx.config_hash)
@@ -371,9 +431,13 @@ def run_validate(ctx: Context, p: dict) -> None:
 
 
 def report_params(r) -> dict:
+    v = r.validation
     return dict(product=r.outputs.product, report=r.outputs.report,
                 truth=["sm_l1"] if r.sources.truth else None, min_obs=r.seasonal.min_obs,
-                sensor_changes=_sensor_changes(r), title=f"casm_cloud: {r.name}")
+                sensor_changes=_sensor_changes(r), eras=_eras(r), preset=r.preset,
+                stations=r.sources.stations, depth=list(v.depth),
+                good_fraction=v.good_fraction, station_min_obs=v.min_obs, **_bins(r),
+                title=f"casm_cloud: {r.name} (preset {r.preset})")
 
 
 def _validation_table(ctx: Context):
@@ -386,6 +450,21 @@ def _validation_table(ctx: Context):
         return pd.read_csv(f)
 
 
+def _station_eras(ctx: Context, p: dict) -> dict:
+    """Scores against the ISMN stations per era (medians over stations)."""
+    from casm_cloud.report.scores import station_scores_by_era
+    from casm_cloud.validation.evaluate import matched_pairs
+    from casm_cloud.validation.stations import read_ismn, select_stations
+    from casm_cloud.validation.workflow import _local_stations
+
+    stations = select_stations(read_ismn(_local_stations(p["stations"]), depth=tuple(p["depth"])),
+                               good_fraction=p["good_fraction"], min_obs=p["station_min_obs"],
+                               n_days=p["n_days"], anchor=str(p["anchor"]))
+    product = storage.open_zarr(_product(ctx, p), ctx.so)
+    pairs, _ = matched_pairs(product, stations, variable="sm")
+    return station_scores_by_era(pairs, p["eras"])
+
+
 def run_report(ctx: Context, p: dict) -> None:
     from casm_cloud.report import scores_against_truth, write_report
 
@@ -393,11 +472,19 @@ def run_report(ctx: Context, p: dict) -> None:
     truth = _aggregate(ctx, "truth", p["truth"]) if p["truth"] else None
     if truth is not None:
         ctx.summary["scores"] = scores_against_truth(
-            product, truth, sensor_changes=p["sensor_changes"], min_obs=p["min_obs"])
+            product, truth, sensor_changes=p["sensor_changes"], eras=p["eras"],
+            min_obs=p["min_obs"], storage_options=ctx.so)
+    ctx.summary["preset"] = p["preset"]
+    if p["stations"]:
+        ctx.summary["station_eras"] = _station_eras(ctx, p)
+    scores = ctx.summary.get("scores")
+    if ctx.summary.get("station_eras"):
+        scores = {**(scores or {}), "station_eras": ctx.summary["station_eras"]}
     out = ctx.output(p["report"], DEFAULT_OUTPUTS["report"])
     ctx.summary["report"] = write_report(
         out, product=product, truth=truth, validation=_validation_table(ctx),
-        sensor_changes=p["sensor_changes"], scores=ctx.summary.get("scores"), title=p["title"])
+        sensor_changes=p["sensor_changes"], scores=scores, title=p["title"],
+        min_obs=p["min_obs"])
 
 
 # --------------------------------------------------------------------------- export

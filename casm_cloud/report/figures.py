@@ -21,9 +21,14 @@ UNCERTAINTIES = ("structural_uncertainty", "data_uncertainty")
 
 # --------------------------------------------------------------------------- helpers
 def _plt():
+    """pyplot, on the Agg backend unless the user (a notebook's inline backend) chose one."""
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "MPLBACKEND" not in os.environ and "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -87,11 +87,20 @@ def _scores_section(work: Path, scores: Mapping) -> str:
     st = pd.concat([st, pd.DataFrame({"score": [f"bias step: {k}" for k in steps],
                                       "value": list(steps.values())})], ignore_index=True)
     st.to_csv(work / "scores_vs_truth.csv", index=False)
-    return ("<h2>Scores against the truth</h2><p class='note'>Medians over pixels of "
-            "Pearson R, ubRMSE and residual R (anomalies from each pixel's seasonal cycle, "
-            "fitted as for the networks' training residuals), global scores of the "
-            "spatial-mean series, and the step in the global mean bias (product − truth) "
-            "across each sensor change.</p>" + _table_html(st, "scores_vs_truth.csv"))
+    out = ("<h2>Scores against the truth</h2><p class='note'>Medians over pixels of "
+           "Pearson R, ubRMSE and residual R (anomalies from each pixel's seasonal cycle, "
+           "fitted as for the networks' training residuals), global scores of the "
+           "spatial-mean series, and the step in the global mean bias (product − truth) "
+           "across each sensor change.</p>" + _table_html(st, "scores_vs_truth.csv"))
+    for key, head, csv in (("eras", "Per era, against the truth (median cell)",
+                            "scores_by_era.csv"),
+                           ("station_eras", "Per era, against the stations (median station)",
+                            "station_scores_by_era.csv")):
+        if scores.get(key):
+            eras = pd.DataFrame([{"era": k, **v} for k, v in scores[key].items()])
+            eras.to_csv(work / csv, index=False)
+            out += f"<h3>{html.escape(head)}</h3>" + _table_html(eras, csv)
+    return out
 
 
 def _consistency_section(work: Path, consistency: pd.DataFrame) -> str:
@@ -125,7 +134,8 @@ def write_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
                  title: str = "casm_cloud report",
                  validation_pairs: Mapping[str, xr.Dataset] | None = None,
                  variable: str = "sm", truth_variable: str = "sm_l1",
-                 min_obs: int = 40) -> Path | str:
+                 min_obs: int = 40,
+                 storage_options: Mapping | None = None) -> Path | str:
     """Write ``index.html`` with its figures and tables into ``out_dir``.
 
     Parameters
@@ -160,6 +170,8 @@ def write_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
     min_obs : int
         ``min_obs`` of the seasonal fit behind the residual scores (when
         they are computed here; see :func:`scores_against_truth`).
+    storage_options : mapping, optional
+        fsspec options to reach ``out_dir`` when it is a URL (the run root's).
 
     Returns
     -------
@@ -187,7 +199,7 @@ def write_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
             _write_local(Path(tmp), **args)
             from casm_cloud.storage import join, url_to_fs
 
-            fs, path = url_to_fs(url)
+            fs, path = url_to_fs(url, storage_options)
             fs.put(tmp.rstrip("/") + "/", path, recursive=True)
             return join(url, "index.html")
     return _write_local(Path(url.removeprefix("file://")), **args)

@@ -22,7 +22,8 @@ from casm_cloud.validation.consistency import consistency_steps
 from casm_cloud.validation.metrics import pearson_r, ubrmse
 
 __all__ = ["ReportError", "MissingVariableError", "scores_against_truth",
-           "sensor_changes_from_source", "harmonic_anomaly"]
+           "sensor_changes_from_source", "harmonic_anomaly", "era_masks", "eras_from_changes",
+           "station_scores_by_era"]
 
 
 class ReportError(UserError, ValueError):
@@ -109,7 +110,9 @@ def truth_on_product_times(truth: xr.DataArray, product: xr.DataArray) -> xr.Dat
 def scores_against_truth(product: xr.Dataset, truth: xr.Dataset, *, variable: str = "sm",
                          truth_variable: str = "sm_l1",
                          sensor_changes: Mapping[str, str] | None = None,
-                         window_days: float = 365.0, min_obs: int = 40) -> dict:
+                         eras: Mapping[str, str | None] | None = None,
+                         window_days: float = 365.0, min_obs: int = 40,
+                         storage_options: Mapping | None = None) -> dict:
     """Scores of a product against the known truth (simulated data).
 
     Parameters
@@ -125,11 +128,18 @@ def scores_against_truth(product: xr.Dataset, truth: xr.Dataset, *, variable: st
         Where to measure the step in the global-mean bias; default: the
         changes of the product's ``source`` variable
         (:func:`sensor_changes_from_source`), none if it has none.
+    eras : mapping of label -> first day, optional
+        The record's eras in order, each from its first day (``None``: the
+        start of the record) to the next era's first day; default: one era
+        before and one after each sensor change (:func:`eras_from_changes`).
     window_days : float
         Window before and after each change.
     min_obs : int
         ``min_obs`` of the seasonal fit behind ``residual_R`` (the recipe's
         ``seasonal.min_obs``; see :func:`harmonic_anomaly`).
+    storage_options : mapping, optional
+        The run's fsspec options (the recipe passes them); the inputs are
+        opened datasets, so nothing here is read with them.
 
     Returns
     -------
@@ -140,7 +150,9 @@ def scores_against_truth(product: xr.Dataset, truth: xr.Dataset, *, variable: st
         ``n_pixels``: pixels with at least 3 pairs; ``bias_steps``:
         ``{label: step}`` (after − before, m3 m-3); ``bias_step``: the step
         at the first change into a SMOS era (label or flag mentioning
-        "smos"), else the largest one, NaN without changes.
+        "smos"), else the largest one, NaN without changes; ``eras``:
+        ``{label: {"start", "end", "R", "ubRMSE", "bias", "n_pixels"}}``, the
+        median cell R and ubRMSE, the mean bias and the cell count per era.
 
     Raises
     ------
@@ -166,7 +178,7 @@ def scores_against_truth(product: xr.Dataset, truth: xr.Dataset, *, variable: st
         (p - t).mean(), pearson_r(p_glob, t_glob), ubrmse(p_glob, t_glob))
     ok = np.asarray(n) >= 3
 
-    def median(v):
+    def median(v, ok=ok):
         return float(np.nanmedian(np.where(ok, v, np.nan))) if ok.any() else float("nan")
 
     scores = {"R": median(r), "ubRMSE": median(ub), "residual_R": median(rr),
@@ -180,7 +192,111 @@ def scores_against_truth(product: xr.Dataset, truth: xr.Dataset, *, variable: st
         steps = {label: float(s) for label, s in zip(changes, table["step"], strict=True)}
     scores["bias_steps"] = steps
     scores["bias_step"] = _main_step(steps, changes)
+    scores["eras"] = _era_scores(p, t, eras if eras is not None else eras_from_changes(changes),
+                                 median)
     return scores
+
+
+def eras_from_changes(changes: Mapping[str, str]) -> dict[str, str | None]:
+    """Eras of a record from its sensor changes: ``{label: first day}`` in order.
+
+    ``{"A → B": d1, "B → C": d2}`` gives ``{"A": None, "B": d1, "C": d2}``; a
+    label without an arrow names the era it starts (the first era is "before" it).
+    """
+    order = sorted(changes, key=lambda k: pd.Timestamp(changes[k]))
+    if not order:
+        return {}
+    first = order[0]
+    out: dict[str, str | None] = {
+        first.split("→")[0].strip() if "→" in first else f"before {first}": None}
+    for label in order:
+        name = label.split("→")[-1].strip() if "→" in label else label
+        while name in out:
+            name += "'"
+        out[name] = str(changes[label])
+    return out
+
+
+def era_masks(times, eras: Mapping[str, str | None]) -> dict[str, tuple[np.ndarray, str, str]]:
+    """Boolean masks of ``times`` for each era: ``{label: (mask, first, last)}``.
+
+    An era runs from its first day (``None``: the first time) up to, not
+    including, the first day of the next era in date order.  Eras without a
+    time step are left out.
+    """
+    t = np.asarray(times, dtype="datetime64[ns]")
+    if t.size == 0:
+        return {}
+    starts = {k: (np.datetime64(v, "ns") if v is not None else t.min()) for k, v in eras.items()}
+    order = sorted(starts, key=lambda k: starts[k])
+    out = {}
+    for i, label in enumerate(order):
+        lo = starts[label]
+        hi = starts[order[i + 1]] if i + 1 < len(order) else None
+        mask = (t >= lo) & (t < hi) if hi is not None else t >= lo
+        if mask.any():
+            out[label] = (mask, str(t[mask].min().astype("datetime64[D]")),
+                          str(t[mask].max().astype("datetime64[D]")))
+    return out
+
+
+def _era_scores(p: xr.DataArray, t: xr.DataArray, eras: Mapping[str, str | None],
+                median) -> dict[str, dict]:
+    """Median cell R, ubRMSE, mean bias and pixel count of ``p`` against ``t`` per era."""
+    masks = era_masks(p["time"].values, eras)
+    if not masks:
+        return {}
+    jobs = []
+    for mask, _, _ in masks.values():
+        sel = xr.DataArray(mask, dims="time")
+        pe, te = p.isel(time=sel), t.isel(time=sel)
+        both = pe.notnull() & te.notnull()
+        jobs.append((pearson_r(pe, te), ubrmse(pe, te), (pe - te).mean(), both.sum("time")))
+    done = dask.compute(*jobs)
+    out = {}
+    for (label, (_, first, last)), (r, ub, bias, n) in zip(masks.items(), done, strict=True):
+        ok = np.asarray(n) >= 3
+        out[label] = {"start": first, "end": last, "R": median(r, ok), "ubRMSE": median(ub, ok),
+                      "bias": float(bias), "n_pixels": int(ok.sum())}
+    return out
+
+
+def station_scores_by_era(pairs: xr.Dataset, eras: Mapping[str, str | None], *,
+                          min_pairs: int = 10) -> dict[str, dict]:
+    """Scores against stations per era: medians over stations of R, ubRMSE and bias.
+
+    Parameters
+    ----------
+    pairs : xarray.Dataset
+        ``product`` and ``reference`` on ``(station, time)``, as from
+        :func:`casm_cloud.validation.evaluate.matched_pairs`.
+    eras : mapping of label -> first day
+        As in :func:`scores_against_truth`.
+    min_pairs : int
+        Fewest pairs for a station to count in an era.
+
+    Returns
+    -------
+    dict
+        ``{label: {"start", "end", "R", "ubRMSE", "bias", "n_stations"}}``.
+    """
+    from casm_cloud.validation.metrics import bias as bias_
+
+    out = {}
+    for label, (mask, first, last) in era_masks(pairs["time"].values, eras).items():
+        sel = xr.DataArray(mask, dims="time")
+        pe = pairs["product"].isel(time=sel)
+        re = pairs["reference"].isel(time=sel)
+        n = np.asarray((pe.notnull() & re.notnull()).sum("time"))
+        ok = n >= min_pairs
+        r, ub, b = (np.asarray(f(pe, re)) for f in (pearson_r, ubrmse, bias_))
+
+        def med(v, ok=ok):
+            return float(np.nanmedian(np.where(ok, v, np.nan))) if ok.any() else float("nan")
+
+        out[label] = {"start": first, "end": last, "R": med(r), "ubRMSE": med(ub),
+                      "bias": med(b), "n_stations": int(ok.sum())}
+    return out
 
 
 def _main_step(steps: dict[str, float], changes: Mapping[str, str]) -> float:

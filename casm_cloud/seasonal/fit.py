@@ -414,7 +414,7 @@ def _reduce_partials(data, s: np.ndarray, c: np.ndarray, kbuf: int, aggregate, s
         partial = dsa.blockwise(_partial_block, ind, data, ind, s_d, (0,), c_d, (0,), kbuf=kbuf,
                                 token="seasonal-partial", **common)
     else:
-        where = [x for d, (n, ch) in enumerate(zip(data.shape, data.chunks))
+        where = [x for d, (n, ch) in enumerate(zip(data.shape, data.chunks, strict=True))
                  for x in (dsa.from_array(np.arange(n), chunks=(ch,)), (d,))]
         partial = dsa.blockwise(_partial_block_sink, ind, data, ind, s_d, (0,), c_d, (0,),
                                 *where, kbuf=kbuf, sink=sink, token="seasonal-partial-store",

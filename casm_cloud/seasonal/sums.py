@@ -134,8 +134,9 @@ def lazy_sums(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dim: st
     SeasonalError
         As :func:`~casm_cloud.seasonal.fit_seasonal_cycle`.
     """
-    import dask
     from functools import partial as bind
+
+    import dask
 
     names, da, t = _stacked(ds, variables, dim)
     if da.chunks is None:
@@ -168,10 +169,10 @@ def _assemble(blocks: list, chunks: tuple, rest: tuple, coords: dict, attrs: dic
     idxs, valss = [], []
     for bi, (s_b, i_b, v_b) in zip(np.ndindex(*(len(ch) for ch in chunks)), blocks, strict=True):
         off = [int(starts[d][bi[d]]) for d in range(len(shape))]
-        sums[(slice(None), *(slice(o, o + n) for o, n in zip(off, s_b.shape[1:])))] = s_b
+        sums[(slice(None), *(slice(o, o + n) for o, n in zip(off, s_b.shape[1:], strict=True)))] = s_b
         if i_b.size:
             local = np.unravel_index(i_b, s_b.shape[1:])
-            idxs.append(np.ravel_multi_index(tuple(li + o for li, o in zip(local, off)), shape))
+            idxs.append(np.ravel_multi_index(tuple(li + o for li, o in zip(local, off, strict=True)), shape))
             valss.append(v_b)
     k = max((v.shape[1] for v in valss), default=0)
     idx = np.concatenate(idxs).astype(np.int64) if idxs else np.empty(0, np.int64)

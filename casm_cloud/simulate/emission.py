@@ -106,7 +106,7 @@ def brightness_temperature(mv, t_soil, t_canopy, vwc, sand, clay, bulk_density, 
                            freq_ghz: float, pol: str, incidence_deg: float,
                            roughness_h: float = 0.15, h_exponent: float = 0.5,
                            b_lband: float = 0.10,
-                           b_exponent: float = 0.7, omega: float = 0.05):
+                           b_exponent: float = 0.5, omega: float = 0.05):
     """Brightness temperature (K) of one channel.
 
     Parameters

@@ -14,7 +14,8 @@ from casm_cloud.simulate.emission import brightness_temperature
 from casm_cloud.simulate.forcing import STREAMS, block_rng, hash_uniform, smooth_noise
 from casm_cloud.simulate.settings import Sensor
 
-__all__ = ["ORBIT_SPACING_DEG", "swath_mask", "overpass_temperature", "observe"]
+__all__ = ["ORBIT_SPACING_DEG", "swath_mask", "overpass_temperature", "teff_weight",
+           "observe"]
 
 _SLAB = 32  # days per emission call
 
@@ -39,6 +40,19 @@ def swath_mask(seed: int, sensor: str, days: np.ndarray, lat: np.ndarray, lon: n
 def overpass_temperature(skt_mean, skt_amp, hour: float):
     """Skin temperature at local solar ``hour`` from a cosine diurnal cycle peaking at 13:30."""
     return skt_mean + skt_amp * np.cos(2 * np.pi * (hour - 13.5) / 24.0)
+
+
+def teff_weight(freq_ghz: float, table) -> float:
+    """C of T_eff = T_deep + C (T_skin - T_deep) at ``freq_ghz`` (Choudhury et al. 1982).
+
+    ``table`` is ``SimSettings.teff_c``: ``(wavelength cm, C)`` pairs,
+    interpolated in log wavelength and held constant beyond their range.
+    ``None`` is the rule before the AMSR-era fix: 0.5 below 5 GHz, else 1.
+    """
+    if table is None:
+        return 0.5 if freq_ghz < 5 else 1.0
+    lam, c = np.asarray(sorted(table), dtype=np.float64).T
+    return float(np.interp(np.log(29.9792458 / freq_ghz), np.log(lam), c))
 
 
 def observe(sensor_name: str, sensor: Sensor, seed: int, fields: dict, static: dict,
@@ -76,8 +90,10 @@ def observe(sensor_name: str, sensor: Sensor, seed: int, fields: dict, static: d
         return out
     bulk = (1.0 - static["porosity"]) * 2.66
     for (name, freq, pol), nedt, offset in zip(sensor.channels, sensor.nedt_k, sensor.offset_k, strict=True):
-        # L band sees deeper than the skin: half skin at overpass, half daily mean
-        t_soil = 0.5 * (t_skin + fields["skt"]) if freq < 5 else t_skin
+        # the longer the wavelength, the deeper the emitting layer: between the skin
+        # at the overpass and the daily mean below (Choudhury et al. 1982)
+        c = np.float32(teff_weight(freq, settings.teff_c))
+        t_soil = fields["skt"] + c * (t_skin - fields["skt"])
         tb = np.empty(shape, dtype=np.float32)
         for t in range(0, shape[0], _SLAB):  # slabs of days: bounded complex temporaries
             sl = slice(t, t + _SLAB)

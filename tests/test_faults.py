@@ -1,0 +1,146 @@
+"""Faults survived: a worker SIGKILLed in the middle of ``train`` or ``predict``, the object
+store stopped in the middle of a stage.
+
+On a LocalCluster of 2 processes of 1 thread: a background thread watches the
+workers, and once a task of the stage is executing it kills that worker's
+process (``os.kill(pid, SIGKILL)``); the nanny restarts it and the scheduler
+runs the lost tasks again.  Member and chunk tasks are pure (same inputs →
+same bits, written to their own paths), so the run completes without a
+restart of the command, with a product bit-identical to an undisturbed run.
+
+The reference run is computed once (module fixture) and each fault run starts
+from a copy of it with the stage under test and those after it removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import xarray as xr
+from test_recipe_casm import PRODUCT_VARS, STAGE_NAMES, START, _raw
+
+from casm_cloud.config import recipe_from_dict
+from casm_cloud.recipes import run_recipe
+
+# The killer's worker-side function travels by value: workers cannot import this module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+UNTIL = "merge"  # the product is written by merge; validate/report/export only read it
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    from casm_cloud.simulate import write_simulation
+
+    out = tmp_path_factory.mktemp("sources")
+    write_simulation(str(out), region="tiny", start=START, end="2016-03-31", seed=0,
+                     amsre_ease1=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(sources, client, tmp_path_factory):
+    """An undisturbed run up to merge: (recipe, product)."""
+    recipe = recipe_from_dict(_raw(sources, tmp_path_factory.mktemp("reference")))
+    run_recipe(recipe, until=UNTIL, client=client, progress=False)
+    return recipe, _product(recipe)
+
+
+def _product(recipe) -> xr.Dataset:
+    return xr.open_zarr(recipe.output("product"), consolidated=False).load()
+
+
+def _from_stage(reference, root: Path, stage: str):
+    """The reference run under ``root`` without ``stage`` and the stages after it."""
+    recipe, _ = reference
+    shutil.copytree(Path(recipe.run_root), root / "run")
+    for name in STAGE_NAMES[STAGE_NAMES.index(stage):]:
+        shutil.rmtree(root / "run" / name, ignore_errors=True)
+    shutil.rmtree(root / "run" / "product.zarr", ignore_errors=True)
+    raw = recipe.model_dump(mode="json")
+    raw.update(run_root=str(root / "run"), outputs={})
+    return recipe_from_dict(raw)
+
+
+class WorkerKiller(threading.Thread):
+    """SIGKILL the process of the first worker seen executing a task whose key starts
+    with ``prefix`` (after ``delay`` seconds of it executing)."""
+
+    def __init__(self, client, prefix: str, delay: float = 0.0):
+        super().__init__(daemon=True)
+        self.client, self.prefix, self.delay = client, prefix, delay
+        self.killed: list[tuple[str, str]] = []
+        self.seen: set[str] = set()
+        self._done = threading.Event()
+
+    @staticmethod
+    def _executing(dask_worker=None) -> tuple[int, list[str]]:
+        return os.getpid(), [str(k) for k, ts in dask_worker.state.tasks.items()
+                             if ts.state == "executing"]
+
+    def run(self) -> None:
+        first: dict[str, float] = {}
+        while not self._done.is_set() and not self.killed:
+            try:
+                states = self.client.run(self._executing, on_error="ignore")
+            except Exception:  # noqa: BLE001 - a worker restarting
+                states = {}
+            now = time.monotonic()
+            for addr, (pid, keys) in states.items():
+                self.seen.update(k.split("-")[0] for k in keys)
+                hits = [k for k in keys if k.startswith(self.prefix)]
+                if not hits:
+                    continue
+                first.setdefault(addr, now)
+                if now - first[addr] >= self.delay:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append((addr, hits[0]))
+                    return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=10)
+
+
+def _wait_for_workers(client, n: int = 2) -> None:
+    client.wait_for_workers(n, timeout=60)
+
+
+@pytest.mark.parametrize(("stage", "prefix", "delay"), [
+    ("train", "train-member", 0.0),         # members fit in about a second here
+    ("predict_smos", "casm-predict", 0.0),  # chunks take a fraction of a second
+], ids=["train", "predict"])
+def test_a_worker_killed_in_the_middle_of_a_stage(reference, client, tmp_path, stage, prefix,
+                                                  delay):
+    recipe = _from_stage(reference, tmp_path, stage)
+    killer = WorkerKiller(client, prefix, delay)
+    killer.start()
+    try:
+        ctx = run_recipe(recipe, until=UNTIL, client=client, progress=False)
+    finally:
+        killer.stop()
+        _wait_for_workers(client)
+    assert killer.killed, f"no {prefix} task was seen executing (saw {sorted(killer.seen)})"
+    assert list(ctx.timings) == STAGE_NAMES[STAGE_NAMES.index(stage):STAGE_NAMES.index(UNTIL) + 1]
+    got, want = _product(recipe), reference[1]
+    for name in PRODUCT_VARS:
+        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
