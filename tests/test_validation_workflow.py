@@ -145,6 +145,16 @@ def test_a_failure_while_copying_removes_what_was_copied(sim, memory_root, monke
     assert _ls(f"{memory_root}/validate") == [] and len(calls) == 3
 
 
+def test_stations_on_an_object_store_are_fetched_once(sim, tmp_path, memory_root):
+    fs = fsspec.filesystem("memory")
+    fs.put(str(sim / "stations"), f"{memory_root}/ismn", recursive=True)
+    here = run_validation({"CASM": str(sim / "smap.zarr")}, str(sim / "stations"),
+                          str(tmp_path / "a"), figures=False, **RULES)
+    there = run_validation({"CASM": str(sim / "smap.zarr")}, f"{memory_root}/ismn",
+                           str(tmp_path / "b"), figures=False, **RULES)
+    pd.testing.assert_frame_equal(here, there)
+
+
 def test_an_existing_output_folder_keeps_its_other_files(sim, tmp_path):
     out = tmp_path / "validate"
     out.mkdir()
@@ -155,9 +165,8 @@ def test_an_existing_output_folder_keeps_its_other_files(sim, tmp_path):
 
 
 def test_stations_and_output_must_be_usable(sim, tmp_path, memory_root):
-    with pytest.raises(InputError, match="stations gs://bucket/ismn.zip: an ISMN download is "
-                                         "read from a local folder or .zip"):
-        run_validation({"CASM": str(sim / "smap.zarr")}, "gs://bucket/ismn.zip",
+    with pytest.raises(UserError, match="stations memory://nowhere/ismn.zip: no ISMN folder"):
+        run_validation({"CASM": str(sim / "smap.zarr")}, "memory://nowhere/ismn.zip",
                        f"{memory_root}/v", **RULES)
     afile = tmp_path / "afile"
     afile.write_text("x")

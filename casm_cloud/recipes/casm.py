@@ -457,7 +457,7 @@ def _station_eras(ctx: Context, p: dict) -> dict:
     from casm_cloud.validation.stations import read_ismn, select_stations
     from casm_cloud.validation.workflow import _local_stations
 
-    stations = select_stations(read_ismn(_local_stations(p["stations"]), depth=tuple(p["depth"])),
+    stations = select_stations(read_ismn(_local_stations(p["stations"], ctx.so), depth=tuple(p["depth"])),
                                good_fraction=p["good_fraction"], min_obs=p["station_min_obs"],
                                n_days=p["n_days"], anchor=str(p["anchor"]))
     product = storage.open_zarr(_product(ctx, p), ctx.so)

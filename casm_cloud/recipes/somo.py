@@ -186,7 +186,7 @@ def run_targets(ctx: Context, p: dict) -> None:
     from casm_cloud.validation.workflow import _local_stations
 
     with tempfile.TemporaryDirectory(prefix="casm-somo-ismn-") as meta:
-        stations = read_ismn(_local_stations(p["stations"]), depth=(0.0, 0.5), meta_path=meta)
+        stations = read_ismn(_local_stations(p["stations"], ctx.so), depth=(0.0, 0.5), meta_path=meta)
     era5_sm = _open(ctx, "forcing", "era5_layers.zarr")
     targets, table = station_targets(stations, p["window"], era5_sm,
                                      min_overlap=p["min_overlap"])

@@ -15,6 +15,7 @@ lazy objects or small tables.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -150,12 +151,35 @@ def keep_where(product: xr.Dataset, variable: str, rules: Mapping[str, Sequence[
     return product.assign({variable: product[variable].where(keep)})
 
 
-def _local_stations(stations_path: str | Path) -> str:
+_FETCHED: dict[str, str] = {}
+
+
+def _local_stations(stations_path: str | Path, storage_options: Mapping | None = None) -> str:
+    """A local path of an ISMN download: as given, or fetched once per process from a URL.
+
+    The ``ismn`` package reads local folders and zips only, so a download on an
+    object store (``gs://…/ismn.zip``, as the monthly job has it) is copied to a
+    scratch folder first (removed when the process exits).
+    """
     local = _local_path(stations_path)
-    if local is None:
-        raise InputError(f"stations {stations_path}: an ISMN download is read from a local "
-                         "folder or .zip; copy it to a local path first")
-    return local
+    if local is not None:
+        return local
+    url = str(stations_path)
+    if url not in _FETCHED:
+        import atexit
+        import shutil
+
+        from casm_cloud import storage
+
+        fs, path = storage.url_to_fs(url, storage_options)
+        if not fs.exists(path):
+            raise MissingInputError(f"stations {url}: no ISMN folder or zip there")
+        tmp = tempfile.mkdtemp(prefix="casm-ismn-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        target = os.path.join(tmp, path.rstrip("/").rsplit("/", 1)[-1])
+        fs.get(path, target, recursive=fs.isdir(path))
+        _FETCHED[url] = target
+    return _FETCHED[url]
 
 
 def _check_output(out: str, so: Mapping) -> None:
@@ -253,7 +277,7 @@ def run_validation(products: Mapping[str, str | Path] | str | Path, stations_pat
     so = dict(storage_options or {})
     out = str(out)
     _check_output(out, so)
-    stations = select_stations(read_ismn(_local_stations(stations_path), depth=tuple(depth)),
+    stations = select_stations(read_ismn(_local_stations(stations_path, storage_options), depth=tuple(depth)),
                                good_fraction=good_fraction, min_obs=min_obs, n_days=n_days,
                                anchor=str(anchor))
     tables, pairs, failures, removed = [], {}, {}, []
