@@ -64,9 +64,10 @@ class GridConfig(_Section):
         return self
 
     def window(self):
-        from casm_cloud.grid import EASE2Grid
+        """The window on the named grid (EASE2, or lat/lon for a recipe that allows it)."""
+        from casm_cloud.grid import grid_by_name
 
-        grid = EASE2Grid(self.name)
+        grid = grid_by_name(self.name)
         lat, lon, region = self.lat, self.lon, self.region
         if lat is not None:
             return grid.window(lat=lat, lon=lon)
@@ -444,15 +445,6 @@ class SomoGrid(GridConfig):
     """The window, on ERA5's 0.25° grid by default (or an EASE2 grid)."""
 
     name: Literal["ERA5_0p25", "M36", "M25", "M09"] = "ERA5_0p25"
-
-    def window(self):
-        from casm_cloud.grid import grid_by_name
-
-        grid = grid_by_name(self.name)
-        lat, lon, region = self.lat, self.lon, self.region
-        if lat is not None:
-            return grid.window(lat=lat, lon=lon)
-        return grid.window_by_name(region)
 
 
 class SomoPeriods(_Section):
