@@ -119,8 +119,10 @@ def _prepare(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[str, s
              resume: bool, overwrite: bool, append: bool) -> None:
     """Create, reuse or grow the store; refuse one made by another configuration."""
     state = storage.store_state(out, so)
-    if state["exists"] and not overwrite:
-        stored = storage.open_zarr(out, so)
+    stored = storage.open_zarr(out, so) if state["exists"] and not overwrite else None
+    if stored is not None and "time" not in stored.variables:
+        stored = None  # a run killed while it wrote the template: write it again
+    if stored is not None:
         if stored.attrs.get(SOMO_HASH_ATTR) != hashes[SOMO_HASH_ATTR]:
             raise storage.StoreError(f"output {out} was written by another SoMo.ml prediction "
                                      "configuration; pass overwrite=True or choose another output")
