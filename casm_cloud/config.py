@@ -1,19 +1,17 @@
-"""The recipe: one typed, validated configuration for a CASM run.
+"""Recipes: one typed, validated configuration per kind (``casm``, ``somo``).
 
 A recipe is YAML; ``load_recipe(path)`` turns it into a frozen
 :class:`Recipe`.  Unknown keys, wrong types and impossible dates are errors
 that name the key (``ConfigError: recipe key 'training.epochs': …``).  Paths
 and dates are parsed at load time; relative paths resolve against the
-recipe's folder.  Each stage hashes only the sections it depends on
-(:meth:`Recipe.section_hash`), so changing, say, the number of training
+recipe's folder.  Stages hash the values they read (see
+``casm_cloud.recipes.runner``), so changing, say, the number of training
 epochs re-runs training and what follows, never the aggregation.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -231,7 +229,23 @@ class Outputs(_Section):
     report: str | None = None
 
 
-class Recipe(_Section):
+class _Recipe(_Section):
+    """What every recipe kind shares: no credentials in ``storage_options``; its outputs."""
+
+    @field_validator("storage_options", check_fields=False)
+    @classmethod
+    def _no_secrets(cls, v: dict) -> dict:
+        return _no_credentials(v)
+
+    def output(self, which: Literal["product", "export", "report"]) -> str:
+        """Where a user-facing output goes: ``outputs.<which>``, or under the run root."""
+        from casm_cloud.storage import join
+
+        given = getattr(self.outputs, which)
+        return given or join(self.run_root, DEFAULT_OUTPUTS[which])
+
+
+class Recipe(_Recipe):
     """A CASM recipe (``kind: casm``, the default for recipes that name no kind)."""
 
     kind: Literal["casm"] = "casm"
@@ -255,10 +269,6 @@ class Recipe(_Section):
     cluster: Cluster = Cluster()
     outputs: Outputs = Outputs()
 
-    @field_validator("storage_options")
-    @classmethod
-    def _no_secrets(cls, v: dict) -> dict:
-        return _no_credentials(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -274,25 +284,7 @@ class Recipe(_Section):
         return data
 
     # -- derived --------------------------------------------------------
-    def output(self, which: Literal["product", "export", "report"]) -> str:
-        from casm_cloud.storage import join
 
-        given = getattr(self.outputs, which)
-        return given or join(self.run_root, DEFAULT_OUTPUTS[which])
-
-    def section_hash(self, *sections: str) -> str:
-        """sha256 (16 hex digits) of the named sections, for stage skip/resume.
-
-        A name is a section (``"training"``) or one key of it (``"training.epochs"``).
-        """
-        data = {}
-        for s in sections:
-            obj = self
-            for part in s.split("."):
-                obj = getattr(obj, part)
-            data[s] = _jsonable(obj)
-        blob = json.dumps(data, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
 
 
 #: Recipe models by ``kind`` (a registry: each recipe module's typed configuration).
@@ -501,7 +493,7 @@ class SomoValidation(_Section):
     min_obs: int = Field(30, ge=2)     # fewest paired days of a cell's scores
 
 
-class SomoRecipe(_Section):
+class SomoRecipe(_Recipe):
     """A SoMo.ml recipe (``kind: somo``): ERA5 + statics + ISMN → one EA-LSTM per layer."""
 
     kind: Literal["somo"] = "somo"
@@ -521,21 +513,12 @@ class SomoRecipe(_Section):
     cluster: Cluster = Cluster()
     outputs: Outputs = Outputs()
 
-    @field_validator("storage_options")
-    @classmethod
-    def _no_secrets(cls, v: dict) -> dict:
-        return _no_credentials(v)
 
     @property
     def period(self) -> Period:
         """The product's period (what ``casm-cloud update`` extends)."""
         return self.periods.product
 
-    def output(self, which: Literal["product", "export", "report"]) -> str:
-        from casm_cloud.storage import join
-
-        given = getattr(self.outputs, which)
-        return given or join(self.run_root, DEFAULT_OUTPUTS[which])
 
 
 RECIPE_KINDS["somo"] = SomoRecipe

@@ -85,13 +85,6 @@ def test_load_yaml_file(tmp_path):
         load_recipe(tmp_path / "missing.yaml")
 
 
-def test_section_hash_tracks_only_named_sections():
-    a = recipe_from_dict(BASE)
-    b = recipe_from_dict(_with(training__epochs=5))
-    assert a.section_hash("aggregate", "grid") == b.section_hash("aggregate", "grid")
-    assert a.section_hash("training") != b.section_hash("training")
-
-
 def test_demo_recipe(tmp_path):
     r = demo_recipe(tmp_path / "d")
     assert r.run_root.endswith("d/run") and r.output("product").endswith("d/product.zarr")
