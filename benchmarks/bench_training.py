@@ -53,7 +53,7 @@ from casm_cloud.grid import EASE2Grid
 from casm_cloud.models import build_model
 from casm_cloud.pairs import SampleLoader, build_pairs, write_pairs
 from casm_cloud.testing import make_tb_dataset, make_truth
-from casm_cloud.training import LOSSES, _deterministic, _epoch_loss
+from casm_cloud.training.loop import LOSSES, _deterministic, _epoch_loss
 
 TRAIN_SHARE = 0.64 * 0.7  # train split (1 - 0.2) * (1 - 0.2) x valid share (30 % TB gaps)
 
@@ -69,7 +69,7 @@ def make_table(url: str, n_train: int, chunk_size: int, seed: int = 0) -> None:
 
 
 def _train_loader(url: str, batch_size: int, seed: int) -> SampleLoader:
-    # As training._loaders builds it for train_dense.
+    # As training.dense._loaders builds it for train_dense.
     return SampleLoader(url, "train", batch_size, None, None, None, seed)
 
 

@@ -32,6 +32,7 @@ the training part for validation, decided per sample by a hash of its
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -229,6 +230,31 @@ def build_pairs(inputs: xr.Dataset, target: xr.DataArray,
         If inputs and target are not on the same coordinates, a variable is
         not (time, y, x), parameters are missing, or no sample is valid.
     """
+    ds, names, tname, in_p, tg_p = _aligned(inputs, target, input_params, target_params,
+                                            split, val_fraction, test_fraction)
+    labels = split_map(ds["y"].shape + ds["x"].shape, block_size=block_size,
+                       val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    packed = _packed_chunks(ds, names, in_p, tg_p, labels, split, val_fraction, test_fraction,
+                            seed)
+    # The one compute of this stage: how many samples each chunk gives to each split.
+    counts = np.stack(dask.compute(*[dask.delayed(_count)(p) for p in packed]))
+    if counts.sum() == 0:
+        raise PairsError(f"no valid samples: no (time, y, x) has all of {names} and {tname!r}")
+    feat_names = [*names, *(["lat", "lon"] if include_latlon else [])]
+    out, offsets = _sample_table(ds, packed, counts, len(names), feat_names, seed)
+    out.attrs = {FEATURES_ATTR: feat_names, TARGET_ATTR: tname,
+                 OFFSETS_ATTR: json.dumps(offsets), "split_mode": split,
+                 "block_size": int(block_size), "val_fraction": float(val_fraction),
+                 "test_fraction": float(test_fraction), "seed": int(seed),
+                 "residuals": "features and target are residuals (value - seasonal cycle)"
+                 if input_params is not None else "features and target as given",
+                 "casm_kind": "pairs"}
+    return out
+
+
+def _aligned(inputs, target, input_params, target_params, split, val_fraction, test_fraction):
+    """Inputs and target checked and joined into one (time, y, x) dask dataset (target as
+    ``__target__``), with the input names, the target's name and the parameter arrays."""
     if split not in ("spatial_blocks", "random"):
         raise PairsError(f"split={split!r}: expected 'spatial_blocks' or 'random'")
     if not (0 <= test_fraction < 1 and 0 <= val_fraction < 1):
@@ -256,38 +282,36 @@ def build_pairs(inputs: xr.Dataset, target: xr.DataArray,
         if p is not None and (p.sizes["y"], p.sizes["x"]) != (ds.sizes["y"], ds.sizes["x"]):
             raise PairsError(f"{what} seasonal parameters are {p.sizes['y']}x{p.sizes['x']}; "
                              f"the data are {ds.sizes['y']}x{ds.sizes['x']}")
+    return ds, names, tname, in_p, tg_p
 
+
+def _packed_chunks(ds, names, in_p, tg_p, labels, split, val_fraction, test_fraction, seed):
+    """One delayed :func:`_gather_chunk` per (time, y, x) chunk, in C order."""
     time = ds["time"].values.astype("datetime64[ns]")
     lat = np.asarray(ds["lat"].values if "lat" in ds.coords else ds["y"].values, dtype=np.float64)
     lon = np.asarray(ds["lon"].values if "lon" in ds.coords else ds["x"].values, dtype=np.float64)
     shape = (ds.sizes["time"], ds.sizes["y"], ds.sizes["x"])
-    labels = split_map(shape[1:], block_size=block_size, val_fraction=val_fraction,
-                       test_fraction=test_fraction, seed=seed)
     blocks = {v: ds[v].data.to_delayed() for v in [*names, "__target__"]}
     tch, ych, xch = ds.chunks["time"], ds.chunks["y"], ds.chunks["x"]
     tst, yst, xst = (np.concatenate([[0], np.cumsum(c)]) for c in (tch, ych, xch))
-
     packed = []
     gather = dask.delayed(_gather_chunk, pure=True)
-    for it in range(len(tch)):
+    for it, iy, ix in itertools.product(range(len(tch)), range(len(ych)), range(len(xch))):
         ts = slice(tst[it], tst[it + 1])
-        for iy in range(len(ych)):
-            ys = slice(yst[iy], yst[iy + 1])
-            for ix in range(len(xch)):
-                xs = slice(xst[ix], xst[ix + 1])
-                sub = [None if p is None else p.isel(y=ys, x=xs).data for p in (in_p, tg_p)]
-                packed.append(gather(
-                    time[ts], lat[ys], lon[xs], int(ys.start), int(xs.start), int(ts.start),
-                    shape, [blocks[v][it, iy, ix] for v in names],
-                    blocks["__target__"][it, iy, ix], *sub, labels[ys, xs],
-                    split, val_fraction, test_fraction, seed, len(packed)))
-    # The one compute of this stage: how many samples each chunk gives to each split.
-    counts = np.stack(dask.compute(*[dask.delayed(_count)(p) for p in packed]))
-    if counts.sum() == 0:
-        raise PairsError(f"no valid samples: no (time, y, x) has all of {names} and {tname!r}")
+        ys, xs = slice(yst[iy], yst[iy + 1]), slice(xst[ix], xst[ix + 1])
+        sub = [None if p is None else p.isel(y=ys, x=xs).data for p in (in_p, tg_p)]
+        packed.append(gather(
+            time[ts], lat[ys], lon[xs], int(ys.start), int(xs.start), int(ts.start),
+            shape, [blocks[v][it, iy, ix] for v in names],
+            blocks["__target__"][it, iy, ix], *sub, labels[ys, xs],
+            split, val_fraction, test_fraction, seed, len(packed)))
+    return packed
 
+
+def _sample_table(ds, packed, counts, n_inputs, feat_names, seed):
+    """The lazy sample table (without attributes) and each split's [start, stop) offsets:
+    splits in :data:`SPLITS` order, chunks within a split in a seeded random order."""
     order = np.random.default_rng(seed).permutation(len(packed))
-    feat_names = [*names, *(["lat", "lon"] if include_latlon else [])]
     nf = len(feat_names)
     cols: dict[str, list] = {k: [] for k in ("features", "target", "time", "row", "col", "split")}
     specs = {"features": ((nf,), np.float32), "target": ((), np.float32),
@@ -305,7 +329,7 @@ def build_pairs(inputs: xr.Dataset, target: xr.DataArray,
             for j, key in enumerate(specs):
                 tail, dtype = specs[key]
                 arr = da.from_delayed(part[j], shape=(n, *tail) if key != "features"
-                                      else (n, len(names) + 2), dtype=dtype)
+                                      else (n, n_inputs + 2), dtype=dtype)
                 cols[key].append(arr[:, :nf] if key == "features" else arr)
             cols["split"].append(da.full((n,), code, dtype=np.int8, chunks=n))
     cat = {k: da.concatenate(v) for k, v in cols.items()}
@@ -326,14 +350,7 @@ def build_pairs(inputs: xr.Dataset, target: xr.DataArray,
                 ds["y"].attrs)
     out["x"] = ("sample", cat["col"].map_blocks(partial(np.take, ds["x"].values), dtype=np.float64),
                 ds["x"].attrs)
-    out.attrs = {FEATURES_ATTR: feat_names, TARGET_ATTR: tname,
-                 OFFSETS_ATTR: json.dumps(offsets), "split_mode": split,
-                 "block_size": int(block_size), "val_fraction": float(val_fraction),
-                 "test_fraction": float(test_fraction), "seed": int(seed),
-                 "residuals": "features and target are residuals (value - seasonal cycle)"
-                 if input_params is not None else "features and target as given",
-                 "casm_kind": "pairs"}
-    return out
+    return out, offsets
 
 
 def write_pairs(pairs: xr.Dataset, url: str, storage_options: Mapping | None = None, *,

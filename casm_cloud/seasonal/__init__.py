@@ -4,14 +4,16 @@ The one owner of the year phase, the cycle formula, the residuals and the
 fallbacks (docs/science.md, "Seasonal cycle"; docs/architecture.md, "Where
 each concept lives").
 
-* :mod:`casm_cloud.seasonal.fit`: the fit (nine per-pixel sums, numba
-  kernels in :mod:`casm_cloud.kernels.seasonal`), the cycle, the residuals,
-  the stage's parameter stores;
+* :mod:`casm_cloud.seasonal.fit`: the year phase and the fit (nine per-pixel
+  sums, numba kernels in :mod:`casm_cloud.kernels.seasonal`);
+* :mod:`casm_cloud.seasonal.cycle`: the cycle and the residuals (NumPy and lazy);
+* :mod:`casm_cloud.seasonal.stage`: the stage's datasets and parameter stores;
 * :mod:`casm_cloud.seasonal.sums`: the fit's reduced partial sums taken
   while another pass holds the data (the CASM ``aggregate`` stage), stored,
   and the parameters finished from them.
 """
 
+from casm_cloud.seasonal.cycle import cycle_values, deseasonalize, residual_values, seasonal_cycle
 from casm_cloud.seasonal.fit import (  # noqa: F401  (private names: tests, benchmarks)
     METHODS,
     PARAM_NAMES,
@@ -19,16 +21,10 @@ from casm_cloud.seasonal.fit import (  # noqa: F401  (private names: tests, benc
     _aggregate,
     _combine,
     _partial_block,
-    cycle_values,
-    deseasonalize,
     fit_seasonal_cycle,
-    residual_values,
-    seasonal_cycle,
-    seasonal_params,
-    seasonal_residuals,
-    write_seasonal,
     year_phase,
 )
+from casm_cloud.seasonal.stage import seasonal_params, seasonal_residuals, write_seasonal
 from casm_cloud.seasonal.sums import (
     SUMS_KBUF,
     lazy_sums,

@@ -46,9 +46,9 @@ from casm_cloud.seasonal.fit import (
     _combine,
     _params_dataset,
     _reduce_partials,
-    _select,
     _sincos,
 )
+from casm_cloud.seasonal.stage import _select
 
 __all__ = ["SUMS_KBUF", "lazy_sums", "write_sums", "open_sums", "params_from_sums",
            "sums_usable"]
