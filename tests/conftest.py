@@ -1,4 +1,5 @@
-"""Shared test fixtures: the real provider files beside the repository."""
+"""Shared test fixtures: the real provider files beside the repository, object-store
+servers on 127.0.0.1, and the tiny CASM and SoMo.ml runs (computed once per session)."""
 
 from __future__ import annotations
 
@@ -118,3 +119,57 @@ def s3_server():
         yield "s3://casm-test", so
     finally:
         _stop(proc)
+
+
+# ---- the tiny runs (tests/_tiny.py), each computed once per session ------------------------
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of 2 processes of 1 thread for a module's runs."""
+    from _tiny import local_client
+
+    with local_client() as c:
+        yield c
+
+
+def _reference_run(raw: dict):
+    """A tiny run, uninterrupted, on its own LocalCluster: (recipe, context)."""
+    from _tiny import local_client
+
+    from casm_cloud.config import recipe_from_dict
+    from casm_cloud.recipes import run_recipe
+
+    recipe = recipe_from_dict(raw)
+    with local_client() as c:
+        return recipe, run_recipe(recipe, client=c, progress=False)
+
+
+@pytest.fixture(scope="session")
+def casm_sources(tmp_path_factory) -> Path:
+    from _tiny import write_casm_sources
+
+    return write_casm_sources(tmp_path_factory.mktemp("casm-sources"))
+
+
+@pytest.fixture(scope="session")
+def casm_reference(casm_sources, tmp_path_factory):
+    """The tiny CASM run, (recipe, context); tests change copies only."""
+    from _tiny import casm_raw
+
+    return _reference_run(casm_raw(casm_sources, tmp_path_factory.mktemp("casm-reference")))
+
+
+@pytest.fixture(scope="session")
+def somo_sources(tmp_path_factory) -> Path:
+    from _tiny import write_somo_sources
+
+    return write_somo_sources(tmp_path_factory.mktemp("somo-sources"))
+
+
+@pytest.fixture(scope="session")
+def somo_reference(somo_sources, tmp_path_factory):
+    """The tiny SoMo.ml run, (recipe, context); tests change copies only."""
+    from _tiny import somo_raw
+
+    return _reference_run(somo_raw(somo_sources, tmp_path_factory.mktemp("somo-reference")))

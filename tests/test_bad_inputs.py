@@ -1,8 +1,7 @@
 """Bad inputs are refused: exit code 2, one line naming what is wrong, nothing written.
 
 Every case runs the real command line (``casm_cloud.cli.main``) against a
-small finished run (sources simulated for the tiny region, the CASM recipe run
-up to ``predict_smos`` with one small network) and checks that
+finished run (the session's tiny CASM run, tests/_tiny.py) and checks that
 
 * the exit code is 2 and stderr is exactly one ``casm-cloud: error: …`` line
   naming the key, file or variable and what was expected (no traceback);
@@ -20,49 +19,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _tiny import casm_raw
 
 from casm_cloud.cli import main
 
-START, END = "2011-01-01", "2015-12-31"
-
-
-def _raw(sources: Path, run_root: str) -> dict:
-    return {
-        "name": "bad-inputs", "run_root": run_root,
-        "sources": {"catalog": str(sources / "catalog.yaml"), "truth": "truth",
-                    "era5": "era5", "stations": str(sources / "stations")},
-        "grid": {"name": "M25", "region": "tiny"},
-        "period": {"start": START, "end": END},
-        "periods": {"transfer": {"start": START, "end": "2011-10-03"}},
-        "network": {"hidden": [8, 8, 8, 8]},
-        "training": {"epochs": 1, "fine_tune_epochs": 1, "batch_size": 512, "patience": 1,
-                     "block_size": 2},
-        "ensemble": {"members": 1, "n_noise": 1},
-        "predict": {"chunks": {"time": 256, "y": 8, "x": 8}},
-        "validation": {"min_obs": 20},
-        "cluster": {"n_workers": 1, "threads_per_worker": 1},
-    }
-
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Simulated sources and a run finished up to predict_smos (one member, one epoch)."""
-    from distributed import Client, LocalCluster
-
-    from casm_cloud.config import recipe_from_dict
-    from casm_cloud.recipes import run_recipe
-    from casm_cloud.simulate import write_simulation
-
-    root = tmp_path_factory.mktemp("bad-inputs")
-    sources = root / "sources"
-    write_simulation(str(sources), region="tiny", start=START, end="2016-03-31", seed=0,
-                     amsre_ease1=True)
-    recipe = recipe_from_dict(_raw(sources, str(root / "run")))
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        run_recipe(recipe, until="predict_smos", client=client, progress=False)
-    run = root / "run"
-    return {"root": root, "sources": sources, "run": run,
+def world(casm_sources, casm_reference):
+    """The session's simulated sources and finished tiny run (tests/conftest.py)."""
+    run = Path(casm_reference[0].run_root)
+    return {"roots": (casm_sources, run), "sources": casm_sources, "run": run,
             "smos": run / "aggregate" / "smos.zarr", "amsre": run / "aggregate" / "amsre.zarr",
             "p_smos": run / "seasonal" / "smos.zarr", "p_amsre": run / "seasonal" / "amsre.zarr",
             "p_smap": run / "seasonal" / "smap.zarr",
@@ -73,7 +39,7 @@ def world(tmp_path_factory):
 # --------------------------------------------------------------------------- helpers
 def _recipe(w, tmp: Path, *, drop: tuple[str, ...] = (), **changes) -> str:
     """A recipe YAML under ``tmp``: the world's, with dotted keys changed (``a.b=value``)."""
-    raw = _raw(w["sources"], str(tmp / "run"))
+    raw = casm_raw(w["sources"], tmp)
     for key, value in changes.items():
         *parents, leaf = key.split("__")
         node = raw
@@ -352,7 +318,7 @@ KNOWN_GAPS: dict[str, str] = {}
 def test_bad_input_is_refused_in_one_line(world, case, tmp_path, capsys):
     build, expected = CASES[case]
     argv = build(world, tmp_path)
-    before = _snapshot(world["root"], tmp_path)
+    before = _snapshot(*world["roots"], tmp_path)
     rc = main(argv)
     out, err = capsys.readouterr()
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -362,7 +328,7 @@ def test_bad_input_is_refused_in_one_line(world, case, tmp_path, capsys):
     assert lines[0].startswith("casm-cloud: error: "), lines[0]
     for s in expected:
         assert s in lines[0], f"{s!r} not in {lines[0]!r}"
-    after = _snapshot(world["root"], tmp_path)
+    after = _snapshot(*world["roots"], tmp_path)
     changed = [p for p, v in before.items() if after.get(p) != v]
     assert not changed, f"existing files changed: {changed[:5]}"
     made = [p for p in after if p not in before and _looks_complete(p)]

@@ -8,7 +8,7 @@ runs the lost tasks again.  Member and chunk tasks are pure (same inputs →
 same bits, written to their own paths), so the run completes without a
 restart of the command, with a product bit-identical to an undisturbed run.
 
-The reference run is computed once (module fixture) and each fault run starts
+The reference run is the session's tiny run (tests/conftest.py) and each fault run starts
 from a copy of it with the stage under test and those after it removed.
 """
 
@@ -25,8 +25,9 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
-import xarray as xr
-from test_recipe_casm import PRODUCT_VARS, STAGE_NAMES, START, _raw
+from _tiny import CASM_PRODUCT_VARS as PRODUCT_VARS
+from _tiny import product as _product
+from test_recipe_casm import STAGE_NAMES
 
 from casm_cloud.config import recipe_from_dict
 from casm_cloud.recipes import run_recipe
@@ -38,34 +39,10 @@ UNTIL = "merge"  # the product is written by merge; validate/report/export only 
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> Path:
-    from casm_cloud.simulate import write_simulation
-
-    out = tmp_path_factory.mktemp("sources")
-    write_simulation(str(out), region="tiny", start=START, end="2016-03-31", seed=0,
-                     amsre_ease1=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def reference(sources, client, tmp_path_factory):
-    """An undisturbed run up to merge: (recipe, product)."""
-    recipe = recipe_from_dict(_raw(sources, tmp_path_factory.mktemp("reference")))
-    run_recipe(recipe, until=UNTIL, client=client, progress=False)
+def reference(casm_reference):
+    """The session's undisturbed tiny run: (recipe, product)."""
+    recipe, _ = casm_reference
     return recipe, _product(recipe)
-
-
-def _product(recipe) -> xr.Dataset:
-    return xr.open_zarr(recipe.output("product"), consolidated=False).load()
 
 
 def _from_stage(reference, root: Path, stage: str):

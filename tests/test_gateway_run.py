@@ -16,37 +16,26 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from _tiny import CASM_PRODUCT_VARS as PRODUCT_VARS
+from _tiny import casm_raw as _raw
+from _tiny import product as _product
 from test_cluster import gateway_server  # noqa: F401  (the fixture)
-from test_recipe_casm import PRODUCT_VARS, START, _raw
 
 from casm_cloud.cli import main
 from casm_cloud.cluster import _close_once
-from casm_cloud.config import recipe_from_dict
-from casm_cloud.recipes import run_recipe
 
 pytest.importorskip("dask_gateway_server")
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> Path:
-    from casm_cloud.simulate import write_simulation
-
-    out = tmp_path_factory.mktemp("sources")
-    write_simulation(str(out), region="tiny", start=START, end="2016-03-31", seed=0,
-                     amsre_ease1=True)
-    return out
+def sources(casm_sources) -> Path:
+    return casm_sources
 
 
 @pytest.fixture(scope="module")
-def local_product(sources, tmp_path_factory) -> xr.Dataset:
-    """The product of the LocalCluster run (2 processes of 1 thread), up to merge."""
-    from distributed import Client, LocalCluster
-
-    recipe = recipe_from_dict(_raw(sources, tmp_path_factory.mktemp("local")))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        run_recipe(recipe, until="merge", client=client, progress=False)
-    return xr.open_zarr(recipe.output("product"), consolidated=False).load()
+def local_product(casm_reference) -> xr.Dataset:
+    """The product of the session's LocalCluster run (2 processes of 1 thread)."""
+    return _product(casm_reference[0])
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """The CASM recipe end to end on a tiny simulated region: run, resume after a kill,
-monthly update, and which stages a changed recipe re-runs."""
+monthly update, and which stages a changed recipe re-runs (the same recipe with its run root
+on a GCS emulator is run by tests/test_secrets.py, which checks it gives these bits)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +15,13 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from _tiny import CASM_END as END
+from _tiny import CASM_PRODUCT_VARS as PRODUCT_VARS
+from _tiny import CASM_START as START  # noqa: F401  (test_faults imports it from here)
+from _tiny import CASM_UNTIL as UNTIL
+from _tiny import casm_raw as _raw
+from _tiny import copy_run as _copy_run
+from _tiny import product as _product
 
 from casm_cloud import storage
 from casm_cloud.config import recipe_from_dict
@@ -22,7 +29,6 @@ from casm_cloud.recipes import run_recipe, runner, update_recipe
 from casm_cloud.recipes.casm import STAGES
 from casm_cloud.schema import validate
 
-START, END, UNTIL = "2011-01-01", "2015-12-31", "2016-02-29"
 STAGE_NAMES = [s.name for s in STAGES]
 
 
@@ -34,72 +40,8 @@ def stage_state(recipe, name: str) -> dict | None:
     return runner.stage_state(recipe.run_root, name, recipe.storage_options)
 
 
-PRODUCT_VARS = ["sm", "sm_residual", "seasonal_cycle", "structural_uncertainty",
-                "data_uncertainty", "source"]
-
-
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> Path:
-    from casm_cloud.simulate import write_simulation
-
-    out = tmp_path_factory.mktemp("sources")
-    write_simulation(str(out), region="tiny", start=START, end="2016-03-31", seed=0,
-                     amsre_ease1=True)
-    return out
-
-
-def _raw(sources: Path, root: Path) -> dict:
-    """A recipe sized for seconds: 6x6 cells, AMSR-E/SMOS/SMAP eras, tiny networks."""
-    return {
-        "name": "tiny", "run_root": str(root / "run"),
-        "sources": {"catalog": str(sources / "catalog.yaml"), "truth": "truth",
-                    "era5": "era5", "stations": str(sources / "stations")},
-        "grid": {"name": "M25", "region": "tiny"},
-        "period": {"start": START, "end": END},
-        "periods": {"transfer": {"start": START, "end": "2011-10-03"}},
-        "network": {"hidden": [32, 32, 32, 32]},
-        "training": {"epochs": 4, "fine_tune_epochs": 2, "batch_size": 256, "lr": 0.003,
-                     "patience": 2, "block_size": 2},
-        "ensemble": {"members": 2, "n_noise": 3},
-        "predict": {"chunks": {"time": 64, "y": 8, "x": 8}},
-        "validation": {"min_obs": 20},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1},
-    }
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def reference(sources, client, tmp_path_factory):
-    """An uninterrupted run: (recipe, context)."""
-    recipe = recipe_from_dict(_raw(sources, tmp_path_factory.mktemp("reference")))
-    return recipe, run_recipe(recipe, client=client, progress=False)
-
-
-def _product(recipe) -> xr.Dataset:
-    return xr.open_zarr(recipe.output("product"), consolidated=False).load()
-
-
-def _copy_run(recipe, root: Path, **changes):
-    """The reference run's outputs under a new root, with a recipe changed by ``changes``."""
-    shutil.copytree(Path(recipe.run_root), root / "run")
-    raw = recipe.model_dump(mode="json")
-    raw.update(run_root=str(root / "run"), outputs={})
-    for key, value in changes.items():
-        section, name = key.split(".")
-        raw[section] = {**raw[section], name: value}
-    return recipe_from_dict(raw)
-
-
-def test_recipe_end_to_end(reference):
-    recipe, ctx = reference
+def test_recipe_end_to_end(casm_reference):
+    recipe, ctx = casm_reference
     assert list(ctx.timings) == list(STAGE_NAMES)
     product = _product(recipe)  # plain xarray, no casm_cloud reader
     validate(product, "product")
@@ -133,9 +75,9 @@ def test_recipe_end_to_end(reference):
         assert stage_state(recipe, name)["config_hash"] == stage_hashes(recipe)[name]
 
 
-def test_run_killed_between_stages_resumes_to_the_same_product(sources, reference, client,
+def test_run_killed_between_stages_resumes_to_the_same_product(casm_sources, casm_reference, client,
                                                                tmp_path):
-    recipe = recipe_from_dict(_raw(sources, tmp_path))
+    recipe = recipe_from_dict(_raw(casm_sources, tmp_path))
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
     exe = Path(sys.executable).parent / "casm-cloud"
@@ -154,13 +96,13 @@ def test_run_killed_between_stages_resumes_to_the_same_product(sources, referenc
 
     ctx = run_recipe(recipe, client=client, progress=False)
     assert list(ctx.timings) == list(STAGE_NAMES[STAGE_NAMES.index("predict_smos"):])
-    got, want = _product(recipe), _product(reference[0])
+    got, want = _product(recipe), _product(casm_reference[0])
     for name in PRODUCT_VARS:
         np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
 
 
-def test_update_appends_exactly_the_new_bins_and_is_idempotent(reference, client, tmp_path):
-    recipe = _copy_run(reference[0], tmp_path)
+def test_update_appends_exactly_the_new_bins_and_is_idempotent(casm_reference, client, tmp_path):
+    recipe = _copy_run(casm_reference[0], tmp_path)
     before = _product(recipe)
     ctx = update_recipe(recipe, UNTIL, client=client, progress=False)
     assert set(ctx.timings) == {"aggregate", "predict_smos", "predict_amsre", "merge",
@@ -190,12 +132,12 @@ def test_update_appends_exactly_the_new_bins_and_is_idempotent(reference, client
     assert files(recipe.output("product")) == snapshot
 
 
-def test_update_needs_a_finished_run_and_a_later_date(sources, reference, tmp_path):
+def test_update_needs_a_finished_run_and_a_later_date(casm_sources, casm_reference, tmp_path):
     with pytest.raises(ValueError, match="already ends on 2015-12-31"):
-        update_recipe(reference[0], "2015-06-30", progress=False)
+        update_recipe(casm_reference[0], "2015-06-30", progress=False)
     with pytest.raises(ValueError, match="expected a date"):
-        update_recipe(reference[0], "next month", progress=False)
-    fresh = recipe_from_dict(_raw(sources, tmp_path))
+        update_recipe(casm_reference[0], "next month", progress=False)
+    fresh = recipe_from_dict(_raw(casm_sources, tmp_path))
     with pytest.raises(storage.StoreError, match="stage 'aggregate' has not run"):
         update_recipe(fresh, UNTIL, progress=False)
 
@@ -209,8 +151,8 @@ def test_update_needs_a_finished_run_and_a_later_date(sources, reference, tmp_pa
                                         "report", "export"}),
     ({"seasonal.min_obs": 30}, set(STAGE_NAMES) - {"aggregate"}),
 ])
-def test_a_changed_recipe_reruns_the_stages_it_affects(reference, change, reruns):
-    recipe = reference[0]
+def test_a_changed_recipe_reruns_the_stages_it_affects(casm_reference, change, reruns):
+    recipe = casm_reference[0]
     raw = recipe.model_dump(mode="json")
     for key, value in change.items():
         section, name = key.split(".")
@@ -219,36 +161,17 @@ def test_a_changed_recipe_reruns_the_stages_it_affects(reference, change, reruns
     assert {s for s in STAGE_NAMES if a[s] != b[s]} == reruns
 
 
-def test_a_changed_recipe_runs_only_those_stages(reference, client, tmp_path):
-    recipe = _copy_run(reference[0], tmp_path, **{"validation.min_obs": 30})
+def test_a_changed_recipe_runs_only_those_stages(casm_reference, client, tmp_path):
+    recipe = _copy_run(casm_reference[0], tmp_path, **{"validation.min_obs": 30})
     ctx = run_recipe(recipe, client=client, progress=False)
     assert list(ctx.timings) == ["validate", "report"]
 
 
-def test_run_root_on_gcs_gives_the_same_product(sources, reference, client, gcs_emulator):
-    """The whole recipe with its run root on gs:// (a real GCS emulator) = on local disk."""
-    import gcsfs
-
-    root, so = gcs_emulator
-    raw = _raw(sources, Path("unused"))
-    raw.update(run_root=f"{root}/pipeline-run", storage_options=so)
-    recipe = recipe_from_dict(raw)
-    ctx = run_recipe(recipe, client=client, progress=False)
-    assert list(ctx.timings) == list(STAGE_NAMES)
-    fs = gcsfs.GCSFileSystem(**so)
-    assert fs.exists(f"{root}/pipeline-run/casm/CASM_SM_2015.nc")
-    assert fs.exists(f"{root}/pipeline-run/report/index.html")
-    got = xr.open_zarr(recipe.output("product"), storage_options=so, consolidated=False).load()
-    want = _product(reference[0])
-    for name in PRODUCT_VARS:
-        np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
-
-
-def test_cli_update_errors_are_one_line_and_a_failure_code(sources, tmp_path, capsys):
+def test_cli_update_errors_are_one_line_and_a_failure_code(casm_sources, tmp_path, capsys):
     from casm_cloud.cli import main
 
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(_raw(sources, tmp_path)))
+    path.write_text(yaml.safe_dump(_raw(casm_sources, tmp_path)))
     assert main(["update", str(path), "--until", "2015-06-30"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already ends on 2015-12-31" in err

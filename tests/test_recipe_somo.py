@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from _tiny import SOMO_END, SOMO_LAYERS, SOMO_UNTIL, SOMO_VARS
+from _tiny import copy_run as _copy
+from _tiny import product as _product
+from _tiny import somo_raw as _raw
 
 from casm_cloud import storage
 from casm_cloud.config import recipe_from_dict
@@ -24,73 +28,11 @@ from casm_cloud.recipes import run_recipe, update_recipe
 from casm_cloud.recipes.runner import stage_state
 
 STAGES = ("forcing", "statics", "targets", "train", "predict", "validate", "report", "export")
-LAYERS = ("sm_l1", "sm_l2", "sm_l3")
-VARS = (*LAYERS, "structural_uncertainty_l1", "structural_uncertainty_l2",
-        "structural_uncertainty_l3")
-END, UNTIL = "2012-10-31", "2012-12-31"
+LAYERS, VARS, END, UNTIL = SOMO_LAYERS, SOMO_VARS, SOMO_END, SOMO_UNTIL
 
 
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    from casm_cloud.simulate import write_simulation
-    from casm_cloud.simulate.stations import SOMO_DEPTHS
-
-    out = tmp_path_factory.mktemp("somo-sources")
-    write_simulation(str(out), region="tiny", grid="ERA5_0p25", start="2010-06-01",
-                     end=UNTIL, seed=0, sources=["truth", "era5", "static"], n_stations=16,
-                     station_depths=SOMO_DEPTHS, shared_cells=2)
-    return out
-
-
-def _raw(sources: Path, root: Path, **sections) -> dict:
-    raw = {
-        "kind": "somo", "name": "tiny", "run_root": str(root / "run"),
-        "sources": {"catalog": str(sources / "catalog.yaml"),
-                    "stations": str(sources / "stations"), "truth": "truth"},
-        "grid": {"name": "ERA5_0p25", "region": "tiny"},
-        "periods": {"product": {"start": "2012-07-01", "end": END},
-                    "training": {"start": "2011-01-01", "end": END},
-                    "climatology": {"start": "2011-01-01", "end": END}},
-        "model": {"hidden": 8, "window": 20},
-        "training": {"epochs": 2, "batch_size": 64, "lr": 0.02, "samples_per_epoch": 256},
-        "cv": {"folds": 3, "block_size": 2},
-        "ensemble": {"members": 2},
-        "predict": {"chunks": {"time": 64, "y": 8, "x": 8}, "device": "cpu"},
-        "validation": {"min_obs": 20},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1},
-    }
-    raw.update(sections)
-    return raw
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def reference(sources, client, tmp_path_factory):
-    recipe = recipe_from_dict(_raw(sources, tmp_path_factory.mktemp("somo-reference")))
-    return recipe, run_recipe(recipe, client=client, progress=False)
-
-
-def _product(recipe) -> xr.Dataset:
-    return xr.open_zarr(recipe.output("product"), consolidated=False).load()
-
-
-def _copy(recipe, root: Path):
-    shutil.copytree(Path(recipe.run_root), root / "run")
-    raw = recipe.model_dump(mode="json")
-    raw.update(run_root=str(root / "run"), outputs={})
-    return recipe_from_dict(raw)
-
-
-def test_recipe_end_to_end(reference):
-    recipe, ctx = reference
+def test_recipe_end_to_end(somo_reference):
+    recipe, ctx = somo_reference
     assert list(ctx.timings) == list(STAGES)
     product = _product(recipe)
     assert set(VARS) <= set(product.data_vars)
@@ -123,8 +65,8 @@ def test_recipe_end_to_end(reference):
     assert int(sensors["n_stations_sm_l1"].max()) >= 1
 
 
-def test_killed_run_resumes_to_the_same_bits(reference, client, tmp_path):
-    recipe = _copy(reference[0], tmp_path)
+def test_killed_run_resumes_to_the_same_bits(somo_reference, client, tmp_path):
+    recipe = _copy(somo_reference[0], tmp_path)
     run = Path(recipe.run_root)
     # a lost training task: its model is trained again, to the same weights
     weights = (run / "train" / "sm_l2" / "seed_1" / "model.safetensors").read_bytes()
@@ -152,13 +94,13 @@ def test_killed_run_resumes_to_the_same_bits(reference, client, tmp_path):
     assert (run / "train" / "sm_l2" / "seed_1" / "model.safetensors").read_bytes() == weights
     ctx = run_recipe(recipe, client=client, progress=False)
     assert list(ctx.timings) == list(STAGES[STAGES.index("predict"):])
-    got, want = _product(recipe), _product(reference[0])
+    got, want = _product(recipe), _product(somo_reference[0])
     for name in VARS:
         np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
 
 
-def test_update_appends_new_days_and_is_idempotent(reference, client, tmp_path):
-    recipe = _copy(reference[0], tmp_path)
+def test_update_appends_new_days_and_is_idempotent(somo_reference, client, tmp_path):
+    recipe = _copy(somo_reference[0], tmp_path)
     before = _product(recipe)
     ctx = update_recipe(recipe, UNTIL, client=client, progress=False)
     assert set(ctx.timings) == {"forcing", "predict", "validate", "report", "export"}
@@ -180,10 +122,10 @@ def test_update_appends_new_days_and_is_idempotent(reference, client, tmp_path):
     assert files(recipe.output("product")) == snapshot
 
 
-def test_climatology_outside_the_forcing_is_one_clear_error(sources, client, tmp_path):
+def test_climatology_outside_the_forcing_is_one_clear_error(somo_sources, client, tmp_path):
     from casm_cloud.somo.features import FeatureError
 
-    raw = _raw(sources, tmp_path)
+    raw = _raw(somo_sources, tmp_path)
     raw["periods"]["climatology"] = {"start": "2005-01-01", "end": "2009-12-31"}
     recipe = recipe_from_dict(raw)
     with pytest.raises(FeatureError, match="periods.climatology 2005-01-01..2009-12-31 is "
@@ -194,10 +136,10 @@ def test_climatology_outside_the_forcing_is_one_clear_error(sources, client, tmp
     assert not storage.store_state(recipe.run_root + "/forcing/features.zarr")["complete"]
 
 
-def test_an_empty_cv_fold_stops_training_naming_it(reference, client, tmp_path):
+def test_an_empty_cv_fold_stops_training_naming_it(somo_reference, client, tmp_path):
     from casm_cloud.somo.cv import CVError
 
-    recipe = _copy(reference[0], tmp_path)
+    recipe = _copy(somo_reference[0], tmp_path)
     raw = recipe.model_dump(mode="json")
     raw["cv"] = {**raw["cv"], "folds": 40}
     bad = recipe_from_dict(raw)
