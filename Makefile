@@ -2,7 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_OUT ?= casm-demo
+DEMO_RECIPE ?= casm
+DEMO_OUT ?= $(DEMO_RECIPE)-demo
 
 .PHONY: demo test lint bench clean-venv
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/casm-cloud demo --out $(DEMO_OUT)
+	$(VENV)/bin/casm-cloud demo --recipe $(DEMO_RECIPE) --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest
