@@ -25,10 +25,15 @@ from casm_cloud.cli import main
 
 
 @pytest.fixture(scope="module")
-def world(casm_sources, casm_reference):
-    """The session's simulated sources and finished tiny run (tests/conftest.py)."""
+def world(casm_sources, casm_reference, somo_sources, somo_reference):
+    """The session's simulated sources and finished tiny runs (tests/conftest.py)."""
     run = Path(casm_reference[0].run_root)
-    return {"roots": (casm_sources, run), "sources": casm_sources, "run": run,
+    somo = Path(somo_reference[0].run_root)
+    return {"roots": (casm_sources, run, somo_sources, somo), "sources": casm_sources, "run": run,
+            "features": somo / "forcing" / "features.zarr",
+            "statics": somo / "statics" / "statics.zarr",
+            "sm_l1": somo / "train" / "sm_l1" / "seed_0",
+            "sm_l2": somo / "train" / "sm_l2" / "seed_0",
             "smos": run / "aggregate" / "smos.zarr", "amsre": run / "aggregate" / "amsre.zarr",
             "p_smos": run / "seasonal" / "smos.zarr", "p_amsre": run / "seasonal" / "amsre.zarr",
             "p_smap": run / "seasonal" / "smap.zarr",
@@ -121,20 +126,57 @@ def _bad_provider(w, tmp: Path) -> str:
     return _catalog_variant(w, tmp, "smos", str(junk))
 
 
-def _store_without(w, tmp: Path, var: str) -> Path:
+def _store_variant(src: Path, tmp: Path, name: str, change) -> Path:
+    """A copy of the Zarr store ``src`` under ``tmp``, changed by ``change(ds) -> ds``."""
     import xarray as xr
 
-    ds = xr.open_zarr(w["smos"], consolidated=False).drop_vars(var)
-    out = tmp / f"smos_without_{var}.zarr"
+    ds = change(xr.open_zarr(src, consolidated=False))
+    out = tmp / f"{name}.zarr"
     for v in ds.variables.values():
         v.encoding = {}
     ds.to_zarr(out, consolidated=False, zarr_format=3)
     return out
 
 
+def _store_without(w, tmp: Path, var: str, store: str = "smos") -> Path:
+    return _store_variant(w[store], tmp, f"{store}_without_{var}", lambda ds: ds.drop_vars(var))
+
+
+def _t2m_in_celsius(w, tmp: Path) -> Path:
+    def change(ds):
+        ds["t2m"] = ds["t2m"] - 273.15
+        ds["t2m"].attrs["units"] = "degC"
+        return ds
+
+    return _store_variant(w["features"], tmp, "features_celsius", change)
+
+
+def _somo_predict(w, tmp: Path, *, features=None, statics=None, layer="sm_l1",
+                  extra=()) -> list[str]:
+    return ["somo", "predict", str(w[layer]), str(features or w["features"]),
+            str(statics or w["statics"]), "--out", str(tmp / "somo.zarr"), "--device", "cpu",
+            *extra]
+
+
 # Each case: id -> (argv builder(world, tmp), substrings the one line must hold).
 Case = tuple[Callable[[dict, Path], list[str]], tuple[str, ...]]
 CASES: dict[str, Case] = {
+    # ---- SoMo.ml prediction: forcing, statics and checkpoint against each other
+    "somo-forcing-variable-missing": (
+        lambda w, t: _somo_predict(w, t, features=_store_without(w, t, "skt", "features")),
+        ("skt",)),
+    "somo-forcing-wrong-units": (
+        lambda w, t: _somo_predict(w, t, features=_t2m_in_celsius(w, t)), ("t2m", "degC", "K")),
+    "somo-statics-feature-missing": (
+        lambda w, t: _somo_predict(w, t, statics=_store_without(w, t, "clay", "statics")),
+        ("clay",)),
+    "somo-layer-2-without-layer-1": (lambda w, t: _somo_predict(w, t, layer="sm_l2"),
+                                     ("sm_l1",)),
+    "somo-window-before-the-forcing": (
+        lambda w, t: _somo_predict(w, t, extra=("--start", "2010-11-06")), ("2010-11-06",)),
+    "somo-checkpoint-is-a-casm-network": (
+        lambda w, t: ["somo", "predict", str(w["member"]), str(w["features"]),
+                      str(w["statics"]), "--out", str(t / "somo.zarr")], ("member_00",)),
     # ---- recipes
     "recipe-missing": (lambda w, t: ["run", str(t / "nope.yaml")], ("nope.yaml", "does not exist")),
     "recipe-not-yaml": (lambda w, t: ["run", str(_file(t, "r.yaml", "a: [1,\n"))],
