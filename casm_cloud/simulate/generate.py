@@ -148,6 +148,42 @@ def build(window, start, end, seed: int = 0, *, chunks=None, sources=None,
           settings: SimSettings | None = None) -> dict[str, xr.Dataset]:
     """Lazy canonical datasets of ``sources`` on ``window`` (see ``simulate``)."""
     settings = settings or SimSettings()
+    t0, t1, ch, wanted = _checked(start, end, chunks, sources)
+    ny, nx = window.shape
+    nt = int((t1 - t0).astype(int)) + 1
+    splits = _splits(nt, ch["time"]), _splits(ny, ch["y"]), _splits(nx, ch["x"])
+    token = tokenize(window.name, window.row_slice.start, window.row_slice.stop,
+                     window.col_slice.start, window.col_slice.stop, str(t0), str(t1), seed, ch,
+                     repr(settings))
+    core_name = f"simulate-{token}"
+    core = _core_graph(core_name, window, t0, splits, int(seed), settings,
+                       [s for s in wanted if s in settings.sensors])
+
+    def array(kind: str, var: str, static: bool = False) -> da.Array:
+        return _array(core_name, core, token, splits, kind, var, static)
+
+    times = pd.date_range(str(t0), str(t1), freq="D").values.astype("datetime64[ns]")
+    out: dict[str, xr.Dataset] = {}
+    for kind in wanted:
+        if kind == "static":
+            data = {v: (("y", "x"), array("static", v, static=True)) for v in _STATIC_VARS}
+            out[kind] = _dataset(data, window, None, kind)
+        elif kind in ("truth", "era5"):
+            names = _TRUTH_VARS if kind == "truth" else _ERA5_VARS
+            data = {v: (("time", "y", "x"), array(kind, v)) for v in names}
+            out[kind] = _dataset(data, window, times, kind)
+        else:
+            sensor = settings.sensors[kind]
+            names = [c[0] for c in sensor.channels] if sensor.product == "tb" else ["sm"]
+            data = {v: (("time", "y", "x"), array(kind, v)) for v in names}
+            ds = _mission_days(_dataset(data, window, times, kind), sensor, t0, t1, ch["time"])
+            if ds is not None:
+                out[kind] = ds
+    return out
+
+
+def _checked(start, end, chunks, sources):
+    """(first day, last day, chunks per dim, sources) or a ValueError naming the argument."""
     t0, t1 = parse_day(start, "start"), parse_day(end, "end")
     if t1 < t0:
         raise ValueError(f"end {t1} is before start {t0}")
@@ -162,28 +198,27 @@ def build(window, start, end, seed: int = 0, *, chunks=None, sources=None,
     for s in wanted:
         if s not in SOURCES:
             raise ValueError(f"unknown source {s!r}; expected some of {list(SOURCES)}")
-    sensors = [s for s in wanted if s in settings.sensors]
+    return t0, t1, ch, wanted
 
-    ny, nx = window.shape
-    nt = int((t1 - t0).astype(int)) + 1
-    tch, ych, xch = _splits(nt, ch["time"]), _splits(ny, ch["y"]), _splits(nx, ch["x"])
+
+def _core_graph(core_name, window, t0, splits, seed, settings, sensors) -> dict:
+    """The simulation's tasks: per (y, x) block its statics, a spin-up and one chain task
+    per time chunk (each continuing the previous one's state), and a sensor task per
+    chain task and sensor."""
+    tch, ych, xch = splits
     day_start = int((t0 - _EPOCH).astype(int))
     day0s = day_start + np.concatenate([[0], np.cumsum(tch)[:-1]])
-
-    token = tokenize(window.name, window.row_slice.start, window.row_slice.stop,
-                     window.col_slice.start, window.col_slice.stop, str(t0), str(t1), seed, ch,
-                     repr(settings))
-    core_name = f"simulate-{token}"
-    core: dict = {}
+    nx = sum(xch)
     lat_all, lon_all = window.lat, window.lon
     u_all = np.linspace(0.0, 1.0, nx) if nx > 1 else np.full(1, 0.5)
     r_off = np.concatenate([[0], np.cumsum(ych)[:-1]])
     c_off = np.concatenate([[0], np.cumsum(xch)[:-1]])
+    core: dict = {}
     for i, (r0, rn) in enumerate(zip(r_off, ych, strict=True)):
         for j, (c0, cn) in enumerate(zip(c_off, xch, strict=True)):
             rs, cs = slice(r0, r0 + rn), slice(c0, c0 + cn)
-            b = _Block(int(seed), np.arange(window.row_slice.start + r0,
-                                            window.row_slice.start + r0 + rn),
+            b = _Block(seed, np.arange(window.row_slice.start + r0,
+                                       window.row_slice.start + r0 + rn),
                        np.arange(window.col_slice.start + c0, window.col_slice.start + c0 + cn),
                        lat_all[rs], lon_all[cs], u_all[cs], settings)
             skey = (core_name, "static", i, j)
@@ -200,48 +235,39 @@ def build(window, start, end, seed: int = 0, *, chunks=None, sources=None,
                 for s in sensors:
                     core[(core_name, s, i, j, k)] = (_sensor_task, b, s, skey, key, int(d0),
                                                       int(n))
+    return core
 
-    def array(kind: str, var: str, static: bool = False) -> da.Array:
-        name = f"sim-{kind}-{var}-{token}"
-        src = "chain" if kind in ("truth", "era5") else kind
-        if static:
-            layer = {(name, i, j): (_pick, (core_name, "static", i, j), var)
-                     for i in range(len(ych)) for j in range(len(xch))}
-            chunks_ = (tuple(ych), tuple(xch))
-        else:
-            layer = {(name, k, i, j): (_pick, (core_name, src, i, j, k), var)
-                     for k in range(len(tch)) for i in range(len(ych)) for j in range(len(xch))}
-            chunks_ = (tuple(tch), tuple(ych), tuple(xch))
-        graph = HighLevelGraph({name: layer, core_name: core},
-                               {name: {core_name}, core_name: set()})
-        return da.Array(graph, name, chunks_, dtype=np.float32)
 
-    times = pd.date_range(str(t0), str(t1), freq="D").values.astype("datetime64[ns]")
-    out: dict[str, xr.Dataset] = {}
-    for kind in wanted:
-        if kind == "static":
-            data = {v: (("y", "x"), array("static", v, static=True)) for v in _STATIC_VARS}
-            ds = _dataset(data, window, None, kind)
-        elif kind in ("truth", "era5"):
-            names = _TRUTH_VARS if kind == "truth" else _ERA5_VARS
-            data = {v: (("time", "y", "x"), array(kind, v)) for v in names}
-            ds = _dataset(data, window, times, kind)
-        else:
-            sensor = settings.sensors[kind]
-            first, last = sensor.period
-            lo = max(t0, np.datetime64(first, "D"))
-            hi = t1 if last is None else min(t1, np.datetime64(last, "D"))
-            if hi < lo:
-                continue  # the mission does not overlap [start, end]
-            names = [c[0] for c in sensor.channels] if sensor.product == "tb" else ["sm"]
-            data = {v: (("time", "y", "x"), array(kind, v)) for v in names}
-            ds = _dataset(data, window, times, kind)
-            ds = ds.sel(time=slice(lo, hi))
-            if ds[names[0]].chunks[0][0] != min(ch["time"], ds.sizes["time"]):
-                # the mission starts inside a chunk: realign to whole output chunks
-                ds = ds.assign({v: ds[v].chunk({"time": ch["time"]}) for v in names})
-        out[kind] = ds
-    return out
+def _array(core_name, core, token, splits, kind: str, var: str, static: bool) -> da.Array:
+    """One variable of the simulation as a dask array over the core graph."""
+    tch, ych, xch = splits
+    name = f"sim-{kind}-{var}-{token}"
+    src = "chain" if kind in ("truth", "era5") else kind
+    if static:
+        layer = {(name, i, j): (_pick, (core_name, "static", i, j), var)
+                 for i in range(len(ych)) for j in range(len(xch))}
+        chunks_ = (tuple(ych), tuple(xch))
+    else:
+        layer = {(name, k, i, j): (_pick, (core_name, src, i, j, k), var)
+                 for k in range(len(tch)) for i in range(len(ych)) for j in range(len(xch))}
+        chunks_ = (tuple(tch), tuple(ych), tuple(xch))
+    graph = HighLevelGraph({name: layer, core_name: core}, {name: {core_name}, core_name: set()})
+    return da.Array(graph, name, chunks_, dtype=np.float32)
+
+
+def _mission_days(ds: xr.Dataset, sensor, t0, t1, time_chunk: int) -> xr.Dataset | None:
+    """A sensor's dataset cut to its mission's days (None: no overlap with [t0, t1]),
+    re-chunked to whole output chunks when the mission starts inside one."""
+    first, last = sensor.period
+    lo = max(t0, np.datetime64(first, "D"))
+    hi = t1 if last is None else min(t1, np.datetime64(last, "D"))
+    if hi < lo:
+        return None
+    ds = ds.sel(time=slice(lo, hi))
+    names = list(ds.data_vars)
+    if ds[names[0]].chunks[0][0] != min(time_chunk, ds.sizes["time"]):
+        ds = ds.assign({v: ds[v].chunk({"time": time_chunk}) for v in names})
+    return ds
 
 
 _TITLES = {
