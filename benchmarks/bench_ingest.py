@@ -58,7 +58,7 @@ def write_daily(url: str, nt: int, ny: int, nx: int, time_chunk: int, seed: int 
     """A daily (time, y, x) float32 store: a seasonal cycle, noise, 40 % gaps."""
     rng = np.random.default_rng(seed)
     t = pd.date_range("2010-01-01", periods=nt, freq="D")
-    th = 2 * np.pi * (t.dayofyear.values / 365.25)
+    th = 2 * np.pi * (t.day_of_year.values / 365.25)
     ds = xr.Dataset({"tb_h": (("time", "y", "x"), np.zeros((nt, ny, nx), np.float32),
                               {"units": "K"})},
                     coords={"time": t, "y": -np.arange(ny, dtype="f8"),

@@ -16,7 +16,7 @@ def _fields(step: float, seed: int = 0):
     rng = np.random.default_rng(seed)
     time = pd.date_range("2008-01-01", "2013-12-31", freq="3D")
     nt, ny, nx = time.size, 4, 5
-    doy = time.dayofyear.values
+    doy = time.day_of_year.values
     ref = 0.25 + 0.08 * np.sin(2 * np.pi * doy / 365.25)[:, None, None] + 0.02 * rng.standard_normal(
         (nt, ny, nx))
     err = np.zeros(nt)
