@@ -1,10 +1,12 @@
 """Notebooks: committed without outputs, thin, and run headless (nbclient) on the tiny region.
 
 The notebooks read their settings from the environment (``CASM_DEMO``, ``CASM_REGION``,
-``CASM_N_WORKERS``, ``CASM_THREADS_PER_WORKER``), as a hub user or a test sets them.  Both
-run in one demo folder, in order: 01 simulates the tiny region and runs aggregate and
-seasonal, 02 finds the run unfinished and runs the rest before it explores the product
-(run alone, 02 runs the whole recipe).
+``CASM_CLUSTER``, ``CASM_N_WORKERS``, ``CASM_THREADS_PER_WORKER``), as a hub user or a test
+sets them.  01 and 02 run in one CASM demo folder, in order: 01 simulates the tiny region and
+runs aggregate and seasonal, 02 finds the run unfinished and runs the rest before it explores
+the product (run alone, 02 runs the whole recipe).  03 runs in a SoMo.ml demo folder of its
+own: it finds no run, runs the tiny SoMo.ml recipe and explores it; run again, it opens the
+finished run.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-NAMES = ["01_aggregate_on_a_cluster.ipynb", "02_product_report.ipynb"]
+NAMES = ["01_aggregate_on_a_cluster.ipynb", "02_product_report.ipynb",
+         "03_somo_run.ipynb"]
 
 
 def _code(nb) -> list:
@@ -108,3 +112,43 @@ def test_02_product_report_runs_headless(demo, tmp_path, monkeypatch):
     assert {"maps_mean_cv.png", "hovmoller.png", "global_mean.png", "uncertainty_maps.png",
             "source_share.png", "station.png"} <= {p.name for p in figures.glob("*.png")}
     assert _images(nb) >= 6  # each figure shown in the notebook
+
+
+@pytest.fixture(scope="module")
+def somo_demo(tmp_path_factory) -> Path:
+    """The SoMo.ml demo folder of notebook 03 (its layout differs from the CASM demo's)."""
+    return tmp_path_factory.mktemp("notebooks") / "somo-demo"
+
+
+def test_03_somo_run_runs_headless(somo_demo, tmp_path, monkeypatch):
+    nb = _execute(NAMES[2], somo_demo, tmp_path, monkeypatch)
+    for stage in ("forcing", "statics", "targets", "train", "predict", "validate", "report",
+                  "export"):
+        assert (somo_demo / "run" / stage / "_stage.json").is_file(), stage
+    assert (somo_demo / "sources" / "truth.zarr").is_dir()
+    assert (somo_demo / "product.zarr").is_dir() and (somo_demo / "report" / "index.html").is_file()
+    text = _text(nb)
+    assert "dashboard: http" in text and "to run: forcing, statics" in text
+    assert "region tiny on ERA5_0p25" in text and "20-day window" in text
+    cv = pd.read_csv(somo_demo / "run" / "validate" / "cv.csv", dtype={"fold": str})
+    for layer in ("sm_l1", "sm_l2", "sm_l3"):  # the CV table, each layer's mean over folds
+        row = cv[(cv["layer"] == layer) & (cv["fold"] == "mean")].iloc[0]
+        assert f"{row['R']:.6f}" in text and f"{row['anomaly_R']:.6f}" in text
+    figures = {p.name for p in (somo_demo / "notebook-figures").glob("*.png")}
+    assert {"somo_maps.png", "somo_hovmoller.png", "somo_uncertainty.png", "somo_cv.png",
+            "somo_stations.png"} <= figures
+    assert any(name.startswith("somo_station_") for name in figures - {"somo_stations.png"})
+    assert _images(nb) >= 6  # each figure shown in the notebook
+
+
+def test_03_opens_the_finished_somo_run(somo_demo, tmp_path, monkeypatch):
+    """Run again on the same folder: nothing runs, the finished run is opened and explored."""
+    if not (somo_demo / "run" / "validate" / "_stage.json").is_file():
+        pytest.skip("needs the run test_03_somo_run_runs_headless leaves")
+    markers = {p: p.stat().st_mtime_ns for p in (somo_demo / "run").glob("*/_stage.json")}
+    nb = _execute(NAMES[2], somo_demo, tmp_path, monkeypatch)
+    text = _text(nb)
+    assert "the run is complete" in text and "to run:" not in text
+    assert "dashboard: http" in text
+    assert {p: p.stat().st_mtime_ns for p in markers} == markers  # no stage ran again
+    assert _images(nb) >= 6

@@ -269,3 +269,118 @@ def test_station_scores_by_era():
     for e in out.values():
         assert e["n_stations"] == 3 and e["R"] > 0.9
         assert e["bias"] == pytest.approx(0.01, abs=0.004)
+
+
+# ---- the SoMo.ml page and its figure functions (notebooks/03_somo_run.ipynb calls them) ----
+SOMO_TIMES = pd.date_range("2012-07-01", periods=40, freq="D")
+
+
+@pytest.fixture(scope="module")
+def somo_product():
+    rng = np.random.default_rng(9)
+    shape = (SOMO_TIMES.size, 3, 4)
+    coords = {"time": SOMO_TIMES, "y": [38.5, 38.25, 38.0], "x": [-99.0, -98.75, -98.5, -98.25]}
+    data = {}
+    for k, n in enumerate(("sm_l1", "sm_l2", "sm_l3")):
+        data[n] = (("time", "y", "x"), (0.15 + 0.05 * k + 0.03 * rng.random(shape))
+                   .astype(np.float32))
+        data[f"structural_uncertainty_l{k + 1}"] = (("time", "y", "x"),
+                                                    (0.01 * rng.random(shape)).astype(np.float32))
+    ds = xr.Dataset(data, coords=coords)
+    ds = ds.assign_coords(lat=("y", ds.y.values), lon=("x", ds.x.values))
+    return ds.chunk({"time": 16})
+
+
+@pytest.fixture(scope="module")
+def somo_targets():
+    """Three station cells; cell 7 has the most layer-1 days; targets before the product too."""
+    rng = np.random.default_rng(10)
+    time = pd.date_range("2012-06-01", "2012-08-31", freq="D")
+    values = 0.2 + 0.05 * rng.random((3, time.size))
+    values[0, ::2] = np.nan
+    values[2, ::3] = np.nan
+    ds = xr.Dataset({n: (("cell", "time"), values + 0.01 * k)
+                     for k, n in enumerate(("sm_l1", "sm_l2", "sm_l3"))},
+                    coords={"cell": [3, 7, 9], "time": time, "cell_y": ("cell", [0, 2, 1]),
+                            "cell_x": ("cell", [1, 3, 0]),
+                            **{f"n_stations_sm_l{k}": ("cell", [1, 2, 1]) for k in (1, 2, 3)}})
+    return ds
+
+
+def _somo_tables():
+    cv = pd.DataFrame({"layer": ["sm_l1"] * 3 + ["sm_l2"] * 3, "fold": ["0", "1", "mean"] * 2,
+                       "n_cells": [2, 1, 3, 2, 1, 3], "R": [0.7, 0.5, 0.6, 0.4, 0.6, 0.5],
+                       "NRMSE": [0.1, 0.2, 0.15, 0.2, 0.2, 0.2],
+                       "anomaly_R": [0.3, 0.5, 0.4, 0.1, 0.3, 0.2]})
+    stations = pd.DataFrame({"layer": ["sm_l1"] * 3, "cell": [3, 7, 9], "cell_y": [0, 2, 1],
+                             "cell_x": [1, 3, 0], "R": [0.8, 0.6, 0.4], "n": [20, 40, 27]})
+    truth = pd.DataFrame({"layer": ["sm_l1"], "n_cells": [9], "R": [0.85], "NRMSE": [0.1],
+                          "anomaly_R": [0.5]})
+    return cv, stations, truth
+
+
+def test_somo_aggregates_equal_numpy(somo_product):
+    from casm_cloud.report import somo
+
+    agg = somo.aggregates(somo_product)
+    assert somo.layers_of(somo_product) == ["sm_l1", "sm_l2", "sm_l3"]
+    raw = somo_product.load()
+    for n in ("sm_l1", "sm_l3"):
+        np.testing.assert_allclose(agg[f"{n}_mean"], raw[n].values.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(agg[f"{n}_zonal"], raw[n].values.mean(2), rtol=1e-6)
+        np.testing.assert_allclose(agg[f"{n}_series"], raw[n].values.mean((1, 2)), rtol=1e-6)
+        u = raw[f"structural_uncertainty_{n[-2:]}"].values
+        np.testing.assert_allclose(agg[f"{n}_unc"], u.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(agg[f"{n}_unc_series"], u.mean((1, 2)), rtol=1e-6)
+    only = somo.aggregates(somo_product[["sm_l2"]])
+    assert set(only) == {"sm_l2_mean", "sm_l2_zonal", "sm_l2_series"}  # no uncertainty
+
+
+def test_somo_station_series_draws_the_cells_product_and_target(somo_product, somo_targets,
+                                                                tmp_path, monkeypatch):
+    from casm_cloud.report import figures as fg
+    from casm_cloud.report import somo
+
+    assert somo.station_cell(somo_targets) == 7  # no gaps in its layer-1 series
+    drawn = {}
+    save = fg._save
+
+    def keep(fig, out, name):
+        drawn[name] = [[(line.get_label(), np.asarray(line.get_ydata(), float))
+                        for line in ax.get_lines()] for ax in fig.axes]
+        return save(fig, out, name)
+
+    monkeypatch.setattr(fg, "_save", keep)
+    name = somo.station_series_figure(tmp_path, somo_product, somo_targets, 9)
+    assert name == "somo_station_9.png" and (tmp_path / name).is_file()
+    raw = somo_product.load()
+    for k, axis in enumerate(drawn[name]):
+        n = f"sm_l{k + 1}"
+        lines = dict(axis)
+        # cell 9 is row 1, column 0 of the window; the target over the product's days
+        np.testing.assert_allclose(lines[f"product {n}"], raw[n].values[:, 1, 0])
+        want = somo_targets[n].sel(cell=9).reindex(time=SOMO_TIMES).values
+        np.testing.assert_allclose(lines["ISMN target (rescaled)"], want, equal_nan=True)
+
+
+def test_write_somo_report_page_figures_and_tables(somo_product, somo_targets, tmp_path):
+    from casm_cloud.report import write_somo_report
+
+    cv, stations, truth = _somo_tables()
+    index = write_somo_report(tmp_path / "report", product=somo_product, cv=cv,
+                              stations=stations, truth=truth, targets=somo_targets)
+    page = index.read_text()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert images == ["somo_maps.png", "somo_hovmoller.png", "somo_uncertainty.png",
+                      "somo_cv.png", "somo_stations.png", "somo_station_7.png"]
+    for name in images:
+        assert (tmp_path / "report" / name).stat().st_size > 1000
+    for head in ("Cross validation", "Scores against the simulated truth", "Station validation",
+                 "Structural uncertainty", "Station cell 7 against the product"):
+        assert head in page
+    back = pd.read_csv(tmp_path / "report" / "somo_cv.csv", dtype={"fold": str})
+    pd.testing.assert_frame_equal(back, cv)
+    # without tables or targets: the product's figures only
+    bare = write_somo_report(tmp_path / "bare", product=somo_product).read_text()
+    assert re.findall(r"<img src='([^']+)'", bare) == ["somo_maps.png", "somo_hovmoller.png",
+                                                       "somo_uncertainty.png"]

@@ -91,6 +91,31 @@ def test_anomaly_r_default_takes_each_series_anomalies_on_its_own():
     np.testing.assert_allclose(vm.pair_metrics(x, y)["anomaly_R"].values, got.values)
 
 
+def test_anomaly_r_takes_each_series_anomalies_from_its_whole_record():
+    """Different time axes: a product longer than the station record still enters the windows
+    near the record's ends (pytesmo's AnomalyAdapter reads each whole series); cutting the
+    product to the record first gives another R."""
+    rng = np.random.default_rng(11)
+    t = pd.date_range("2015-01-01", periods=500, freq="1D")
+    signal = 0.05 * np.sin(2 * np.pi * np.arange(500) / 23.0) + 0.2
+    xs = pd.Series(signal + 0.02 * rng.standard_normal(500), index=t)
+    ys = pd.Series(signal + 0.02 * rng.standard_normal(500), index=t).iloc[200:260]
+    ys[rng.random(ys.size) < 0.2] = np.nan
+    ax = xs - moving_average(xs, window_size=35, min_obs=10)
+    ay = ys - moving_average(ys.dropna(), window_size=35, min_obs=10).reindex(ys.index)
+    ok = ax.reindex(ay.index).notna() & ay.notna()
+    expected = pm.pearson_r(ax.reindex(ay.index)[ok].values, ay[ok].values)
+
+    def da(s):
+        return xr.DataArray(s.values, dims="time", coords={"time": s.index})
+
+    got = float(vm.anomaly_r(da(xs), da(ys)))
+    assert got == pytest.approx(expected, abs=1e-9)
+    cut = float(vm.anomaly_r(da(xs.loc[ys.index[0]:ys.index[-1]]), da(ys)))
+    assert abs(cut - got) > 1e-3
+    assert float(vm.anomaly_r(da(ys), da(xs))) == pytest.approx(got, abs=1e-12)  # symmetric
+
+
 def test_anomaly_matches_moving_average_on_irregular_times():
     rng = np.random.default_rng(7)
     t = pd.to_datetime("2016-01-01") + pd.to_timedelta(np.sort(rng.uniform(0, 400, 300)), "D")

@@ -449,8 +449,9 @@ def run_report(ctx: Context, p: dict) -> None:
     out = ctx.output(p["report"], DEFAULT_OUTPUTS["report"])
     ctx.summary["report"] = write_somo_report(out, product=product, cv=tables["cv"],
                                               stations=tables["stations"],
-                                              truth=tables["truth"], title=p["title"],
-                                              storage_options=ctx.so)
+                                              truth=tables["truth"],
+                                              targets=_open(ctx, "targets", "targets.zarr"),
+                                              title=p["title"], storage_options=ctx.so)
     for key in ("cv", "truth"):
         if key not in ctx.summary and tables[key] is not None:
             ctx.summary[key] = tables[key]
