@@ -65,7 +65,8 @@ def _flop_per_cell_day(n_in: int = N_DYN + N_STA, hidden: int = HIDDEN) -> float
     return WINDOW * 2.0 * (n_in + hidden) * 4 * hidden
 
 
-def _windowed_rate(device: str, precision: str, n_windows: int, batch: int, reps: int):
+def _windowed_run(device: str, precision: str, n_windows: int, batch: int):
+    """(one timed pass of the windowed runner, cell-days it computes)."""
     from casm_cloud.somo.windowed import WindowedModel
 
     cells = 16
@@ -75,17 +76,11 @@ def _windowed_rate(device: str, precision: str, n_windows: int, batch: int, reps
     s = rng.standard_normal((cells, N_STA)).astype(np.float32)
     run = WindowedModel(_model(), device, precision, batch=batch)
     run(x[:1, :WINDOW + 1], s[:1])
-    best = np.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run(x, s)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return cells * (days - WINDOW + 1) / best
+    return (lambda: run(x, s)), cells * (days - WINDOW + 1)
 
 
-def _matmul_rate(device: str, precision: str, n_windows: int, batch: int, reps: int) -> float:
-    """Cell-days/s of bare GEMMs of the fused LSTM's shapes (no gates, no gather)."""
+def _matmul_run(device: str, precision: str, n_windows: int, batch: int):
+    """(one pass of bare GEMMs of the fused LSTM's shapes (no gates, no gather), windows)."""
     import torch
 
     dt = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -103,13 +98,22 @@ def _matmul_rate(device: str, precision: str, n_windows: int, batch: int, reps: 
                 h @ w_hh
 
     once()
-    best = np.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        once()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return n_batches * b / best
+    return once, n_batches * b
+
+
+def _rates_side_by_side(device: str, precision: str, n_windows: int, batch: int,
+                        reps: int) -> tuple[float, float]:
+    """Cell-days/s of the windowed runner and of the bare GEMMs, alternated, best of ``reps``."""
+    runs = {"windowed": _windowed_run(device, precision, n_windows, batch),
+            "matmul": _matmul_run(device, precision, n_windows, batch)}
+    best = dict.fromkeys(runs, np.inf)
+    for _ in range(reps):                     # alternate: load changes within a run
+        for name, (once, _) in runs.items():
+            t0 = time.perf_counter()
+            once()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return tuple(runs[k][1] / best[k] for k in ("windowed", "matmul"))
 
 
 def _write_inputs(root: Path, box, n_days: int, tag: str):
@@ -203,16 +207,17 @@ def _land_cells() -> tuple[int, str]:
 def _section1(dev: str, quick: bool) -> dict:
     import torch
 
-    batch = (1024 if quick else 2048) if dev == "cpu" else 16384
-    n_win = batch if quick else 4 * batch
+    from casm_cloud.somo.windowed import default_batch
+
+    batch = default_batch(dev)
+    n_win = max(batch, 1024 if quick else 8192)
     reps = 2 if quick else 3
     print(f"\n(1) windowed EA-LSTM (6 dynamic + 10 static inputs, H={HIDDEN}, {WINDOW}-day "
           f"windows), {n_win} windows in batches of {batch}, vs bare GEMMs of the same shapes, "
-          f"{torch.get_num_threads()} threads; best of {reps}")
+          f"{torch.get_num_threads()} threads; alternated, best of {reps}")
     rates = {}
     for prec in ("fp32", "bf16"):
-        w = _windowed_rate(dev, prec, n_win, batch, reps)
-        m = _matmul_rate(dev, prec, n_win, batch, reps)
+        w, m = _rates_side_by_side(dev, prec, n_win, batch, reps)
         rates[prec] = w
         print(f"  {prec}: windowed {w:8.1f} cell-days/s ({w * _flop_per_cell_day() / 1e9:5.1f} "
               f"GFLOP/s); bare matmul {m:8.1f} cell-days/s; ratio {w / m:.3f} (target >= 0.5)")
@@ -292,6 +297,30 @@ def _section4(rates: dict, e2e_rate: float, dev: str) -> None:
             print(f"  GPU {prec} (1): {r:.0f} cell-days/s -> {total / r / 3600:,.0f} GPU-hours")
 
 
+def _precision_line(dev: str) -> None:
+    """What precision="auto" picks here, and what the measurement alone would say."""
+    from casm_cloud.inference import precision as P
+    from casm_cloud.somo.windowed import default_batch
+
+    probes = {"SoMo.ml EA-LSTM": P.Probe.of({"name": "ealstm", "n_dynamic": N_DYN,
+                                             "n_static": N_STA, "hidden": HIDDEN},
+                                            default_batch(dev)),
+              "CASM 7x1050 MLP": P.Probe.of({"name": "dense", "n_inputs": 4,
+                                             "hidden": [1050] * 7}, 8192)}
+    print(f"  AMX {P.cpu_has_amx()}, CPU capability {torch_capability()}")
+    for name, probe in probes.items():
+        faster = P._bf16_faster(dev, probe)
+        print(f"  {name}: precision auto -> {P.resolve_precision('auto', dev, probe)} "
+              f"(the measurement alone: bf16 {'faster' if faster else 'not faster'} than fp32 "
+              "by 10 %)")
+
+
+def torch_capability() -> str:
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (about 3 minutes)")
@@ -306,14 +335,12 @@ def main() -> None:
         return
     import torch
 
-    from casm_cloud.somo.windowed import cpu_has_amx, cpu_has_native_bf16, resolve_precision
-
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}, "
-          f"AMX {cpu_has_amx()}, native bf16 {cpu_has_native_bf16()}, precision auto -> {resolve_precision('auto', a.device)}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    _precision_line(a.device)
     rates = _section1(a.device, a.quick)
     print(f"  [{time.perf_counter() - t0:.0f} s]")
     with tempfile.TemporaryDirectory(prefix="bench_somo_") as tmp:

@@ -191,7 +191,10 @@ class Ensemble(_Section):
 
 class Predict(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # "auto": bf16 only where the workers' hardware makes it faster (a GPU, or a CPU
+    # with AMX), measured once on a worker and recorded in the store; the stage hash
+    # holds "auto", not the decision (casm_cloud.inference.precision).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     batch_size: int | None = None
     chunks: dict[Literal["time", "y", "x"], int] = {"time": 60, "y": 64, "x": 64}
 
@@ -484,6 +487,7 @@ class SomoEnsemble(_Section):
 
 class SomoPredict(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # As Predict.precision: one resolver, decided once per store (inference.precision).
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     batch_size: int | None = None
     chunks: dict[Literal["time", "y", "x"], int] = {"time": 365, "y": 64, "x": 64}

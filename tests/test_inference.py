@@ -346,3 +346,25 @@ def test_cli_predict(tmp_path, tb, params, members, capsys):
     assert storage.store_state(out)["complete"]
     assert main(argv(3)) == 2
     assert "different prediction configuration" in capsys.readouterr().err
+
+
+def test_auto_precision_is_fp32_bit_for_bit_on_a_cpu_without_amx(tmp_path, tb, params, members,
+                                                                    monkeypatch):
+    from casm_cloud.inference import precision
+
+    kw = dict(n_noise=2, device="cpu")
+    ref = str(tmp_path / "fp32.zarr")
+    inference.predict_to_zarr(tb, members, params, ref, precision="fp32", **kw)
+    want = _bits(storage.open_zarr(ref))
+    if precision.cpu_has_amx():
+        # An AMX machine may measure bf16 faster; pretend this one has none.
+        monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    out = str(tmp_path / "auto.zarr")
+    s = inference.predict_to_zarr(tb, members, params, out, **kw)     # the default: auto
+    got = storage.open_zarr(out)
+    assert got.attrs["casm_precision"] == "fp32"
+    assert got.attrs["casm_precision_requested"] == "auto"
+    for name in inference.PRODUCT_VARIABLES:
+        np.testing.assert_array_equal(_bits(got)[name], want[name])
+    # the request, not the decision, is in the hash: "auto" and "fp32" are other stores
+    assert s.predict_hash != storage.open_zarr(ref).attrs[inference.PREDICT_HASH_ATTR]

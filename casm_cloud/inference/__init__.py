@@ -33,9 +33,17 @@ Guarantees:
   own ``client.submit``, so no graph optimisation can fuse the annotation
   away (``docs/architecture.md``, "Known traps of this stack").
 
+* ``precision="auto"`` (the default) runs bf16 only where the workers'
+  hardware makes it faster (a GPU, or a CPU with AMX, confirmed by a short
+  measurement of the members' network), decided once per store and recorded
+  as ``casm_precision``; resumed and appended runs keep the recorded one.
+
 Modules: :mod:`~casm_cloud.inference.kernel` (types, device, model cache,
-the chunk task), :mod:`~casm_cloud.inference.predict` (checks, hashing, the
-output store, :func:`predict_to_zarr`).
+the chunk task), :mod:`~casm_cloud.inference.predict` (checks, hashing,
+:func:`predict_to_zarr`), :mod:`~casm_cloud.inference.chunked` (the output
+store, regions and task runs that SoMo.ml's windowed prediction shares),
+:mod:`~casm_cloud.inference.precision` (the one ``precision="auto"`` resolver
+of both recipes).
 """
 
 from casm_cloud.inference.kernel import (

@@ -24,6 +24,7 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.errors import UserError
+from casm_cloud.inference.precision import Precision
 from casm_cloud.seasonal import cycle_values
 
 __all__ = ["PredictError", "PRODUCT_VARIABLES", "PARAM_FIELDS", "PredictSummary",
@@ -32,7 +33,6 @@ __all__ = ["PredictError", "PRODUCT_VARIABLES", "PARAM_FIELDS", "PredictSummary"
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["fp32", "bf16"]
 
 #: Output variables, in the order they are written.
 PRODUCT_VARIABLES: tuple[str, ...] = ("sm", "sm_residual", "seasonal_cycle",
@@ -104,7 +104,7 @@ class _Spec:
     seed: int
     batch_size: int | None
     device: Device
-    precision: Precision
+    precision: Precision               # resolved: "fp32" or "bf16"
     out: str
     storage_options: Mapping = field(default_factory=dict)
 
@@ -170,15 +170,6 @@ def _load_member(member: _Member, device: str, storage_options: Mapping):
         raise PredictError(f"checkpoint {member.path} changed during the run (content hash "
                          f"{ckpt.content_hash[:12]}, expected {member.content_hash[:12]})")
     return ckpt
-
-
-def _bf16_native() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # private helper; absent on some builds
-        return False
 
 
 # --------------------------------------------------------------------------- the chunk kernel
@@ -302,7 +293,7 @@ def _run_chunk(spec: _Spec, piece: _Piece) -> dict:
     part = xr.Dataset({n: (_DIMS, out[n]) for n in PRODUCT_VARIABLES})
     storage.write_region(part, spec.out, spec.storage_options, region=piece.region)
     info = {"pid": os.getpid(), "worker": _worker_address(), "device": device,
-            "seconds": round(time.perf_counter() - t0, 4),
+            "precision": spec.precision, "seconds": round(time.perf_counter() - t0, 4),
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
             "n_valid": int(np.isfinite(out["sm_residual"]).sum())}
     storage.ChunkRecord(spec.out, spec.storage_options).mark(_chunk_key(piece), info)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
-import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -15,7 +13,17 @@ import numpy as np
 import xarray as xr
 
 from casm_cloud import storage
+from casm_cloud.inference.chunked import (
+    culled,
+    prepare_store,
+    regions,
+    run_pieces,
+    set_attrs,
+    task_resources,
+    template,
+)
 from casm_cloud.inference.kernel import (
+    _DEFAULT_BATCH,
     _DIMS,
     PARAM_FIELDS,
     PREDICT_HASH_ATTR,
@@ -24,13 +32,19 @@ from casm_cloud.inference.kernel import (
     Precision,
     PredictError,
     PredictSummary,
-    _bf16_native,
     _cached_checkpoint,
     _chunk_key,
     _Member,
     _Piece,
     _run_chunk,
     _Spec,
+)
+from casm_cloud.inference.precision import (
+    Probe,
+    cpu_has_amx,
+    pinned_precision,
+    precision_attrs,
+    resolve_for_run,
 )
 from casm_cloud.schema import apply_attrs
 
@@ -179,18 +193,13 @@ def _output_chunks(inputs: xr.Dataset, chunks: Mapping[str, int] | None,
 
 # --------------------------------------------------------------------------- the store
 def _template(inputs: xr.Dataset, chunks: Mapping[str, int], attrs: Mapping) -> xr.Dataset:
-    import dask.array as dsa
-
-    shape = tuple(inputs.sizes[d] for d in _DIMS)
     coords = {d: inputs[d] for d in _DIMS}
     for extra in ("lat", "lon", "crs"):
         if extra in inputs.coords or extra in inputs.data_vars:
             coords[extra] = inputs[extra].reset_coords(drop=True) if extra in inputs.data_vars \
                 else inputs.coords[extra].variable
-    data = {n: (_DIMS, dsa.full(shape, np.nan, dtype=np.float32,
-                                chunks=tuple(chunks[d] for d in _DIMS)))
-            for n in PRODUCT_VARIABLES}
-    ds = apply_attrs(xr.Dataset(data, coords=coords), "product")
+    ds = template(_DIMS, inputs.sizes, chunks, coords, dict.fromkeys(PRODUCT_VARIABLES, {}), {})
+    ds = apply_attrs(ds, "product")
     if "crs" in ds.coords:
         for n in PRODUCT_VARIABLES:
             ds[n].attrs["grid_mapping"] = "crs"
@@ -198,82 +207,17 @@ def _template(inputs: xr.Dataset, chunks: Mapping[str, int], attrs: Mapping) -> 
     return ds
 
 
-def _set_attrs(url: str, so: Mapping, attrs: Mapping) -> None:
-    storage.zarr_group(url, so).attrs.update(dict(attrs))
-
-
-def _prepare_store(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[str, str], *,
-                   resume: bool, overwrite: bool, append: bool) -> None:
-    """Create, reuse or grow the output store; refuse one made by another configuration."""
-    state = storage.store_state(out, so)
-    if not state["exists"] and not overwrite and _has_content(out, so):
-        # write_template removes whatever is at ``out``: never a user's files unasked.
-        raise storage.StoreError(
-            f"output {out} exists and is not a Zarr store (a file, or a folder with other "
-            "content); pass overwrite=True (--overwrite) to replace it, or choose another output")
-    if state["exists"] and not overwrite:
-        stored = storage.open_zarr(out, so)
-        made_by = stored.attrs.get(PREDICT_HASH_ATTR)
-        if made_by != hashes[PREDICT_HASH_ATTR]:
-            raise storage.StoreError(
-                f"output {out} was written by a different prediction configuration "
-                f"(hash {str(made_by)[:12]}, this run {hashes[PREDICT_HASH_ATTR][:12]}); "
-                "pass overwrite=True (--overwrite) to replace it, or choose another output")
-        old, new = stored["time"].values, template["time"].values
-        if old.size == new.size and np.array_equal(old, new):
-            if resume:
-                if state["config_hash"] != hashes[storage.HASH_ATTR]:
-                    _set_attrs(out, so, hashes)
-                return
-        elif append and old.size < new.size and np.array_equal(old, new[:old.size]):
-            # Grow the axis only: the new chunks are written region by region below.
-            storage.grow_time(template.isel(time=slice(old.size, None)), out, so,
-                              attrs={**stored.attrs, **hashes}, compute=False)
-            return
-        elif resume:
-            raise storage.StoreError(
-                f"output {out} holds times {old[0]}..{old[-1]} ({old.size}); the inputs have "
-                f"{new[0]}..{new[-1]} ({new.size}): pass append=True (--append) when the inputs "
-                "extend the stored times, or overwrite=True to start again")
-    storage.write_template(template, out, so, config_hash=hashes[storage.HASH_ATTR])
-    _set_attrs(out, so, hashes)
-
-
-def _has_content(url: str, so: Mapping) -> bool:
-    fs, path = storage.url_to_fs(url, so)
-    try:
-        return fs.isfile(path) or (fs.isdir(path) and bool(fs.ls(path, detail=False)))
-    except FileNotFoundError:
-        return False
-
-
-def _regions(sizes: Mapping[str, int], chunks: Mapping[str, int]):
-    ranges = [range(0, sizes[d], chunks[d]) for d in _DIMS]
-    for starts in itertools.product(*ranges):
-        region = {d: slice(s, min(s + chunks[d], sizes[d])) for d, s in zip(_DIMS, starts, strict=True)}
-        index = tuple(s // chunks[d] for d, s in zip(_DIMS, starts, strict=True))
-        yield index, region
-
-
-def _gpu_workers(client) -> list[str]:
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    return [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU", 0) >= 1]
-
-
-def _culled(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` with its dask graph cut down to the keys it needs (small to ship)."""
-    import dask
-
-    if any(v.chunks is not None for v in ds.variables.values()):
-        (ds,) = dask.optimize(ds)
-    return ds
+def _probe(meta: Mapping, batch_size: int | None, device: str) -> Probe:
+    """The shapes ``precision="auto"`` measures: the members' network, one forward's rows."""
+    rows = batch_size or (_DEFAULT_BATCH["cuda"] if device == "cuda" else _DEFAULT_BATCH["cpu"])
+    return Probe.of(meta["architecture"], rows)
 
 
 # --------------------------------------------------------------------------- the public entry
 def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
                     params: xr.Dataset | Mapping[str, xr.Dataset] | str, out: str, *,
                     n_noise: int = 10, noise_scale: float = 0.1, batch_size: int | None = None,
-                    device: Device = "auto", precision: Precision = "fp32",
+                    device: Device = "auto", precision: Precision = "auto",
                     resume: bool = True, overwrite: bool = False, append: bool = False,
                     chunks: Mapping[str, int] | None = None, seed: int = 0,
                     storage_options: Mapping | None = None, client=None,
@@ -305,8 +249,12 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
     device : {"auto", "cpu", "cuda"}
         ``"auto"``: CUDA where the worker has it.  With a ``client`` whose
         workers declare ``GPU`` resources, tasks need ``GPU=1``.
-    precision : {"fp32", "bf16"}
-        ``"bf16"``: autocast to bfloat16 (CUDA, or CPUs with bf16 support).
+    precision : {"auto", "fp32", "bf16"}
+        ``"bf16"``: autocast to bfloat16.  ``"auto"``: bf16 only where the
+        workers' hardware makes it faster (a GPU, or a CPU with AMX), decided
+        once by a short measurement of the members' network on a worker and
+        recorded in the store (``casm_precision``), so resumed and appended
+        runs keep it (:mod:`casm_cloud.inference.precision`).
     resume : bool
         Skip chunks recorded as finished by a run of the same configuration.
     overwrite : bool
@@ -345,13 +293,7 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
         ``overwrite``), or holds other times (and not ``append``).
     """
     so = dict(storage_options or {})
-    if precision not in ("fp32", "bf16"):
-        raise PredictError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
-    if device not in ("auto", "cpu", "cuda"):
-        raise PredictError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
-    if int(n_noise) < 1 or not noise_scale >= 0 or (batch_size is not None and batch_size < 1):
-        raise PredictError(f"n_noise={n_noise}, noise_scale={noise_scale}, batch_size="
-                         f"{batch_size}: expected n_noise >= 1, noise_scale >= 0, batch_size >= 1")
+    _check_options(precision, device, n_noise, noise_scale, batch_size)
     if isinstance(inputs, str):
         inputs = storage.open_zarr(inputs, so)
     if isinstance(params, str):
@@ -361,9 +303,8 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
             raise PredictError(f"inputs: dimension {d!r} is missing (have {tuple(inputs.dims)})")
     members, meta = _member_specs(ensemble, so)
     features, residual = _features(inputs, meta)
-    target = meta["target"]
     params, params_id = _as_params(params)
-    _check_params(params, [*residual, target], inputs)
+    _check_params(params, [*residual, meta["target"]], inputs)
     sizes = {d: inputs.sizes[d] for d in _DIMS}
     chunk_sizes = _output_chunks(inputs, chunks, residual)
     grid = [sizes["y"], sizes["x"], *(float(inputs[d][i]) for d in ("y", "x") for i in (0, -1))]
@@ -371,73 +312,74 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
                                 features=features, n_noise=n_noise, noise_scale=noise_scale,
                                 chunks=chunk_sizes, precision=precision, seed=seed, grid=grid)
     hashes = {PREDICT_HASH_ATTR: phash, storage.HASH_ATTR: config_hash or phash}
-    if precision == "bf16" and device != "cuda" and not _bf16_native():
-        warnings.warn("precision='bf16' on a CPU without native bf16: autocast is emulated "
-                      "and slow", RuntimeWarning, stacklevel=2)
-
-    attrs = {k: v for k, v in inputs.attrs.items() if k.startswith("ease2_")}
-    attrs.update({
-        "title": "soil moisture predicted by a deep ensemble (CASM method)",
-        "casm_ensemble": json.dumps([m.path for m in members]),
-        "casm_inputs": json.dumps(features), "casm_n_noise": int(n_noise),
-        "casm_noise_scale": float(noise_scale), "casm_precision": precision,
-        "casm_seed": int(seed), **hashes,
-    })
-    template = _template(inputs, chunk_sizes, attrs)
-    _prepare_store(out, so, template, hashes, resume=resume, overwrite=overwrite, append=append)
+    attrs = _store_attrs(inputs, members, features, n_noise, noise_scale, seed, hashes)
+    stored = prepare_store(out, so, _template(inputs, chunk_sizes, attrs), hashes,
+                           hash_attr=PREDICT_HASH_ATTR, resume=resume, overwrite=overwrite,
+                           append=append)
+    resources = task_resources(client, device)
+    prec = pinned_precision(stored, precision) or resolve_for_run(
+        precision, device, _probe(meta, batch_size, device), client=client, resources=resources)
+    set_attrs(out, so, precision_attrs(precision, prec))
+    _warn_slow_bf16(prec, device, client)
 
     spec = _Spec(members=tuple(members), features=tuple(features), residual=tuple(residual),
-                 target=target, n_noise=int(n_noise),
+                 target=meta["target"], n_noise=int(n_noise),
                  noise_scale=float(noise_scale), seed=int(seed), batch_size=batch_size,
-                 device=device, precision=precision, out=out, storage_options=so)
-    record = storage.ChunkRecord(out, so)
-    done = record.done() if resume else set()
-    keep = [n for n in features if n in inputs.data_vars]
-    src = inputs[keep]
-    pieces, n_total = [], 0
-    for index, region in _regions(sizes, chunk_sizes):
-        n_total += 1
-        probe = _Piece(index, region, None, None)  # type: ignore[arg-type]
-        if record.key(_chunk_key(probe)) in done:
-            continue
-        sub = _culled(src.isel(region))
-        sp = _culled(params.isel(y=region["y"], x=region["x"]))
-        pieces.append(_Piece(index, region, sub, sp))
+                 device=device, precision=prec, out=out, storage_options=so)
+    pieces, n_total = _pieces(inputs, params, features, sizes, chunk_sizes,
+                              storage.ChunkRecord(out, so), resume)
     skipped = n_total - len(pieces)
-    log.info("predict %s: %d chunks, %d finished, %d to compute", out, n_total, skipped,
-             len(pieces))
-
-    if client is None:
-        for i, piece in enumerate(pieces, 1):
-            _run_chunk(spec, piece)
-            if progress is not None:
-                progress(skipped + i, n_total)
-    else:
-        _run_on_cluster(client, spec, pieces, phash, device, skipped, n_total, progress)
-
+    log.info("predict %s: %d chunks, %d finished, %d to compute (%s)", out, n_total, skipped,
+             len(pieces), prec)
+    run_pieces(_run_chunk, spec, pieces, client=client, resources=resources,
+               key=f"casm-predict-{phash[:8]}", skipped=skipped, n_total=n_total,
+               progress=progress)
     storage.mark_complete(out, so, config_hash=hashes[storage.HASH_ATTR])
     return PredictSummary(url=out, config_hash=hashes[storage.HASH_ATTR], predict_hash=phash,
                           n_chunks=n_total, computed=len(pieces), skipped=skipped)
 
 
-def _run_on_cluster(client, spec: _Spec, pieces: list[_Piece], phash: str, device: Device,
-                    skipped: int, n_total: int, progress) -> None:
-    from distributed import as_completed
+def _check_options(precision: str, device: str, n_noise: int, noise_scale: float,
+                   batch_size: int | None) -> None:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise PredictError(f"precision={precision!r}: expected 'auto', 'fp32' or 'bf16'")
+    if device not in ("auto", "cpu", "cuda"):
+        raise PredictError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
+    if int(n_noise) < 1 or not noise_scale >= 0 or (batch_size is not None and batch_size < 1):
+        raise PredictError(f"n_noise={n_noise}, noise_scale={noise_scale}, batch_size="
+                         f"{batch_size}: expected n_noise >= 1, noise_scale >= 0, batch_size >= 1")
 
-    gpus = _gpu_workers(client) if device != "cpu" else []
-    if device == "cuda" and not gpus:
-        raise PredictError("device='cuda' but no worker of the cluster declares a GPU resource "
-                         "(start workers with --resources GPU=1)")
-    resources = {"GPU": 1} if gpus else None
-    run = uuid.uuid4().hex[:8]
-    futures = [client.submit(_run_chunk, spec, p, resources=resources, pure=False,
-                             key=f"casm-predict-{phash[:8]}-{run}-{'-'.join(map(str, p.index))}")
-               for p in pieces]
-    try:
-        for i, fut in enumerate(as_completed(futures), 1):
-            fut.result()
-            if progress is not None:
-                progress(skipped + i, n_total)
-    except BaseException:
-        client.cancel(futures)
-        raise
+
+def _store_attrs(inputs: xr.Dataset, members: Sequence[_Member], features: Sequence[str],
+                 n_noise: int, noise_scale: float, seed: int, hashes: Mapping) -> dict:
+    attrs = {k: v for k, v in inputs.attrs.items() if k.startswith("ease2_")}
+    attrs.update({
+        "title": "soil moisture predicted by a deep ensemble (CASM method)",
+        "casm_ensemble": json.dumps([m.path for m in members]),
+        "casm_inputs": json.dumps(list(features)), "casm_n_noise": int(n_noise),
+        "casm_noise_scale": float(noise_scale), "casm_seed": int(seed), **hashes,
+    })
+    return attrs
+
+
+def _warn_slow_bf16(precision: str, device: str, client) -> None:
+    if precision == "bf16" and device == "cpu" and client is None and not cpu_has_amx():
+        warnings.warn("precision='bf16' on a CPU without AMX: bf16 autocast is slower than "
+                      "fp32 here (precision='auto' picks fp32)", RuntimeWarning, stacklevel=3)
+
+
+def _pieces(inputs: xr.Dataset, params: xr.Dataset, features: Sequence[str],
+            sizes: Mapping[str, int], chunk_sizes: Mapping[str, int],
+            record: storage.ChunkRecord, resume: bool) -> tuple[list[_Piece], int]:
+    """The unfinished chunks (culled lazy inputs each) and the number of chunks."""
+    done = record.done() if resume else set()
+    src = inputs[[n for n in features if n in inputs.data_vars]]
+    pieces, n_total = [], 0
+    for index, region in regions(_DIMS, sizes, chunk_sizes):
+        n_total += 1
+        probe = _Piece(index, region, None, None)  # type: ignore[arg-type]
+        if record.key(_chunk_key(probe)) in done:
+            continue
+        pieces.append(_Piece(index, region, culled(src.isel(region)),
+                             culled(params.isel(y=region["y"], x=region["x"]))))
+    return pieces, n_total

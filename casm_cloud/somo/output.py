@@ -14,6 +14,13 @@ With a dask ``client`` whose workers declare ``GPU`` resources, each chunk
 is its own ``client.submit(..., resources={"GPU": 1})`` (no graph fusion can
 drop the annotation, docs/architecture.md, "Known traps"); otherwise chunks run on CPU workers, or
 in this process without a client.
+
+``precision="auto"`` is decided once per store, on a worker of the kind that
+runs the chunks, and recorded in its attributes (``casm_precision``); resumed
+and appended runs compute in the recorded precision, and the configuration
+hash holds the request, not the decision (:mod:`casm_cloud.inference.precision`).
+The store machinery is shared with CASM's ensemble
+(:mod:`casm_cloud.inference.chunked`).
 """
 
 from __future__ import annotations
@@ -24,18 +31,29 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.inference import PredictSummary
-from casm_cloud.somo.predict import ModelSpec, Plan, make_plan, run_region
-from casm_cloud.somo.windowed import Precision
+from casm_cloud.inference.chunked import (
+    culled,
+    prepare_store,
+    run_pieces,
+    set_attrs,
+    task_resources,
+    template,
+)
+from casm_cloud.inference.precision import (
+    Precision,
+    pinned_precision,
+    precision_attrs,
+    resolve_for_run,
+)
+from casm_cloud.somo.predict import ModelSpec, Plan, make_plan, run_region, spec_probe
 
 __all__ = ["SOMO_HASH_ATTR", "predict_to_zarr"]
 
@@ -102,58 +120,11 @@ def _hash(plan: Plan, features: xr.Dataset, statics: xr.Dataset, precision: str)
 
 
 def _template(plan: Plan, attrs: Mapping) -> xr.Dataset:
-    import dask.array as dsa
-
-    shape = (plan.times.size, *(plan.dynamic.sizes[d] for d in plan.dims[1:]))
-    data = dsa.full(shape, np.nan, dtype=np.float32, chunks=tuple(plan.chunks[d] for d in plan.dims))
-    coords = {"time": ("time", plan.times), **plan.coords}
     units = dict(plan.spec.units).get(plan.spec.target, "m3 m-3")
-    var = xr.Variable(plan.dims, data, {"units": units, "long_name": "soil moisture predicted "
-                                        f"by SoMo.ml ({plan.spec.target})"})
-    ds = xr.Dataset({plan.spec.target: var}, coords=coords)
-    ds.attrs = dict(attrs)
-    return ds
-
-
-def _prepare(out: str, so: Mapping, template: xr.Dataset, hashes: Mapping[str, str], *,
-             resume: bool, overwrite: bool, append: bool) -> None:
-    """Create, reuse or grow the store; refuse one made by another configuration."""
-    state = storage.store_state(out, so)
-    stored = storage.open_zarr(out, so) if state["exists"] and not overwrite else None
-    if stored is not None and "time" not in stored.variables:
-        stored = None  # a run killed while it wrote the template: write it again
-    if stored is not None:
-        if stored.attrs.get(SOMO_HASH_ATTR) != hashes[SOMO_HASH_ATTR]:
-            raise storage.StoreError(f"output {out} was written by another SoMo.ml prediction "
-                                     "configuration; pass overwrite=True or choose another output")
-        old, new = stored["time"].values, template["time"].values
-        if resume and np.array_equal(old, new):
-            storage.zarr_group(out, so).attrs.update(dict(hashes))
-            return
-        if append and old.size < new.size and np.array_equal(old, new[:old.size]):
-            storage.grow_time(template.isel(time=slice(old.size, None)), out, so,
-                              attrs={**stored.attrs, **hashes}, compute=False)
-            return
-        if resume or append:
-            raise storage.StoreError(
-                f"output {out} holds days {old[0]!s:.10}..{old[-1]!s:.10}; this run makes "
-                f"{new[0]!s:.10}..{new[-1]!s:.10}: pass append=True when it extends them, or "
-                "overwrite=True to start again")
-    storage.write_template(template, out, so, config_hash=hashes[storage.HASH_ATTR])
-    storage.zarr_group(out, so).attrs.update(dict(hashes))
-
-
-def _culled(ds: xr.Dataset) -> xr.Dataset:
-    import dask
-
-    if any(v.chunks is not None for v in ds.variables.values()):
-        (ds,) = dask.optimize(ds)
-    return ds
-
-
-def _gpu_workers(client) -> list[str]:
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    return [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU", 0) >= 1]
+    var = {"units": units, "long_name": f"soil moisture predicted by SoMo.ml ({plan.spec.target})"}
+    sizes = {"time": plan.times.size, **{d: plan.dynamic.sizes[d] for d in plan.dims[1:]}}
+    return template(plan.dims, sizes, plan.chunks, {"time": ("time", plan.times), **plan.coords},
+                    {plan.spec.target: var}, attrs)
 
 
 def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dataset | str,
@@ -180,10 +151,14 @@ def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dat
         First and last output day (default: the first day with a 365-day
         window, and the last forcing day).
     precision : {"auto", "fp32", "bf16"}
-        ``"auto"``: bf16 where measured faster (GPU, AMX CPU), per worker.
+        ``"auto"``: bf16 only where the workers' hardware makes it faster (a
+        GPU, or a CPU with AMX), decided once by a short measurement of the
+        model's own shapes on a worker and recorded in the store
+        (``casm_precision``), so resumed and appended runs keep it
+        (:mod:`casm_cloud.inference.precision`).
     device : {"auto", "cpu", "cuda"}
     batch_size : int, optional
-        Windows per forward (default 2,048 on CPU, 16,384 on CUDA).
+        Windows per forward (default 128 per torch thread on CPU, 16,384 on CUDA).
     storage_options : mapping, optional
         fsspec options of ``out``, the checkpoint and URL inputs.
     client : distributed.Client, optional
@@ -214,63 +189,51 @@ def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dat
         ``out`` holds another configuration or other days.
     """
     so = dict(storage_options or {})
-    if isinstance(features, str):
-        features = storage.open_zarr(features, so)
-    if isinstance(statics, str):
-        statics = storage.open_zarr(statics, so)
+    features, statics = _opened(features, so), _opened(statics, so)
     plan = make_plan(checkpoint, features, statics, start=start, end=end, chunks=chunks,
                      storage_options=so)
     phash = _hash(plan, features, statics, precision)
     hashes = {SOMO_HASH_ATTR: phash, storage.HASH_ATTR: config_hash or phash}
-    attrs = {k: v for k, v in features.attrs.items() if k.startswith(("ease2_", "latlon_"))}
-    attrs.update({"title": "soil moisture predicted by SoMo.ml (windowed EA-LSTM)",
-                  "casm_checkpoint": plan.spec.path, "casm_precision": precision, **hashes})
-    _prepare(out, so, _template(plan, attrs), hashes, resume=resume, overwrite=overwrite,
-             append=append)
-    task = _Task(plan.spec, plan.dims, out, so, device, precision, batch_size)
-    record = storage.ChunkRecord(out, so)
-    done = record.done() if resume else set()
-    pieces, n_total = [], 0
-    for index, region in plan.regions():
-        n_total += 1
-        key = _key(index, region)
-        if record.key(key) in done:
-            continue
-        dyn, sta = plan.inputs(region)
-        pieces.append(_Piece(key, region, _culled(dyn), _culled(sta)))
+    stored = prepare_store(out, so, _template(plan, _attrs(plan, features, hashes)), hashes,
+                           hash_attr=SOMO_HASH_ATTR, resume=resume, overwrite=overwrite,
+                           append=append, what="SoMo.ml prediction")
+    resources = task_resources(client, device)
+    prec = pinned_precision(stored, precision) or resolve_for_run(
+        precision, device, spec_probe(plan.spec, batch_size, device), client=client,
+        resources=resources)
+    set_attrs(out, so, precision_attrs(precision, prec))
+    task = _Task(plan.spec, plan.dims, out, so, device, prec, batch_size)
+    pieces, n_total = _pieces(plan, storage.ChunkRecord(out, so), resume)
     skipped = n_total - len(pieces)
-    log.info("somo predict %s: %d chunks, %d finished, %d to compute", out, n_total, skipped,
-             len(pieces))
-    if client is None:
-        for i, piece in enumerate(pieces, 1):
-            _run_piece(task, piece)
-            if progress is not None:
-                progress(skipped + i, n_total)
-    else:
-        _on_cluster(client, task, pieces, phash, skipped, n_total, progress)
+    log.info("somo predict %s: %d chunks, %d finished, %d to compute (%s)", out, n_total,
+             skipped, len(pieces), prec)
+    run_pieces(_run_piece, task, pieces, client=client, resources=resources,
+               key=f"somo-predict-{phash[:8]}", skipped=skipped, n_total=n_total,
+               progress=progress)
     storage.mark_complete(out, so, config_hash=hashes[storage.HASH_ATTR])
     return PredictSummary(url=out, config_hash=hashes[storage.HASH_ATTR], predict_hash=phash,
                           n_chunks=n_total, computed=len(pieces), skipped=skipped)
 
 
-def _on_cluster(client, task: _Task, pieces: list[_Piece], phash: str, skipped: int,
-                n_total: int, progress) -> None:
-    from distributed import as_completed
+def _opened(ds: xr.Dataset | str, so: Mapping) -> xr.Dataset:
+    return storage.open_zarr(ds, so) if isinstance(ds, str) else ds
 
-    gpus = _gpu_workers(client) if task.device != "cpu" else []
-    if task.device == "cuda" and not gpus:
-        raise ValueError("device='cuda' but no worker of the cluster declares a GPU resource "
-                         "(start workers with --resources GPU=1)")
-    resources = {"GPU": 1} if gpus else None
-    run = uuid.uuid4().hex[:8]
-    futures = [client.submit(_run_piece, task, p, resources=resources, pure=False,
-                             key=f"somo-predict-{phash[:8]}-{run}-{i}")
-               for i, p in enumerate(pieces)]
-    try:
-        for i, fut in enumerate(as_completed(futures), 1):
-            fut.result()
-            if progress is not None:
-                progress(skipped + i, n_total)
-    except BaseException:
-        client.cancel(futures)
-        raise
+
+def _attrs(plan: Plan, features: xr.Dataset, hashes: Mapping[str, str]) -> dict:
+    attrs = {k: v for k, v in features.attrs.items() if k.startswith(("ease2_", "latlon_"))}
+    attrs.update({"title": "soil moisture predicted by SoMo.ml (windowed EA-LSTM)",
+                  "casm_checkpoint": plan.spec.path, **hashes})
+    return attrs
+
+
+def _pieces(plan: Plan, record: storage.ChunkRecord, resume: bool) -> tuple[list[_Piece], int]:
+    """The unfinished chunks (culled lazy inputs each) and the number of chunks."""
+    done = record.done() if resume else set()
+    pieces, n_total = [], 0
+    for index, region in plan.regions():
+        n_total += 1
+        key = _key(index, region)
+        if record.key(key) not in done:
+            dyn, sta = plan.inputs(region)
+            pieces.append(_Piece(key, region, culled(dyn), culled(sta)))
+    return pieces, n_total

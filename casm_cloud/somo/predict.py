@@ -23,10 +23,14 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from casm_cloud.inference.chunked import regions
+from casm_cloud.inference.precision import Precision, Probe, resolve_precision
 from casm_cloud.somo.features import FeatureError
-from casm_cloud.somo.windowed import WINDOW, Precision, WindowedModel, resolve_precision
+from casm_cloud.somo.windowed import WINDOW, WindowedModel, default_batch
 
-__all__ = ["ModelSpec", "Plan", "load_spec", "make_plan", "predict", "DEFAULT_TIME_CHUNK"]
+__all__ = ["ModelSpec", "Plan", "load_spec", "make_plan", "predict", "spec_probe",
+           "DEFAULT_TIME_CHUNK"]
+
 
 def _checkpoint_error(message: str) -> Exception:
     """A :class:`casm_cloud.models.checkpoint.CheckpointError` (imported late: it needs torch)."""
@@ -58,6 +62,7 @@ class ModelSpec:
     window: int = WINDOW
     clip_min: float | None = 0.0
     storage_options: str = "{}"       # JSON
+    architecture: str = "{}"          # JSON: the network's shapes, for precision="auto"
 
 
 @functools.lru_cache(maxsize=16)
@@ -102,7 +107,12 @@ def load_spec(checkpoint: str, storage_options: Mapping | None = None) -> ModelS
         target_std=float(std[meta["target"]]),
         units=tuple((n, str(units[n])) for n in (*dyn, *sta, meta["target"]) if n in units),
         window=int(meta.get("window", WINDOW)), clip_min=meta.get("clip_min", 0.0),
-        storage_options=so_json)
+        storage_options=so_json, architecture=json.dumps(arch, sort_keys=True))
+
+
+def spec_probe(spec: ModelSpec, batch: int | None, device: str) -> Probe:
+    """What ``precision="auto"`` measures for this model: its LSTM on one batch of windows."""
+    return Probe(spec.architecture, int(batch or default_batch(device)))
 
 
 # --------------------------------------------------------------------------- input checks
@@ -174,16 +184,14 @@ class Plan:
     static: xr.Dataset                 # spec.static over spatial
     coords: dict                       # spatial coordinates of the output
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Sizes of the output's dimensions."""
+        return {"time": self.times.size, **{d: self.dynamic.sizes[d] for d in self.dims[1:]}}
+
     def regions(self):
         """``(index, region)`` of every output chunk, time first."""
-        import itertools
-
-        sizes = {"time": self.times.size, **{d: self.dynamic.sizes[d] for d in self.dims[1:]}}
-        ranges = [range(0, sizes[d], self.chunks[d]) for d in self.dims]
-        for starts in itertools.product(*ranges):
-            region = {d: slice(s, min(s + self.chunks[d], sizes[d]))
-                      for d, s in zip(self.dims, starts, strict=True)}
-            yield tuple(s // self.chunks[d] for d, s in zip(self.dims, starts, strict=True)), region
+        return regions(self.dims, self.sizes, self.chunks)
 
     def inputs(self, region: Mapping[str, slice]) -> tuple[xr.Dataset, xr.Dataset]:
         """The lazy dynamic inputs of a region with its halo, and its statics."""
@@ -272,7 +280,7 @@ def run_region(plan_spec: ModelSpec, dims: tuple[str, ...], dynamic: xr.Dataset,
     from casm_cloud.inference import resolve_device
 
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev, len(plan_spec.dynamic) + len(plan_spec.static))
+    prec = resolve_precision(precision, dev, spec_probe(plan_spec, batch, dev))
     dyn = dynamic.compute(scheduler="sync")
     sta = static.compute(scheduler="sync")
     return block_values(plan_spec, dyn, sta, dims, device=dev, precision=prec, batch=batch), dev, prec
@@ -324,9 +332,7 @@ def predict(checkpoint: str, features: xr.Dataset, statics: xr.Dataset, start=No
 
     plan = make_plan(checkpoint, features, statics, start=start, end=end, chunks=chunks,
                      storage_options=storage_options)
-    counts = [len(range(0, n, plan.chunks[d])) for d, n in
-              zip(plan.dims, (plan.times.size, *(plan.dynamic.sizes[d] for d in plan.dims[1:])),
-                  strict=True)]
+    counts = [len(range(0, plan.sizes[d], plan.chunks[d])) for d in plan.dims]
     blocks = np.empty(counts, dtype=object)
     task = dask.delayed(_lazy_block, pure=True)
     for index, region in plan.regions():

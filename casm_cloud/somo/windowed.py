@@ -10,11 +10,15 @@ weights), so this module runs every window, and makes that affordable:
   step, gate weights arranged so that the input gate sees the statics only),
   i.e. oneDNN on CPU and cuDNN on CUDA;
 * windows are gathered from the time axis by index (an ``unfold``), a batch
-  of ``batch`` windows × 365 steps at a time (2,048 on CPU, 16,384 on CUDA);
+  of ``batch`` windows × 365 steps at a time (:func:`default_batch`: 128 per
+  torch thread on CPU, where small batches keep the LSTM's gates and outputs
+  in cache — 128 runs ~20–40 % faster per window than 2,048 on one thread and
+  needs a tenth of the memory — and 16,384 on CUDA);
 * windows with any missing input are skipped and come out NaN;
 * ``precision="auto"`` uses bfloat16 only where the hardware makes it faster
-  (a GPU, or a CPU with AMX or AVX512-BF16), decided once per process by a
-  short timing; bf16 rounds inputs, weights and states, which over 365 steps
+  (a GPU, or a CPU with AMX), decided once per worker by a short timing of the
+  model's LSTM (:mod:`casm_cloud.inference.precision`, the resolver both
+  recipes share); bf16 rounds inputs, weights and states, which over 365 steps
   moves a few windows by up to ~0.2 target stds (fp32 is the reference).
 
 torch is imported lazily: the module loads without it.
@@ -22,121 +26,26 @@ torch is imported lazily: the module loads without it.
 
 from __future__ import annotations
 
-import functools
-import time
-from typing import Literal
-
 import numpy as np
 
-__all__ = ["WINDOW", "Precision", "WindowedModel", "cpu_has_amx", "cpu_has_native_bf16",
+from casm_cloud.inference.precision import Precision, cpu_has_amx, resolve_precision
+
+__all__ = ["WINDOW", "Precision", "WindowedModel", "cpu_has_amx", "default_batch",
            "resolve_precision", "valid_windows"]
 
 #: Days per input window (the published model's sequence length).
 WINDOW = 365
-Precision = Literal["auto", "fp32", "bf16"]
-_BATCH = {"cpu": 2048, "cuda": 16384}
+_BATCH_CUDA = 16384
+_BATCH_CPU_PER_THREAD, _BATCH_CPU_MAX = 128, 2048
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 dot products natively (AMX or AVX512-BF16).
-
-    oneDNN's bf16 LSTM uses them; without either, bf16 is emulated and slower
-    than fp32 (see "Known traps" in docs/architecture.md), so ``precision="auto"``
-    does not even measure.
-    """
-    if cpu_has_amx():
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "avx512_bf16" in f.read()
-    except OSError:
-        return False
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles for bf16 (``amx_bf16`` in /proc/cpuinfo, or torch's view)."""
-    try:
-        import torch
-
-        if "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper():
-            return True
-    except (ImportError, AttributeError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
-    except OSError:
-        return False
-
-
-@functools.lru_cache(maxsize=8)
-def _measured_bf16_faster(device: str, n_in: int, hidden: int) -> bool:
-    """Time a small fused LSTM in fp32 and in bf16 on ``device``; True if bf16 is >10 % faster."""
+def default_batch(device: str) -> int:
+    """Windows per forward when not given: 128 per torch thread on CPU (≤ 2,048), 16,384 on CUDA."""
+    if device == "cuda":
+        return _BATCH_CUDA
     import torch
 
-    lstm = torch.nn.LSTM(n_in, hidden, batch_first=True).to(device).eval()
-    batch = 4096 if device == "cuda" else 256
-    x = torch.randn(batch, 64, n_in, device=device)
-    models = {torch.float32: lstm}
-    try:
-        models[torch.bfloat16] = torch.nn.LSTM(n_in, hidden, batch_first=True).to(
-            device=device, dtype=torch.bfloat16).eval()
-        with torch.inference_mode():
-            models[torch.bfloat16](x.to(torch.bfloat16))
-    except RuntimeError:  # no bf16 LSTM on this device / backend
-        return False
-    best = dict.fromkeys(models, float("inf"))
-    with torch.inference_mode():
-        models[torch.float32](x)
-        for _ in range(3):  # alternate and keep the best: a shared machine is noisy
-            for dtype, m in models.items():
-                xx = x.to(dtype)
-                _sync(device)
-                t0 = time.perf_counter()
-                m(xx)
-                _sync(device)
-                best[dtype] = min(best[dtype], time.perf_counter() - t0)
-    return best[torch.bfloat16] < 0.8 * best[torch.float32]
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-def resolve_precision(precision: Precision, device: str, n_in: int = 16, hidden: int = 128
-                      ) -> Literal["fp32", "bf16"]:
-    """The precision a process runs: ``"auto"`` → bf16 only where measured faster.
-
-    Parameters
-    ----------
-    precision : {"auto", "fp32", "bf16"}
-    device : {"cpu", "cuda"}
-        The resolved torch device.
-    n_in, hidden : int
-        LSTM sizes for the measurement (cached per process and sizes).
-
-    Returns
-    -------
-    {"fp32", "bf16"}
-        ``"auto"`` on a CPU without native bf16 (neither AMX nor AVX512-BF16) is
-        fp32 without measuring (bf16 is emulated there and slower); on a GPU or
-        a native-bf16 CPU a short timing of both decides (bf16 if > 20 % faster).
-
-    Raises
-    ------
-    ValueError
-        For an unknown precision.
-    """
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision={precision!r}: expected 'auto', 'fp32' or 'bf16'")
-    if precision != "auto":
-        return precision
-    if device == "cpu" and not cpu_has_native_bf16():
-        return "fp32"
-    return "bf16" if _measured_bf16_faster(device, int(n_in), int(hidden)) else "fp32"
+    return min(_BATCH_CPU_PER_THREAD * max(torch.get_num_threads(), 1), _BATCH_CPU_MAX)
 
 
 def valid_windows(finite: np.ndarray, window: int = WINDOW) -> np.ndarray:
@@ -164,7 +73,7 @@ class WindowedModel:
     window : int
         Days per window.
     batch : int, optional
-        Windows per forward (default 2,048 on CPU, 16,384 on CUDA).
+        Windows per forward (default :func:`default_batch`).
     """
 
     def __init__(self, model, device: str = "cpu", precision: str = "fp32", *,
@@ -174,9 +83,11 @@ class WindowedModel:
         lstm, head = model.as_lstm()
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.device, self.precision, self.window = device, precision, int(window)
-        self.batch = int(batch or _BATCH.get(device, 2048))
+        self.batch = int(batch or default_batch(device))
         self.lstm = lstm.to(device=device, dtype=self.dtype)
-        self.head = head.to(device)
+        # The head as columns, applied by elementwise ops in a fixed order (_head).
+        self._w = head.weight.detach().to(device=device, dtype=torch.float32).reshape(-1)
+        self._b = head.bias.detach().to(device=device, dtype=torch.float32).reshape(())
         self.n_dynamic = model.architecture["n_dynamic"]
         self.n_static = model.architecture["n_static"]
 
@@ -220,7 +131,19 @@ class WindowedModel:
                 s = sta[c][:, None, :].expand(-1, self.window, -1)         # (b, W, ns)
                 xin = torch.cat([x, s], dim=2).to(self.dtype)
                 _, (h, _) = self.lstm(xin)
-                y = self.head(h[-1].float()).reshape(-1)
-                result[lo:lo + c.numel()] = y.cpu().numpy()
+                result[lo:lo + c.numel()] = self._head(h[-1].float()).cpu().numpy()
         out[cell_of, start_of] = result
         return out
+
+    def _head(self, h):
+        """``h @ w + b`` of the last hidden states, row by row in one fixed order.
+
+        A matmul's kernel (and so its summation order) depends on the number
+        of rows; elementwise ops do not, so a window's output does not depend
+        on which batch it is in (a grown partial chunk of an append gives the
+        days it shares with the stored chunk the same bits).
+        """
+        y = self._b.expand(h.shape[0]).clone()
+        for k in range(h.shape[1]):
+            y += h[:, k] * self._w[k]
+        return y

@@ -1,0 +1,261 @@
+"""The floating-point precision of inference: ``"auto"`` decided once per worker, pinned per store.
+
+One resolver for both recipes' predict stages (CASM's dense ensemble and
+SoMo.ml's windowed EA-LSTM):
+
+* ``"fp32"`` and ``"bf16"`` are used as asked.
+* ``"auto"`` on CUDA: bf16 if a short measurement of the model's own shapes
+  (:class:`Probe`: its architecture, the rows of one forward, in the way the
+  stage runs it) finds bf16 at least 10 % faster than fp32, else fp32.
+* ``"auto"`` on a CPU: fp32, unless the CPU has AMX tiles (torch's
+  ``get_cpu_capability()`` or ``amx_bf16`` in ``/proc/cpuinfo``) *and* the same
+  measurement finds bf16 faster.  Without AMX nothing is measured (the issue's
+  rule): on an AVX-512 Xeon without AMX a bf16 matmul ran at 121 GFLOP/s against
+  fp32's 236.  CPUs with AVX512-BF16 but no AMX are kept at fp32 too, although
+  there the measurement can find bf16 faster (on the 2-core development
+  machines: about 2x for the EA-LSTM, 4x for the 7 x 1050 MLP); fp32 is the
+  reference the bf16 results are checked against, so ``"auto"`` stays exact
+  there and ``"bf16"`` remains available by name.  :func:`_may_use_bf16` is
+  the one place this gate lives.
+* The decision is cached per process (``lru_cache`` keyed by device and probe),
+  so a worker measures once.
+
+Reproducibility (resume and append).  The configuration hash of a predict
+stage holds the *requested* precision (``"auto"``), never a worker's hardware
+decision, so the runner's stage hash is the same on any machine.  The decision
+is made once per output store, when its template is written, on a worker of
+the kind that runs the chunks (:func:`resolve_for_run`), and recorded in the
+store's attributes (``casm_precision``: the resolved one,
+``casm_precision_requested``: what was asked).  A resumed or appended run reads
+the recorded precision back (:func:`pinned_precision`) and computes its remaining
+chunks in it, whatever a new measurement would say, so every chunk of a store
+is in one precision and a run resumed on the same machine gives the same bits
+as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["PRECISION_ATTR", "REQUESTED_ATTR", "Precision", "Probe", "cpu_has_amx",
+           "pinned_precision", "precision_attrs", "resolve_for_run", "resolve_precision"]
+
+Precision = Literal["auto", "fp32", "bf16"]
+Resolved = Literal["fp32", "bf16"]
+#: Store attribute holding the precision the chunks were computed in.
+PRECISION_ATTR = "casm_precision"
+#: Store attribute holding the requested precision (what the hash covers).
+REQUESTED_ATTR = "casm_precision_requested"
+#: bf16 is chosen only when it takes less than this fraction of fp32's time.
+FASTER = 0.9
+_now = time.perf_counter
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The shapes to measure: a model architecture and how the stage runs it.
+
+    Attributes
+    ----------
+    architecture : str
+        The model's architecture as JSON (``model.architecture``, rebuilt
+        with random weights by :func:`casm_cloud.models.build_model`).
+    rows : int
+        Rows of one forward: samples (dense) or windows (LSTM).
+    steps : int
+        Time steps per window of an EA-LSTM probe (a window's prefix: the
+        per-step shapes are the model's, the time only scales).
+    """
+
+    architecture: str
+    rows: int
+    steps: int = 32
+
+    @classmethod
+    def of(cls, architecture: Mapping, rows: int, steps: int = 32) -> Probe:
+        """A probe of an architecture dict."""
+        return cls(json.dumps(dict(architecture), sort_keys=True), int(rows), int(steps))
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles for bf16 (torch's capability, or ``amx_bf16`` in cpuinfo)."""
+    try:
+        import torch
+
+        if "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper():
+            return True
+    except (ImportError, AttributeError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def _check(precision: str) -> None:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision={precision!r}: expected 'auto', 'fp32' or 'bf16'")
+
+
+def resolve_precision(precision: Precision, device: str, probe: Probe) -> Resolved:
+    """The precision this process runs ``probe``'s model in: ``"auto"`` → bf16 only where faster.
+
+    Parameters
+    ----------
+    precision : {"auto", "fp32", "bf16"}
+    device : {"cpu", "cuda"}
+        The resolved torch device.
+    probe : Probe
+        The model's shapes for the measurement.
+
+    Returns
+    -------
+    {"fp32", "bf16"}
+
+    Raises
+    ------
+    ValueError
+        For an unknown precision.
+    """
+    _check(precision)
+    if precision != "auto":
+        return precision
+    if not _may_use_bf16(device):
+        return "fp32"
+    return "bf16" if _bf16_faster(device, probe) else "fp32"
+
+
+def _may_use_bf16(device: str) -> bool:
+    """Whether ``"auto"`` measures bf16 at all here: on CUDA, and on CPUs with AMX."""
+    return device == "cuda" or cpu_has_amx()
+
+
+@functools.lru_cache(maxsize=16)
+def _bf16_faster(device: str, probe: Probe) -> bool:
+    """Time the probe's model in fp32 and bf16, alternating, best of 3; True if bf16 is faster."""
+    runners = _runners(device, probe)
+    if runners is None:
+        return False
+    best = dict.fromkeys(runners, float("inf"))
+    for run in runners.values():
+        run()                                   # warm-up (oneDNN primitives, cuDNN plans)
+    for _ in range(3):                          # alternate: a shared machine is noisy
+        for name, run in runners.items():
+            _sync(device)
+            t0 = _now()
+            run()
+            _sync(device)
+            best[name] = min(best[name], _now() - t0)
+    return best["bf16"] < FASTER * best["fp32"]
+
+
+def _runners(device: str, probe: Probe):
+    """``{"fp32": f, "bf16": f}`` running the probe's model as the stage does, or None."""
+    import torch
+
+    from casm_cloud.models import build_model
+
+    arch = json.loads(probe.architecture)
+    model = build_model(arch).eval().to(device)
+    gen = torch.Generator().manual_seed(0)
+    if arch["name"] == "ealstm":
+        lstm, _ = model.as_lstm()
+        n_in = arch["n_dynamic"] + arch["n_static"]
+        x = torch.randn(probe.rows, probe.steps, n_in, generator=gen).to(device)
+        try:
+            lstm16 = lstm.to(device=device, dtype=torch.bfloat16)
+            with torch.inference_mode():
+                lstm16(x[:1].to(torch.bfloat16))
+        except RuntimeError:                    # no bf16 LSTM on this backend
+            return None
+        lstm32 = model.as_lstm()[0].to(device)
+        x16 = x.to(torch.bfloat16)
+
+        def lstm_run(m, xx):
+            def run():
+                with torch.inference_mode():
+                    m(xx)
+            return run
+        return {"fp32": lstm_run(lstm32, x), "bf16": lstm_run(lstm16, x16)}
+
+    rows = probe.rows if device == "cuda" else min(probe.rows, 2048)  # GEMMs as efficient: short
+    x = torch.randn(rows, arch["n_inputs"], generator=gen).to(device)
+
+    def dense_run(bf16: bool):
+        def run():
+            with torch.inference_mode(), torch.autocast(device_type=device, dtype=torch.bfloat16,
+                                                        enabled=bf16):
+                model(x)
+        return run
+    return {"fp32": dense_run(False), "bf16": dense_run(True)}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _resolve_here(precision: Precision, device: str, probe: Probe) -> tuple[str, str]:
+    """(device, precision) as resolved in this process (a worker, or the caller)."""
+    from casm_cloud.inference.kernel import resolve_device
+
+    dev = resolve_device(device)
+    return dev, resolve_precision(precision, dev, probe)
+
+
+def resolve_for_run(precision: Precision, device: str, probe: Probe, *, client=None,
+                    resources: Mapping | None = None) -> Resolved:
+    """The precision of a whole run, decided on a worker of the kind that runs its chunks.
+
+    Parameters
+    ----------
+    precision : {"auto", "fp32", "bf16"}
+    device : {"auto", "cpu", "cuda"}
+    probe : Probe
+    client : distributed.Client, optional
+        With a client, one small task (``resources`` as the chunk tasks') decides
+        on a worker, which caches its measurement; without one, this process.
+    resources : mapping, optional
+        The chunk tasks' resources (``{"GPU": 1}`` on GPU clusters).
+
+    Returns
+    -------
+    {"fp32", "bf16"}
+    """
+    _check(precision)
+    if precision != "auto":
+        return precision
+    if client is None:
+        return _resolve_here(precision, device, probe)[1]
+    fut = client.submit(_resolve_here, precision, device, probe, pure=False,
+                        resources=dict(resources) if resources else None)
+    return fut.result()[1]
+
+
+def pinned_precision(stored: Mapping | None, precision: Precision) -> Resolved | None:
+    """The precision recorded in a reused store, if it fits the request; None to decide anew.
+
+    ``stored`` is the store's attributes (None for a new store).  The
+    configuration hash already ties the store to the requested precision, so
+    a recorded ``"fp32"``/``"bf16"`` is this configuration's decision.
+    """
+    if not stored:
+        return None
+    got = stored.get(PRECISION_ATTR)
+    want = stored.get(REQUESTED_ATTR, got)
+    if got in ("fp32", "bf16") and (precision == "auto" or got == precision) and want == precision:
+        return got
+    return None
+
+
+def precision_attrs(requested: Precision, resolved: Resolved) -> dict[str, str]:
+    """The store attributes recording a run's precision."""
+    return {PRECISION_ATTR: resolved, REQUESTED_ATTR: requested}

@@ -1,0 +1,189 @@
+"""precision="auto": one resolver for both recipes, decided once per worker, pinned per store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from casm_cloud import somo, storage  # noqa: E402
+from casm_cloud.inference import precision as P  # noqa: E402
+from casm_cloud.somo.testing import (  # noqa: E402
+    make_features,
+    make_statics,
+    published_state,
+    write_scalers,
+)
+
+DENSE = P.Probe.of({"name": "dense", "n_inputs": 4, "hidden": [8, 8]}, rows=16)
+LSTM = P.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 8}, rows=4,
+                  steps=3)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    P._bf16_faster.cache_clear()
+    yield
+    P._bf16_faster.cache_clear()
+
+
+class _Clock:
+    """A fake clock of the measurement that the fake runners advance by their cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _fake_runners(monkeypatch, cost: dict[str, float]) -> list:
+    """Make the measurement see fp32/bf16 runs taking ``cost`` seconds; returns a call log."""
+    clock, built = _Clock(), []
+
+    def runners(device, probe):
+        built.append((device, probe))
+
+        def run(name):
+            def go():
+                clock.now += cost[name]
+            return go
+        return {"fp32": run("fp32"), "bf16": run("bf16")}
+
+    monkeypatch.setattr(P, "_runners", runners)
+    monkeypatch.setattr(P, "_now", clock)
+    monkeypatch.setattr(P, "_sync", lambda device: None)
+    return built
+
+
+def test_cpu_without_amx_is_fp32_without_measuring(monkeypatch):
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
+    built = _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.1})   # bf16 "faster": unused
+    for probe in (DENSE, LSTM):
+        assert P.resolve_precision("auto", "cpu", probe) == "fp32"
+    assert built == []
+    assert P.resolve_precision("bf16", "cpu", DENSE) == "bf16"       # asked for: as asked
+    assert P.resolve_precision("fp32", "cuda", DENSE) == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        P.resolve_precision("fp16", "cpu", DENSE)
+
+
+@pytest.mark.parametrize(("cost", "want"), [({"fp32": 1.0, "bf16": 0.5}, "bf16"),
+                                            ({"fp32": 1.0, "bf16": 0.95}, "fp32"),
+                                            ({"fp32": 1.0, "bf16": 2.0}, "fp32")])
+def test_amx_cpu_measures_once_and_picks_bf16_only_when_faster(monkeypatch, cost, want):
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    built = _fake_runners(monkeypatch, cost)
+    assert P.resolve_precision("auto", "cpu", LSTM) == want
+    assert P.resolve_precision("auto", "cpu", LSTM) == want
+    assert built == [("cpu", LSTM)]                                  # measured once per process
+    P.resolve_precision("auto", "cpu", DENSE)                        # other shapes: measured
+    assert built == [("cpu", LSTM), ("cpu", DENSE)]
+
+
+def test_cuda_is_measured_even_without_amx(monkeypatch):
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
+    built = _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.3})
+    assert P.resolve_precision("auto", "cuda", DENSE) == "bf16"
+    assert built == [("cuda", DENSE)]
+
+
+def test_cpu_capability_or_cpuinfo_tells_amx(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    real_open = open
+
+    def cpuinfo(flags):
+        def fake(path, *a, **k):
+            if path == "/proc/cpuinfo":
+                (tmp_path / "cpuinfo").write_text(f"flags\t: fpu sse {flags}\n")
+                return real_open(tmp_path / "cpuinfo", *a, **k)
+            return real_open(path, *a, **k)
+        return fake
+
+    monkeypatch.setattr("builtins.open", cpuinfo("avx512f avx512_bf16"))
+    assert not P.cpu_has_amx()                                       # AVX512-BF16 is not AMX
+    monkeypatch.setattr("builtins.open", cpuinfo("avx512f amx_bf16 amx_tile"))
+    assert P.cpu_has_amx()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AMX")
+    monkeypatch.setattr("builtins.open", cpuinfo("avx2"))
+    assert P.cpu_has_amx()
+
+
+@pytest.mark.parametrize("probe", [DENSE, LSTM])
+def test_the_real_measurement_runs_the_models_shapes(monkeypatch, probe):
+    # On this machine, with AMX pretended: the measurement builds and times the model.
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    runners = P._runners("cpu", probe)
+    assert set(runners) == {"fp32", "bf16"}
+    assert P.resolve_precision("auto", "cpu", probe) in ("fp32", "bf16")
+
+
+def test_pinned_precision_reads_the_stores_decision():
+    assert P.pinned_precision(None, "auto") is None
+    assert P.pinned_precision({"casm_precision": "bf16", "casm_precision_requested": "auto"},
+                              "auto") == "bf16"
+    assert P.pinned_precision({"casm_precision": "fp32"}, "fp32") == "fp32"       # older stores
+    assert P.pinned_precision({"casm_precision": "auto"}, "auto") is None        # undecided
+    assert P.pinned_precision({"casm_precision": "bf16", "casm_precision_requested": "bf16"},
+                              "auto") is None
+
+
+# ---------------------------------------------------------------- pinned in a SoMo.ml store
+@pytest.fixture(scope="module")
+def somo_inputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("somo_prec")
+    torch.save(published_state(0, hidden=8), tmp / "model.pt")
+    write_scalers(tmp)
+    ckpt = somo.import_published(str(tmp / "model.pt"),
+                                 forcing_scaler=str(tmp / "forcing_scaler.csv"),
+                                 static_scaler=str(tmp / "static_scaler.csv"),
+                                 out=str(tmp / "ckpt"))
+    times = pd.date_range("2001-01-01", periods=365 + 11, freq="D")
+    feats = make_features(times, ("station",), (3,))
+    stat = make_statics(("station",), (3,))
+    return ckpt, feats, stat
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_somo_store_keeps_its_first_decision_on_resume(monkeypatch, tmp_path, somo_inputs):
+    ckpt, feats, stat = somo_inputs
+    kw = dict(chunks={"time": 4}, precision="auto", device="cpu")
+    ref = somo.predict_to_zarr(ckpt, feats, stat, str(tmp_path / "fp32.zarr"),
+                               **{**kw, "precision": "fp32"})
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.5})          # a worker where bf16 wins
+    whole = str(tmp_path / "whole.zarr")
+    s_whole = somo.predict_to_zarr(ckpt, feats, stat, whole, **kw)
+    assert storage.open_zarr(whole).attrs["casm_precision"] == "bf16"
+    assert storage.open_zarr(whole).attrs["casm_precision_requested"] == "auto"
+
+    killed = str(tmp_path / "killed.zarr")
+
+    def kill(done, total):
+        if done == 1:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        somo.predict_to_zarr(ckpt, feats, stat, killed, progress=kill, **kw)
+    # Resumed where the measurement now says fp32: the store's decision (bf16) holds.
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
+    P._bf16_faster.cache_clear()
+    again = somo.predict_to_zarr(ckpt, feats, stat, killed, **kw)
+    assert again.skipped == 1 and again.computed == 2
+    assert again.predict_hash == s_whole.predict_hash                # no hardware in the hash
+    got, want = storage.open_zarr(killed), storage.open_zarr(whole)
+    assert got.attrs["casm_precision"] == "bf16"
+    np.testing.assert_array_equal(got["sm"].values.view(np.uint32),
+                                  want["sm"].values.view(np.uint32))
+    # and a new store decided on this (AMX-less) machine is fp32, bit for bit the fp32 run
+    fresh = str(tmp_path / "fresh.zarr")
+    assert somo.predict_to_zarr(ckpt, feats, stat, fresh, **kw).predict_hash == s_whole.predict_hash
+    assert storage.open_zarr(fresh).attrs["casm_precision"] == "fp32"
+    np.testing.assert_array_equal(storage.open_zarr(fresh)["sm"].values.view(np.uint32),
+                                  storage.open_zarr(ref.url)["sm"].values.view(np.uint32))
+    assert not np.array_equal(got["sm"].values, storage.open_zarr(ref.url)["sm"].values)
