@@ -13,8 +13,12 @@ library functions as the recipe's stages.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 log = logging.getLogger("casm_cloud")
 
@@ -33,13 +37,25 @@ def _add_simulate(sub) -> None:
                    help="write ERA5 on its native 0.25 deg lat/lon grid")
     p.add_argument("--amsre-ease1", action="store_true",
                    help="write AMSR-E on the EASE-Grid v1 25 km grid (NSIDC-0301)")
+    p.add_argument("--layout", choices=("canonical", "provider"), default="canonical",
+                   help="canonical Zarr stores (default), or the files the providers "
+                        "distribute (SPL3SMP HDF5, CATDS L3TB, NSIDC-0301, CETB, ARCO-ERA5 "
+                        "and CDS netCDF) with a catalog of the real data's adapters")
+    p.add_argument("--era5-formats", default="arco,netcdf",
+                   help="provider layout: comma-separated ERA5 layouts, of arco (Zarr v3, "
+                        "one chunk per hour: the costliest) and netcdf (default: both)")
+    p.add_argument("--keep-canonical", action="store_true",
+                   help="provider layout: keep the canonical stores it was made from in "
+                        "<out>/canonical/ with their own catalog")
 
     def run(a):
         from casm_cloud.simulate import write_simulation
 
+        formats = [f.strip() for f in a.era5_formats.split(",") if f.strip()]
         path = write_simulation(a.out, region=a.region, grid=a.grid, start=a.start, end=a.end,
                                 seed=a.seed, n_stations=a.stations, era5_native=a.era5_native,
-                                amsre_ease1=a.amsre_ease1)
+                                amsre_ease1=a.amsre_ease1, layout=a.layout,
+                                era5_formats=formats, keep_canonical=a.keep_canonical)
         print(f"catalog: {path}")
 
     p.set_defaults(func=run)
@@ -143,17 +159,61 @@ def _print_summary(ctx) -> None:
             for label, e in eras.items():
                 print(f"    {label:<18} {e['start']:<10}  {e['end']:<10}  {e['R']:6.3f} "
                       f"{e['ubRMSE']:7.4f} {e['bias']:+7.4f} {e[n]:>10}")
-    for key, what in (("cv", "cross validation at held-out station cells (median cell per "
-                              "fold; 'mean' over folds)"),
-                      ("truth", "scores against the simulated truth at cells no fold trained "
-                                "on (median cell)")):
-        table = ctx.summary.get(key)  # the SoMo.ml recipe's tables (pandas)
-        if table is not None and len(table):
-            print(f"  {what}:")
-            print("    " + table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
-                  .replace("\n", "\n    "))
+    _print_validate_tables(ctx)
     if ctx.timings:
         print(f"  stages run: {', '.join(f'{k} {v:.0f}s' for k, v in ctx.timings.items())}")
+
+
+#: The SoMo.ml validate stage's tables the summary prints, in order, with what each holds.
+_VALIDATE_TABLES = (
+    ("cv", "cross validation at held-out station cells (median cell per fold; 'mean' over "
+           "folds)"),
+    ("truth", "scores against the simulated truth at cells no fold trained on (median cell)"),
+)
+
+
+def _print_validate_tables(ctx) -> None:
+    """Print the validate stage's ``cv.csv`` and ``truth.csv`` as the run root holds them.
+
+    Read from the stage's outputs, so a run that found validate up to date prints
+    them too.  Printed only when they are current: the stage's marker is there and
+    no stage before it finished later (a run stopped before validate after an
+    upstream stage ran again leaves the old tables, which are then not printed).
+    """
+    import datetime as dt
+
+    import pandas as pd
+
+    from casm_cloud.recipes.runner import stage_state
+    from casm_cloud.storage import exists, url_to_fs
+
+    urls = {key: storage_join(ctx.run_root, "validate", f"{key}.csv") for key, _ in
+            _VALIDATE_TABLES}
+    found = {key: url for key, url in urls.items() if exists(url, ctx.so)}
+    marker = stage_state(ctx.run_root, "validate", ctx.so) if found else None
+    if not marker:
+        return
+    from casm_cloud.recipes import recipe_module
+
+    names = [s.name for s in recipe_module("somo").STAGES]
+    finished = dt.datetime.fromisoformat(marker["finished"])
+    for name in names[:names.index("validate")]:
+        st = stage_state(ctx.run_root, name, ctx.so) or {}
+        if st.get("finished") and dt.datetime.fromisoformat(st["finished"]) > finished:
+            print(f"  validate tables not shown: stage {name!r} ran after validate "
+                  f"({st['finished'][:19]} > {marker['finished'][:19]}); run validate again")
+            return
+    for key, what in _VALIDATE_TABLES:
+        if key not in found:
+            continue
+        fs, path = url_to_fs(found[key], ctx.so)
+        with fs.open(path) as f:
+            table = pd.read_csv(f, dtype={"fold": str})
+        if len(table):
+            print(f"  {what}:")
+            print(f"    ({found[key]}, validate finished {marker['finished'][:19]})")
+            print("    " + table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+                  .replace("\n", "\n    "))
 
 
 def storage_join(*parts: str) -> str:
@@ -338,20 +398,69 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so the same clean-up runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM (what Kubernetes sends a job's container before
+    SIGKILL) interrupts it as Ctrl-C does: the cluster is shut down (local or gateway), the
+    stage that was running writes no marker.  A second SIGTERM during that clean-up is
+    ignored, so the clean-up finishes.  Only in the main thread (where signals arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    quiet = {name: logging.getLogger(name) for name in ("distributed", "asyncio")}
+    levels = {name: logger.level for name, logger in quiet.items()}
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # What the stopped work logs while the cluster goes down (distributed's closed comms,
+        # an interrupted gather's never-retrieved future) says only that it was stopped.
+        for logger in quiet.values():
+            logger.setLevel(logging.CRITICAL)
+        raise _Terminated()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        for name, logger in quiet.items():
+            logger.setLevel(levels[name])
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``casm-cloud`` command; returns its exit code.
+
+    Exit codes: 0 done; 1 a bug (its traceback is printed); 2 a user error (one
+    ``casm-cloud: error: …`` line); 130 interrupted by Ctrl-C (SIGINT) and 143
+    stopped by SIGTERM (128 + the signal's number, the shell's convention; a
+    Kubernetes job gets SIGTERM before SIGKILL), each with one
+    ``casm-cloud: interrupted …`` line, after the cluster the command started
+    (local or gateway) was shut down, and with no marker for the stage that was
+    running: the same command continues the run.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     _logging(args.verbose)
     from casm_cloud.errors import UserError
 
     try:
-        rc = args.func(args)
+        with _sigterm_interrupts():
+            rc = args.func(args)
     except UserError as err:
         # One line, also for messages that quote a multi-line parser error.
         one = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
         print(f"casm-cloud: error: {one}", file=sys.stderr)
         log.debug("traceback", exc_info=True)
         return 2
+    except _Terminated:
+        print("casm-cloud: interrupted (SIGTERM): the stage that was running is not marked "
+              "finished; run the same command again to continue", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("casm-cloud: interrupted", file=sys.stderr)
         return 130

@@ -8,11 +8,14 @@ is a bug and keeps its traceback (exit code 1).  See ``docs/architecture.md``.
 
 Each concrete error also derives from :class:`ValueError`, so callers that
 caught ``ValueError`` before keep working.
+
+Every class here takes one argument, its message, so it pickles: an error
+raised in a dask worker's task reaches the client as the same type.
 """
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InputError"]
+__all__ = ["UserError", "InputError", "StoreError", "StoreUnreachableError"]
 
 
 class UserError(Exception):
@@ -21,3 +24,15 @@ class UserError(Exception):
 
 class InputError(UserError, ValueError):
     """Generic bad input (a value, a file, a folder) where no narrower class fits."""
+
+
+class StoreError(UserError, ValueError):
+    """A store that is missing, unfinished or made by another configuration."""
+
+
+class StoreUnreachableError(StoreError):
+    """The object store (or file system) holding a store failed while it was read or written:
+    refused or dropped connections, timeouts, a server error after the client's retries, a
+    full disk.  Its message names the store's URL (never its credentials).  Nothing the
+    interrupted write made is marked complete, so the same command, run again once the store
+    is back, finishes the work."""

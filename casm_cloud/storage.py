@@ -23,23 +23,35 @@ goes through :func:`write_dataset`, a lazy one template-first through
 per chunk), and the time axis grows only through :func:`grow_time` (used by
 :func:`append_time` and by inference's store).  See ``docs/architecture.md``
 ("Storage").
+
+A store's server failing (a refused or dropped connection, a timeout, a
+server error after the client's retries, a full disk) while this module, or
+Zarr through a store it opened (:func:`zarr_store`, also in dask workers),
+reads or writes raises :class:`~casm_cloud.errors.StoreUnreachableError`
+naming the URL; the write it interrupted is not marked complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
 import posixpath
-from collections.abc import Mapping
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 import dask.delayed
 import fsspec
 import xarray as xr
 import zarr
+import zarr.storage
 
-from casm_cloud.errors import UserError
+from casm_cloud.errors import StoreError, StoreUnreachableError, UserError
 
 __all__ = [
     "StoreError",
+    "StoreUnreachableError",
     "join",
     "url_to_fs",
     "exists",
@@ -55,6 +67,7 @@ __all__ = [
     "append_time",
     "grow_time",
     "zarr_group",
+    "zarr_store",
     "store_state",
     "secret_keys",
 ]
@@ -90,8 +103,192 @@ def secret_keys(options: Mapping, prefix: str = "") -> list[str]:
     return found
 
 
-class StoreError(UserError, ValueError):
-    """A store that is missing, unfinished or made by another configuration."""
+# --------------------------------------------------------------------------- an unreachable store
+# A store's server (or disk) failing is the user's to fix, not a bug: every read and write
+# here, and every Zarr read and write through the stores this module hands out (also those
+# in dask workers' tasks), turns such a failure into StoreUnreachableError naming the URL.
+# Everything else (a missing key, a bad value, a bug) passes through unchanged.
+
+#: errno values of a failing connection or device (an OSError with another errno, e.g.
+#: ENOENT or EACCES, is an answer, not a failure).
+_FAILING_ERRNOS = frozenset(getattr(errno, n) for n in (
+    "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EHOSTUNREACH", "EHOSTDOWN", "ENETUNREACH",
+    "ENETDOWN", "ENETRESET", "ETIMEDOUT", "EPIPE", "EIO", "ENOSPC", "EDQUOT") if hasattr(errno, n))
+#: HTTP statuses a server answers while it is unavailable (gcsfs raises them after retries).
+_FAILING_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@functools.cache
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of a failed connection of the fsspec clients that are installed."""
+    types: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:  # gcsfs, s3fs (aiobotocore), http: aiohttp (its response errors: see below)
+        import aiohttp
+
+        types.append(aiohttp.ClientError)
+    except ImportError:
+        pass
+    try:  # gcsfs' token refresh
+        import requests
+
+        types += [requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                  requests.exceptions.ChunkedEncodingError]
+    except ImportError:
+        pass
+    try:  # s3fs
+        import botocore.exceptions
+
+        types += [botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _is_unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or what it was raised from) is a store failing, not an answer or a bug."""
+    for _ in range(8):  # the error and the chain of errors it was raised from
+        if err is None or isinstance(err, UserError):
+            return False
+        if type(err).__name__ == "ClientResponseError":  # aiohttp: an answer, with its status
+            return getattr(err, "status", None) in _FAILING_STATUSES
+        if isinstance(err, _connection_errors()):
+            return True
+        if isinstance(err, OSError) and err.errno in _FAILING_ERRNOS:
+            return True
+        # gcsfs' HttpError: a status the server gave up with
+        code = getattr(err, "code", None) if type(err).__name__ == "HttpError" else None
+        if str(code) in {str(c) for c in _FAILING_STATUSES}:
+            return True
+        err = err.__cause__
+    return False
+
+
+def _unreachable_message(url: str, doing: str, err: BaseException) -> str:
+    detail = " ".join(f"{type(err).__name__}: {err}".split())  # one line
+    # no query strings (signed URLs, tokens) and no user:password@ in what is quoted
+    detail = re.sub(r"\?[^\s'\"\]]*", "", detail)
+    url, detail = (re.sub(r"//[^/@\s]+@", "//", t) for t in (str(url), detail))
+    return (f"the store {url} could not be reached while {doing}: {detail}; run the same "
+            "command again once it is back (nothing unfinished is marked complete)")
+
+
+@contextlib.contextmanager
+def _reaching(url: str, doing: str) -> Iterator[None]:
+    """Turn a store failing inside the block into :class:`StoreUnreachableError` naming ``url``."""
+    try:
+        yield
+    except Exception as err:
+        if not _is_unreachable(err):
+            raise
+        raise StoreUnreachableError(_unreachable_message(url, doing, err)) from err
+
+
+class _GuardedStore(zarr.storage.WrapperStore):
+    """A Zarr store whose failing server raises :class:`StoreUnreachableError` naming ``url``.
+
+    Every Zarr store this module opens for a URL is one, so the arrays xarray and dask
+    hand to workers carry it: a chunk a worker cannot write fails its task with the user
+    error, which reaches the client as the same type (it pickles: one message argument).
+    """
+
+    def __init__(self, store, url: str | None = None):
+        super().__init__(store)
+        self.url = url or str(store)
+
+    def _with_store(self, store):
+        return type(self)(store, self.url)
+
+    def __repr__(self) -> str:
+        return f"_GuardedStore({self.url!r})"
+
+    def __dask_tokenize__(self):
+        return ("casm_cloud.storage._GuardedStore", self.url, self.read_only,
+                getattr(getattr(self._store, "fs", None), "_fs_token", None))
+
+    def _at(self, doing: str, key: str = ""):
+        return _reaching(self.url, f"{doing} {key}".strip() if key else doing)
+
+    async def _guard_iter(self, it: AsyncIterator[str], doing: str) -> AsyncIterator[str]:
+        with self._at(doing):
+            async for item in it:
+                yield item
+
+    async def _open(self) -> None:
+        with self._at("opening it"):
+            await self._store._open()
+
+    async def _ensure_open(self) -> None:
+        with self._at("opening it"):
+            await self._store._ensure_open()
+
+    async def is_empty(self, prefix: str) -> bool:
+        with self._at("listing", prefix):
+            return await self._store.is_empty(prefix)
+
+    async def clear(self) -> None:
+        with self._at("clearing it"):
+            return await self._store.clear()
+
+    async def get(self, key, prototype, byte_range=None):
+        with self._at("reading", key):
+            return await self._store.get(key, prototype, byte_range)
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = list(key_ranges)
+        with self._at("reading", key_ranges[0][0] if key_ranges else ""):
+            return await self._store.get_partial_values(prototype, key_ranges)
+
+    async def exists(self, key: str) -> bool:
+        with self._at("looking for", key):
+            return await self._store.exists(key)
+
+    async def set(self, key, value) -> None:
+        with self._at("writing", key):
+            await self._store.set(key, value)
+
+    async def set_if_not_exists(self, key, value) -> None:
+        with self._at("writing", key):
+            return await self._store.set_if_not_exists(key, value)
+
+    async def _set_many(self, values) -> None:
+        with self._at("writing"):
+            await self._store._set_many(values)
+
+    async def delete(self, key: str) -> None:
+        with self._at("deleting", key):
+            await self._store.delete(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        with self._at("deleting", prefix):
+            return await self._store.delete_dir(prefix)
+
+    def list(self) -> AsyncIterator[str]:
+        return self._guard_iter(self._store.list(), "listing it")
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        return self._guard_iter(self._store.list_prefix(prefix), f"listing {prefix}")
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        return self._guard_iter(self._store.list_dir(prefix), f"listing {prefix}")
+
+    async def _get_many(self, requests):
+        with self._at("reading"):
+            async for item in self._store._get_many(requests):
+                yield item
+
+
+def zarr_store(url: str, storage_options: Mapping | None = None, *, read_only: bool = False):
+    """What ``to_zarr``/``open_zarr``/``zarr.open_group`` take for ``url``.
+
+    A local path stays a path; an fsspec URL becomes its Zarr store (as Zarr would make
+    it from the URL and ``storage_options``), wrapped so that the store failing raises
+    :class:`StoreUnreachableError` naming the URL, in this process and in dask workers.
+    """
+    if "://" not in str(url):
+        return str(url)
+    store = zarr.storage.FsspecStore.from_url(str(url), storage_options=dict(storage_options or {}),
+                                              read_only=read_only)
+    return _GuardedStore(store, str(url))
 
 
 def join(root: str, *parts: str) -> str:
@@ -110,14 +307,16 @@ def url_to_fs(url: str, storage_options: Mapping | None = None):
 
 def exists(url: str, storage_options: Mapping | None = None) -> bool:
     fs, path = url_to_fs(url, storage_options)
-    return fs.exists(path)
+    with _reaching(url, "looking for it"):
+        return fs.exists(path)
 
 
 def remove(url: str, storage_options: Mapping | None = None) -> None:
     """Delete a store (recursively) if it exists."""
     fs, path = url_to_fs(url, storage_options)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    with _reaching(url, "deleting it"):
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def zarr_encoding(ds: xr.Dataset, *, level: int = 3) -> dict:
@@ -141,7 +340,9 @@ def open_zarr(url: str, storage_options: Mapping | None = None, *,
     kwargs.setdefault("chunks", {})
     kwargs.setdefault("consolidated", False)
     try:
-        ds = xr.open_zarr(url, storage_options=dict(storage_options or {}) or None, **kwargs)
+        ds = xr.open_zarr(zarr_store(url, storage_options, read_only=True), **kwargs)
+    except UserError:  # the store unreachable (it names the URL)
+        raise
     except (ValueError, KeyError, OSError) as err:  # zarr's errors are ValueErrors
         raise StoreError(f"{url} cannot be opened as a Zarr store: "
                          f"{type(err).__name__}: {err}") from err
@@ -171,7 +372,7 @@ def write_dataset(ds: xr.Dataset, url: str, storage_options: Mapping | None = No
     ds = ds.copy()
     for v in ds.variables.values():
         v.encoding = {}
-    ds.to_zarr(url, mode="w", consolidated=False, storage_options=_so(storage_options),
+    ds.to_zarr(zarr_store(url, storage_options), mode="w", consolidated=False,
                encoding=zarr_encoding(ds), zarr_format=3)
     mark_complete(url, storage_options, config_hash=config_hash)
 
@@ -193,8 +394,8 @@ def write_template(template: xr.Dataset, url: str, storage_options: Mapping | No
         ds.attrs[HASH_ATTR] = config_hash
     enc = zarr_encoding(ds) if encoding is None else encoding
     remove(url, storage_options)
-    ds.to_zarr(url, mode="w", compute=False, encoding=enc, consolidated=False,
-               storage_options=_so(storage_options), zarr_format=3)
+    ds.to_zarr(zarr_store(url, storage_options), mode="w", compute=False, encoding=enc,
+               consolidated=False, zarr_format=3)
 
 
 def _data_only(part: xr.Dataset) -> xr.Dataset:
@@ -213,10 +414,9 @@ def write_region(part: xr.Dataset, url: str, storage_options: Mapping | None = N
     store's chunks and is the only writer of the chunks it touches
     (:func:`append_time` rewriting the tail of a killed append).
     """
-    _data_only(part).to_zarr(url, mode="r+",
+    _data_only(part).to_zarr(zarr_store(url, storage_options), mode="r+",
                              region=dict(region) if not isinstance(region, str) else region,
-                             consolidated=False, storage_options=_so(storage_options),
-                             safe_chunks=safe_chunks)
+                             consolidated=False, safe_chunks=safe_chunks)
 
 
 def region_writes(ds: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
@@ -232,8 +432,8 @@ def region_writes(ds: xr.Dataset, url: str, storage_options: Mapping | None = No
     data = _data_only(ds)
     if region is None:
         region = {d: slice(0, n) for d, n in data.sizes.items()}
-    return data.to_zarr(url, mode="r+", region=dict(region), compute=False, consolidated=False,
-                        storage_options=_so(storage_options))
+    return data.to_zarr(zarr_store(url, storage_options), mode="r+", region=dict(region),
+                        compute=False, consolidated=False)
 
 
 class ChunkRecord:
@@ -265,29 +465,34 @@ class ChunkRecord:
             ).encode())
 
     def mark(self, index, info: Mapping | None = None) -> None:
-        self._ensure_group()
-        self._fs.pipe(posixpath.join(self._root, self.key(index)),
-                      json.dumps(dict(info or {})).encode())
+        with _reaching(self.url, f"recording chunk {self.key(index)} as finished"):
+            self._ensure_group()
+            self._fs.pipe(posixpath.join(self._root, self.key(index)),
+                          json.dumps(dict(info or {})).encode())
 
     def done(self) -> set[str]:
-        try:
-            names = {posixpath.basename(p.rstrip("/")) for p in self._fs.ls(self._root, detail=False)}
-        except FileNotFoundError:
-            return set()
+        with _reaching(self.url, "reading its finished chunks"):
+            try:
+                names = {posixpath.basename(p.rstrip("/"))
+                         for p in self._fs.ls(self._root, detail=False)}
+            except FileNotFoundError:
+                return set()
         return names - {"zarr.json"}
 
     def is_done(self, index) -> bool:
-        return self._fs.exists(posixpath.join(self._root, self.key(index)))
+        with _reaching(self.url, "reading its finished chunks"):
+            return self._fs.exists(posixpath.join(self._root, self.key(index)))
 
 
 def zarr_group(url: str, storage_options: Mapping | None = None, *,
                mode: str = "r+") -> zarr.Group:
     """The root group of a store named by a local path or fsspec URL (``mode`` "r" or "r+")."""
     read_only = mode == "r"
-    so = dict(storage_options or {})
-    store = zarr.storage.FsspecStore.from_url(url, storage_options=so, read_only=read_only) \
-        if "://" in str(url) else zarr.storage.LocalStore(url, read_only=read_only)
-    return zarr.open_group(store, mode=mode)
+    store = zarr_store(url, storage_options, read_only=read_only)
+    if isinstance(store, str):
+        store = zarr.storage.LocalStore(store, read_only=read_only)
+    with _reaching(url, "opening it"):
+        return zarr.open_group(store, mode=mode)
 
 
 def mark_complete(url: str, storage_options: Mapping | None = None, *,
@@ -381,8 +586,8 @@ def grow_time(ds: xr.Dataset, url: str, storage_options: Mapping | None = None, 
     zarr_group(url, so).attrs[COMPLETE_ATTR] = False
     grow = _time_part(ds)
     grow.attrs = {**dict(attrs), COMPLETE_ATTR: False}
-    grow.to_zarr(url, append_dim="time", compute=compute, consolidated=False,
-                 safe_chunks=compute, storage_options=so)
+    grow.to_zarr(zarr_store(url, so), append_dim="time", compute=compute, consolidated=False,
+                 safe_chunks=compute)
 
 
 def _aligned(n: int, offset: int, step: int) -> tuple[int, ...]:
@@ -402,12 +607,13 @@ def store_state(url: str, storage_options: Mapping | None = None) -> dict:
     ):
         return {"exists": False, "complete": False, "config_hash": None}
     fs, path = url_to_fs(url, storage_options)
-    try:
-        meta = json.loads(fs.cat(posixpath.join(path, "zarr.json")))
-        attrs = meta.get("attributes", {})
-    except FileNotFoundError:
-        attrs = json.loads(fs.cat(posixpath.join(path, ".zattrs"))) if fs.exists(
-            posixpath.join(path, ".zattrs")) else {}
+    with _reaching(url, "reading its attributes"):
+        try:
+            meta = json.loads(fs.cat(posixpath.join(path, "zarr.json")))
+            attrs = meta.get("attributes", {})
+        except FileNotFoundError:
+            attrs = json.loads(fs.cat(posixpath.join(path, ".zattrs"))) if fs.exists(
+                posixpath.join(path, ".zattrs")) else {}
     return {"exists": True, "complete": bool(attrs.get(COMPLETE_ATTR, False)),
             "config_hash": attrs.get(HASH_ATTR)}
 
@@ -419,25 +625,29 @@ def check_writable(url: str, storage_options: Mapping | None = None) -> None:
     Raises
     ------
     OSError or ValueError
-        From the file system, when the folder cannot be created or written.
+        From the file system, when the folder cannot be created or written
+        (:class:`StoreUnreachableError` when its store cannot be reached).
     """
     fs, root = url_to_fs(url, storage_options)
-    fs.makedirs(root, exist_ok=True)
-    probe = posixpath.join(root, ".casm_write_probe")
-    fs.pipe(probe, b"")
-    fs.rm(probe)
+    with _reaching(url, "writing a probe"):
+        fs.makedirs(root, exist_ok=True)
+        probe = posixpath.join(root, ".casm_write_probe")
+        fs.pipe(probe, b"")
+        fs.rm(probe)
 
 
 def write_marker(url: str, marker: Mapping, storage_options: Mapping | None = None) -> None:
     """Write a small JSON object (a stage marker) at ``url``, creating its folder."""
     fs, path = url_to_fs(url, storage_options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    fs.pipe(path, json.dumps(dict(marker)).encode())
+    with _reaching(url, "writing it"):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        fs.pipe(path, json.dumps(dict(marker)).encode())
 
 
 def read_marker(url: str, storage_options: Mapping | None = None) -> dict | None:
     """The JSON object at ``url``, or None where there is none."""
     fs, path = url_to_fs(url, storage_options)
-    if not fs.exists(path):
-        return None
-    return json.loads(fs.cat(path))
+    with _reaching(url, "reading it"):
+        if not fs.exists(path):
+            return None
+        return json.loads(fs.cat(path))

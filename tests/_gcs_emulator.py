@@ -11,15 +11,28 @@ body exactly at the line break used by the request, then runs the emulator's
 own command line unchanged::
 
     python tests/_gcs_emulator.py start --host 127.0.0.1 --port 9023 --in-memory
+
+On disk (``-d DIR start ...`` without ``--in-memory``) the emulator keeps every object in a
+file under ``DIR/.cloudstorage`` and the list of objects in one ``.meta`` file it rewrites
+on every change; this launcher writes each of those files atomically (a temporary file,
+then a rename), as GCS makes an object visible only once it is whole, so the emulator
+can be killed at any moment and started again on the same folder (:class:`OnDisk`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 from gcp_storage_emulator import server
+from gcp_storage_emulator import storage as _storage
 
 
 def _split_related(raw: bytes, boundary: bytes) -> list[tuple[dict, bytes]]:
@@ -55,6 +68,71 @@ def _read_data(request_handler, query):
 
 
 server._read_data = _read_data
+
+
+def _write_bytes_atomically(self, rel: str, content: bytes) -> None:
+    if self._use_memory:
+        return _original_write_bytes(self, rel, content)
+    path = self._disk_path(self._norm(rel))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+_original_write_bytes = _storage._FileStore.write_bytes
+_storage._FileStore.write_bytes = _write_bytes_atomically
+
+
+class OnDisk:
+    """This launcher's emulator on 127.0.0.1 keeping its objects in ``data_dir``, with
+    bucket ``bucket``: :meth:`start`, :meth:`kill` (SIGKILL: the store gone at once, as a
+    crashed or unreachable server) and :meth:`start` again on the same objects and port."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, bucket: str = "casm-test"):
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.data_dir, self.port, self.bucket = Path(data_dir), port, bucket
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "-d", str(self.data_dir), "start", "--host", "127.0.0.1",
+             "--port", str(self.port), "--default-bucket", self.bucket, "-q"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the GCS emulator exited with code {self.proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"the GCS emulator did not listen on 127.0.0.1:{self.port}")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def objects(self) -> list[str]:
+        """Names (``bucket/path``) of the objects the emulator holds, read from its disk."""
+        meta = self.data_dir / ".cloudstorage" / ".meta"
+        if not meta.is_file():
+            return []
+        objects = json.loads(meta.read_text()).get("objects", {})
+        return sorted(f"{b}/{name}" for b, names in objects.items() for name in names)
+
 
 if __name__ == "__main__":
     from gcp_storage_emulator.__main__ import main

@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from fsspec.implementations.memory import MemoryFileSystem
 
 from casm_cloud import storage
 
@@ -141,3 +142,148 @@ def test_grow_time_template_grows_the_axis_only(tmp_path):
     assert out.sizes["time"] == 7 and out.attrs["extra"] == 1
     np.testing.assert_array_equal(out.sm.values[:4], 1.0)
     assert np.isnan(out.sm.values[4:]).all()  # left to region writes
+
+
+# --------------------------------------------------------------------------- a store that fails
+class _Flaky(MemoryFileSystem):
+    """An in-memory file system whose server can go away: ``_Flaky.down = ConnectionResetError(..)``
+    makes every read, write, listing and deletion raise that error."""
+
+    protocol = "flaky"
+    store: dict = {}
+    pseudo_dirs = [""]
+    down: BaseException | None = None
+
+    def _check(self):
+        if type(self).down is not None:
+            raise type(self).down
+
+    def info(self, path, **kwargs):
+        self._check()
+        return super().info(path, **kwargs)
+
+    def exists(self, path, **kwargs):  # fsspec's own says False for any error; gcsfs' raises
+        self._check()
+        return super().exists(path, **kwargs)
+
+    def ls(self, path, detail=True, **kwargs):
+        self._check()
+        return super().ls(path, detail=detail, **kwargs)
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        self._check()
+        return super().cat_file(path, start=start, end=end, **kwargs)
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        self._check()
+        return super().pipe_file(path, value, mode=mode, **kwargs)
+
+    def rm_file(self, path):
+        self._check()
+        return super().rm_file(path)
+
+
+@pytest.fixture
+def flaky():
+    import fsspec
+
+    fsspec.register_implementation("flaky", _Flaky, clobber=True)
+    _Flaky.store.clear()
+    _Flaky.down = None
+    yield "flaky://bucket/out.zarr"
+    _Flaky.down = None
+    _Flaky.store.clear()
+
+
+def test_a_store_that_goes_away_raises_one_line_naming_it_then_the_write_completes(flaky):
+    import errno
+
+    url = flaky
+    tpl = _template()
+    storage.write_template(tpl, url)
+    _Flaky.down = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    attempts = {
+        "region": lambda: storage.write_region(tpl.isel(time=slice(0, 2)).compute() + 1, url,
+                                               region={"time": slice(0, 2)}),
+        "record": lambda: storage.ChunkRecord(url).mark((0,)),
+        "complete": lambda: storage.mark_complete(url),
+        "marker": lambda: storage.write_marker(storage.join(url, "_stage.json"), {"a": 1}),
+        "read marker": lambda: storage.read_marker(storage.join(url, "_stage.json")),
+        "open": lambda: storage.open_zarr(url),
+        "state": lambda: storage.store_state(url),
+        "template": lambda: storage.write_template(tpl, url),
+        "whole": lambda: storage.write_dataset(tpl.compute(), url),
+    }
+    for what, attempt in attempts.items():
+        with pytest.raises(storage.StoreUnreachableError) as caught:
+            attempt()
+        msg = str(caught.value)
+        assert msg.startswith(f"the store {url}") and "ConnectionResetError" in msg, (what, msg)
+        assert "\n" not in msg and "run the same command again" in msg, (what, msg)
+        assert isinstance(caught.value, storage.StoreError)  # a UserError: one line, exit 2
+    _Flaky.down = None
+    assert not storage.store_state(url)["complete"]
+    storage.write_region(tpl.isel(time=slice(0, 2)).compute() + 1, url, region={"time": slice(0, 2)})
+    storage.mark_complete(url)
+    assert float(storage.open_zarr(url, require_complete=True).sm[0, 0, 0]) == 1.0
+
+
+def test_a_bug_under_a_store_keeps_its_type(flaky):
+    tpl = _template()
+    storage.write_template(tpl, flaky)
+    _Flaky.down = RuntimeError("a bug in the file system")
+    with pytest.raises(RuntimeError, match="a bug in the file system"):
+        storage.mark_complete(flaky)
+    with pytest.raises(RuntimeError, match="a bug in the file system"):
+        storage.write_marker(storage.join(flaky, "_stage.json"), {})
+
+
+@pytest.mark.parametrize(("error", "unreachable"), [
+    (ConnectionRefusedError(111, "Connect call failed"), True),
+    (TimeoutError(), True),
+    (OSError(28, "No space left on device"), True),
+    (RuntimeError("wrapped"), True),  # raised from a refused connection (below)
+    (FileNotFoundError(2, "No such file"), False),
+    (PermissionError(13, "Permission denied"), False),
+    (OSError("Forbidden: bucket/x"), False),
+    (ValueError("a bad value"), False),
+    (KeyError("x"), False),
+    (storage.StoreError("no Zarr store at x"), False),
+], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v))
+def test_which_errors_are_the_store_failing(error, unreachable):
+    if isinstance(error, RuntimeError):
+        error.__cause__ = ConnectionRefusedError(111, "Connect call failed")
+    assert storage._is_unreachable(error) is unreachable
+
+
+def test_client_library_errors_are_the_store_failing():
+    aiohttp = pytest.importorskip("aiohttp")
+    retry = pytest.importorskip("gcsfs.retry")
+    assert storage._is_unreachable(aiohttp.ServerDisconnectedError())
+    assert storage._is_unreachable(retry.HttpError({"code": 503, "message": "unavailable"}))
+    assert not storage._is_unreachable(retry.HttpError({"code": 404, "message": "not found"}))
+    assert not storage._is_unreachable(retry.HttpError({"code": 400, "message": "bad"}))
+    info = aiohttp.RequestInfo(aiohttp.client.URL("http://h/o"), "GET", {},
+                               aiohttp.client.URL("http://h/o"))
+    assert storage._is_unreachable(aiohttp.ClientResponseError(info, (), status=503))
+    assert not storage._is_unreachable(aiohttp.ClientResponseError(info, (), status=404))
+
+
+def test_the_error_and_the_store_pickle_for_workers():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(storage.StoreUnreachableError("the store gs://b/x gone")))
+    assert type(err) is storage.StoreUnreachableError and str(err) == "the store gs://b/x gone"
+    pytest.importorskip("gcsfs")
+    store = pickle.loads(pickle.dumps(storage.zarr_store("gs://bucket/x.zarr", {"token": "anon"})))
+    assert store.url == "gs://bucket/x.zarr"
+    assert storage.zarr_store("/tmp/local.zarr") == "/tmp/local.zarr"  # a path stays a path
+
+
+def test_the_message_carries_no_query_string():
+    err = ConnectionResetError("reset for https://h/o?access_token=SECRET&x=1 by peer")
+    msg = storage._unreachable_message("gs://b/x.zarr", "reading zarr.json", err)
+    assert "SECRET" not in msg and "gs://b/x.zarr" in msg and "by peer" in msg
+    msg = storage._unreachable_message("https://user:PASSWORD@h/x.zarr", "reading it",
+                                       ConnectionResetError("https://user:PASSWORD@h/x/c/0"))
+    assert "PASSWORD" not in msg and "https://h/x.zarr" in msg, msg
