@@ -40,6 +40,7 @@ __all__ = [
     "CasmSource",
     "CatalogError",
     "SourceError",
+    "MissingFilesError",
     "make_entry",
     "write_catalog",
     "open_catalog",
@@ -165,7 +166,10 @@ def make_entry(adapter: str, urlpath: str, *, kind: str | None = None, descripti
     _check_no_secrets(urlpath, storage_options, where)
     url = str(urlpath)
     if _is_relative(url):
-        url = f"{_DIR_TOKEN}/{posixpath.normpath(url)}"
+        # intake formats the stored string with its user parameters: other placeholders
+        # ({date:%Y%m%d}) are escaped so that {CATALOG_DIR} is still filled in
+        rel = posixpath.normpath(url).replace("{", "{{").replace("}", "}}")
+        url = f"{_DIR_TOKEN}/{rel}"
     meta = {"description": description}
     if kind is not None:
         meta["kind"] = kind
@@ -257,6 +261,11 @@ class SourceError(CatalogError):
     the wrong variables or grid, the period or window lies outside what it holds."""
 
 
+class MissingFilesError(SourceError, FileNotFoundError):
+    """A source whose files are not there (a path, glob or template matching nothing); also
+    a ``FileNotFoundError``."""
+
+
 #: The request keywords :func:`open_source` passes to the adapters that take them.
 _REQUEST = ("window", "start", "end", "variables", "channels")
 
@@ -346,6 +355,11 @@ def open_source(catalog, name: str, *, window=None, period=None,
     adapter = stored.get("adapter")
     request = _request(adapter, window, period, variables, halo_days) if adapter in ADAPTERS \
         else {}
+    if "urlpath" not in overrides and _DIR_TOKEN in str(stored.get("urlpath", "")) and \
+            "CATALOG_DIR" in cat.user_parameters:
+        # a relative entry written by hand with other placeholders: intake leaves it as is
+        overrides["urlpath"] = str(stored["urlpath"]).replace("{{", "{").replace("}}", "}") \
+            .replace(_DIR_TOKEN, str(cat.user_parameters["CATALOG_DIR"]))
     where = f"catalog entry {name!r} ({adapter} at {overrides.get('urlpath', stored.get('urlpath'))})"
     try:
         ds = cat[name].read(storage_options=so or None, **{**request, **overrides})

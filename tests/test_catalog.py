@@ -180,7 +180,7 @@ def _smos_file(path, day):
 def _amsre_files(folder, day):
     from casm_cloud.regrid import EASE1_GLOBAL as g
 
-    doy = pd.Timestamp(day).dayofyear
+    doy = pd.Timestamp(day).day_of_year
     for ff, pol in (("10", "V"), ("18", "H"), ("36", "H"), ("89", "V")):
         np.full(g["nrows"] * g["ncols"], 2500 + doy, "<u2").tofile(
             folder / f"ID2r3-AMSRE-ML{day:%Y}{doy:03d}D.v03.{ff}{pol}")
@@ -222,9 +222,10 @@ def _era5_store(url, short_names: bool):
                                                  np.full((t.size, 181, 360), 270.0, "f4"),
                                                  {"units": "K"}) for k, v in names.items()},
                     coords={tdim: t, "latitude": lat, "longitude": lon})
+    # consolidated, as both public ARCO stores are (an open reads one metadata document)
     ds.chunk({tdim: 49 if short_names else 1, "latitude": 32 if short_names else -1,
               "longitude": 32 if short_names else -1}).to_zarr(url, zarr_format=3,
-                                                                consolidated=False)
+                                                                consolidated=True)
 
 
 def _local(url: str, root: Path) -> str:
@@ -241,7 +242,7 @@ def _standin(adapter: str, entry: dict, root: Path) -> str:
         d = root / "cds"
         d.mkdir(parents=True)
         _era5_store(str(d / "tmp.zarr"), short_names=False)
-        ds = xr.open_zarr(d / "tmp.zarr").rename({"2m_temperature": "t2m",
+        ds = xr.open_zarr(d / "tmp.zarr", consolidated=True).rename({"2m_temperature": "t2m",
                                                   "skin_temperature": "skt"})
         ds.load().to_netcdf(d / "ERA5_2016.nc", engine="h5netcdf")
         return str(d / "ERA5_*.nc")

@@ -88,7 +88,7 @@ def test_spl3smp_global_granules(tmp_path):
     win = EASE2Grid("M36").window_by_name("demo")
     schema.validate(ds, "smap", grid=win, values="all")
     assert [str(t)[:10] for t in ds.time.values] == ["2016-06-01", "2016-06-02"]
-    assert ds.sm.data.chunks[0] == (1, 1)  # one chunk per granule
+    assert ds.sm.data.chunks[0] == (2,)  # granules read FILES_PER_TASK (32) to a task
     am = ds.sm.values
     for k, p in enumerate(sorted(paths)):
         np.testing.assert_array_equal(am[k], _expected(p, full, win, "", 0b001).astype(np.float32))

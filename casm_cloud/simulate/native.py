@@ -8,6 +8,11 @@ interpolation separates into one 1-D interpolation per axis in index space:
 two lazy ``isel`` gathers per axis and weights, chunk-friendly and exact for
 this geometry (a general 2-D resampler such as pyresample would be
 overkill here).  Points outside the window take the nearest edge cell.
+
+:func:`to_ease2` moves a window to another EASE2 grid the same way (the
+provider layout's SMAP granules are on M36, the simulation on M25); with
+gaps in the data (swaths) it weights by the valid neighbours, as
+:mod:`casm_cloud.regrid` does on the way back.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-__all__ = ["EASE1_GLOBAL_25KM", "to_era5_native", "to_ease1"]
+__all__ = ["EASE1_GLOBAL_25KM", "to_era5_native", "to_ease1", "to_ease2", "covering_window"]
 
 #: NSIDC EASE-Grid global 25 km (NSIDC-0301): EPSG:3410, cols, rows, cell size (m),
 #: and the map origin in (col, row) cell-centre coordinates.
@@ -36,20 +41,31 @@ def _axis_weights(target, source_centres):
     return i0, i1, pos - i0
 
 
-def _resample(ds: xr.Dataset, y_target, x_target, ydim: str, xdim: str) -> xr.Dataset:
-    """Bilinear resampling of the data variables of an EASE2 dataset to (ydim, xdim)."""
+def _resample(ds: xr.Dataset, y_target, x_target, ydim: str, xdim: str, *,
+              min_weight: float | None = None) -> xr.Dataset:
+    """Bilinear resampling of the data variables of an EASE2 dataset to (ydim, xdim).
+
+    ``min_weight=None``: a NaN neighbour makes the value NaN.  Otherwise the
+    valid neighbours are weighted, and values with less than ``min_weight``
+    of the weight on valid neighbours are NaN (gaps stay gaps).
+    """
     yi0, yi1, wy = _axis_weights(y_target, ds["y"].values)
     xi0, xi1, wx = _axis_weights(x_target, ds["x"].values)
     data = ds[list(ds.data_vars)].drop_vars([c for c in ds.coords if c != "time"])
-
-    def take(dim, idx, new):
-        return data.isel({dim: xr.DataArray(idx, dims=new)})
-
     wy_ = xr.DataArray(wy, dims=ydim)
     wx_ = xr.DataArray(wx, dims=xdim)
-    rows = take("y", yi0, ydim) * (1 - wy_) + take("y", yi1, ydim) * wy_
-    out = rows.isel(x=xr.DataArray(xi0, dims=xdim)) * (1 - wx_) + rows.isel(
-        x=xr.DataArray(xi1, dims=xdim)) * wx_
+
+    def bilinear(d):
+        rows = d.isel(y=xr.DataArray(yi0, dims=ydim)) * (1 - wy_) + d.isel(
+            y=xr.DataArray(yi1, dims=ydim)) * wy_
+        return rows.isel(x=xr.DataArray(xi0, dims=xdim)) * (1 - wx_) + rows.isel(
+            x=xr.DataArray(xi1, dims=xdim)) * wx_
+
+    if min_weight is None:
+        out = bilinear(data)
+    else:
+        weight = bilinear(data.notnull().astype(np.float32))
+        out = (bilinear(data.fillna(0.0)) / weight.where(weight > 0)).where(weight >= min_weight)
     for v in out.data_vars:
         out[v] = out[v].astype(np.float32)
         out[v].attrs = {k: a for k, a in ds[v].attrs.items() if k != "grid_mapping"}
@@ -97,8 +113,8 @@ def to_era5_native(ds: xr.Dataset, *, margin_deg: float = 1.0, resolution: float
     return _rechunk(out, ("latitude", "longitude"), time_chunk)
 
 
-def to_ease1(ds: xr.Dataset, *, margin_cells: int = 3, time_chunk: int | None = None
-             ) -> xr.Dataset:
+def to_ease1(ds: xr.Dataset, *, margin_cells: int = 3, time_chunk: int | None = None,
+             min_weight: float | None = None) -> xr.Dataset:
     """AMSR-E as NSIDC-0301 distributes it: the global EASE-Grid v1 at 25 km.
 
     Parameters
@@ -107,6 +123,9 @@ def to_ease1(ds: xr.Dataset, *, margin_cells: int = 3, time_chunk: int | None = 
         Simulated AMSR-E on an EASE2 window.
     margin_cells : int
         Extra EASE-Grid v1 cells around the window.
+    min_weight : float, optional
+        Weight the valid neighbours of a gap (see :func:`to_ease2`); None: a
+        NaN neighbour gives NaN.
 
     Returns
     -------
@@ -138,7 +157,7 @@ def to_ease1(ds: xr.Dataset, *, margin_cells: int = 3, time_chunk: int | None = 
     fwd2 = Transformer.from_crs("EPSG:4326", "EPSG:6933", always_xy=True)
     _, y2 = fwd2.transform(np.zeros_like(lat1d), lat1d)
     x2, _ = fwd2.transform(lon1d, np.zeros_like(lon1d))
-    out = _resample(ds, y2, x2, "row", "col")
+    out = _resample(ds, y2, x2, "row", "col", min_weight=min_weight)
     crs = CRS.from_epsg(g["epsg"])
     crs_attrs = crs.to_cf()
     crs_attrs.update({"spatial_ref": crs.to_wkt(), "epsg_code": f"EPSG:{g['epsg']}"})
@@ -158,6 +177,55 @@ def to_ease1(ds: xr.Dataset, *, margin_cells: int = 3, time_chunk: int | None = 
                       "ease1_grid": "ML", "ease1_cols": g["cols"], "ease1_rows": g["rows"],
                       "ease1_cell_m": c})
     return _rechunk(out, ("row", "col"), time_chunk)
+
+
+def covering_window(src, grid: str, margin_cells: int = 1):
+    """The window of EASE2 ``grid`` whose cells cover window ``src`` plus ``margin_cells``."""
+    from casm_cloud.grid import EASE2Grid, GridWindow
+
+    target = EASE2Grid(grid)
+    lat = np.array([src.lat[0], src.lat[-1]])
+    lon = np.array([src.lon[0], src.lon[-1]])
+    rows, cols = target.to_rowcol(lat[:, None], lon[None, :])
+    nrows, ncols = target.shape
+    r0, r1 = max(int(rows.min()) - margin_cells, 0), min(int(rows.max()) + margin_cells, nrows - 1)
+    c0, c1 = max(int(cols.min()) - margin_cells, 0), min(int(cols.max()) + margin_cells, ncols - 1)
+    return GridWindow(grid, slice(r0, r1 + 1), slice(c0, c1 + 1))
+
+
+def to_ease2(ds: xr.Dataset, grid: str, *, margin_cells: int = 1, min_weight: float = 0.5,
+             time_chunk: int | None = None) -> xr.Dataset:
+    """A simulated EASE2 window on another EASE2 grid (e.g. M25 to SMAP's M36).
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        On an EASE2 window (``ease2_*`` attributes, dims ``y``, ``x``).
+    grid : str
+        Target EASE2 grid name.
+    margin_cells : int
+        Target cells added around those covering the window (so that
+        regridding back to ``ds``'s window has neighbours everywhere).
+    min_weight : float
+        Least share of the bilinear weight on valid (non-NaN) neighbours.
+
+    Returns
+    -------
+    xarray.Dataset
+        On the covering window of ``grid`` (its ``coords()`` and
+        ``identity()``), lazy.
+    """
+    from casm_cloud.grid import GridWindow
+
+    src = GridWindow.from_attrs(ds.attrs, (ds.sizes["y"], ds.sizes["x"]))
+    win = covering_window(src, grid, margin_cells)
+    if win == src:
+        return ds
+    out = _resample(ds, win.y, win.x, "y_new", "x_new", min_weight=min_weight)
+    out = out.rename(y_new="y", x_new="x").assign_coords(win.coords())
+    out.attrs = {**{k: v for k, v in ds.attrs.items() if not k.startswith("ease2_")},
+                 **win.identity()}
+    return _rechunk(out, ("y", "x"), time_chunk)
 
 
 def _rechunk(ds: xr.Dataset, dims, time_chunk):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import dask
 import xarray as xr
@@ -82,20 +83,59 @@ def write_sources(sources: Mapping[str, xr.Dataset], out: str,
     return urls
 
 
+#: Where the provider layout keeps the canonical stores it converts (removed at the end
+#: unless ``keep_canonical``).
+CANONICAL_DIR = "canonical"
+_ALWAYS_CANONICAL = ("truth", "static")  # no provider product: canonical in both layouts
+
+
+def _entry(name: str, url: str, description: str):
+    from casm_cloud.catalog import make_entry
+
+    return make_entry("canonical_zarr", url, kind=name, description=description)
+
+
+def _provider_layout(urls: dict[str, str], out: str, so: dict, *, static, seed: int,
+                     era5_formats, window_options: dict, keep_canonical: bool,
+                     describe) -> dict:
+    """The provider files of the sensor stores, their catalog entries; the stores removed
+    (or given their own catalog) after."""
+    from casm_cloud.catalog import make_entry, write_catalog
+    from casm_cloud.simulate.provider import write_provider_files
+
+    made = write_provider_files(urls, out, so, static=static, seed=seed,
+                                era5_formats=era5_formats, window_options=window_options)
+    entries = {name: make_entry(adapter, url, description=f"{text}; {describe('')}",
+                                **options)
+               for name, (adapter, url, options, text) in made.items()}
+    scratch = storage.join(out, CANONICAL_DIR)
+    if keep_canonical:  # beside the stores: the same world, canonical (truth, static from ..)
+        canon = {name: _entry(name, f"{name}.zarr", describe(name)) for name in urls}
+        canon.update({n: _entry(n, f"../{n}.zarr", describe(n)) for n in _ALWAYS_CANONICAL})
+        write_catalog(canon, storage.join(scratch, "catalog.yaml"), so)
+    else:
+        storage.remove(scratch, so)
+    return entries
+
+
 def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start, end,
                      seed: int = 0, storage_options: Mapping | None = None,
                      era5_native: bool = False, amsre_ease1: bool = False,
                      chunks: Mapping[str, int] | None = None, n_stations: int = 8,
                      settings=None, sources=None, station_depths=None,
-                     shared_cells: int = 0, lat=None, lon=None) -> str:
+                     shared_cells: int = 0, lat=None, lon=None,
+                     layout: Literal["canonical", "provider"] = "canonical",
+                     era5_formats: Sequence[str] | None = None,
+                     keep_canonical: bool = False) -> str:
     """Simulate a named region and write every source, the stations and a catalog.
 
     Parameters
     ----------
     out : str
         Output folder: local path or fsspec URL (``gs://``, ``s3://``,
-        ``memory://``).  Gets ``<source>.zarr`` per source, ``stations/``
-        (ISMN layout) and ``catalog.yaml``.
+        ``memory://``).  Gets ``<source>.zarr`` per source (``layout="provider"``:
+        the providers' files instead, see below), ``stations/`` (ISMN layout) and
+        ``catalog.yaml``.
     region : str
         Named region (:data:`casm_cloud.grid.REGIONS`); ignored when ``lat`` and
         ``lon`` are given.
@@ -123,6 +163,19 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
         (see :func:`casm_cloud.simulate.simulate_stations`).
     lat, lon : (float, float), optional
         The window's latitude and longitude ranges instead of a region.
+    layout : {"canonical", "provider"}
+        ``provider``: SMAP, SMOS, AMSR-E, AMSR2 and ERA5 as the files their
+        providers distribute (:mod:`casm_cloud.simulate.provider`: SPL3SMP
+        HDF5, CATDS L3TB netCDF, NSIDC-0301 binaries, CETB netCDF, ARCO Zarr
+        and CDS netCDF), with a catalog of the real data's adapters; truth and
+        static maps stay canonical stores.
+    era5_formats : sequence of {"arco", "netcdf"}, optional
+        ERA5 layouts of the provider layout (default both; the ARCO layout
+        has one chunk per hour and variable, the costliest to write).
+    keep_canonical : bool
+        Provider layout: keep the canonical stores it was made from in
+        ``<out>/canonical/`` with their own ``catalog.yaml`` (the same world in
+        both layouts, for comparisons); otherwise they are removed.
 
     Returns
     -------
@@ -137,7 +190,7 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
         ``out`` that cannot be written (:class:`OutputNotWritableError`, a
         ``PermissionError``).
     """
-    from casm_cloud.catalog import make_entry, write_catalog
+    from casm_cloud.catalog import write_catalog
     from casm_cloud.grid import LATLON_GRIDS, EASE2Grid, LatLonGrid
 
     def grid_by_name(name):  # EASE2 by default: its error names the EASE2 grids
@@ -157,6 +210,14 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
         raise InputError(str(err)) from None
     if t1 < t0:
         raise InputError(f"end {t1} is before start {t0}")
+    if layout not in ("canonical", "provider"):
+        raise InputError(f"layout {layout!r}: expected 'canonical' or 'provider'")
+    from casm_cloud.simulate.provider import ERA5_FORMATS
+
+    era5_formats = tuple(ERA5_FORMATS if era5_formats is None else era5_formats)
+    if not era5_formats or set(era5_formats) - set(ERA5_FORMATS):
+        raise InputError(f"era5_formats {list(era5_formats)}: expected some of "
+                         f"{list(ERA5_FORMATS)}")
     ch = dict(DEFAULT_CHUNKS, **dict(chunks or {}))
     so = dict(storage_options or {})
     _check_writable(out, so)
@@ -168,13 +229,22 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
          "n_stations": n_stations, "settings": repr(settings),
          **({"sources": list(sources)} if sources is not None else {}),
          **({"station_depths": repr(station_depths), "shared_cells": shared_cells}
-            if station_depths is not None or shared_cells else {})},
+            if station_depths is not None or shared_cells else {}),
+         **({"layout": layout, "era5_formats": list(era5_formats)}
+            if layout == "provider" else {})},
         sort_keys=True).encode()
     ).hexdigest()[:16]
 
     sources = simulate(window, t0, t1, seed, chunks=ch, era5_native=era5_native,
                        amsre_ease1=amsre_ease1, settings=settings, sources=sources)
-    urls = write_sources(sources, out, so, config_hash=config_hash)
+    kept = {k: v for k, v in sources.items() if layout == "canonical" or k in _ALWAYS_CANONICAL}
+    urls = write_sources(kept, out, so, config_hash=config_hash)
+    if layout == "provider":
+        scratch = storage.join(out, CANONICAL_DIR)
+        storage.remove(scratch, so)
+        converted = write_sources({k: v for k, v in sources.items() if k not in kept},
+                                  scratch, so, config_hash=config_hash)
+        urls.update(converted)
 
     truth = storage.open_zarr(urls["truth"], so, require_complete=True)
     static = storage.open_zarr(urls["static"], so, require_complete=True).load()
@@ -183,11 +253,18 @@ def write_simulation(out: str, *, region: str = "demo", grid: str = "M25", start
                                  depths=station_depths, shared_cells=shared_cells)
     write_ismn(stations, storage.join(out, "stations"), so)
 
-    entries = {}
-    for name in sources:
-        entries[name] = make_entry("canonical_zarr", f"{name}.zarr", kind=name,
-                                   description=f"{_DESCRIPTIONS[name]}; simulated, region "
-                                               f"{region} ({grid}), {t0}..{t1}, seed {seed}")
+    def describe(name: str) -> str:
+        text = f"simulated, region {region} ({grid}), {t0}..{t1}, seed {seed}"
+        return f"{_DESCRIPTIONS[name]}; {text}" if name else text
+
+    entries = {name: _entry(name, f"{name}.zarr", describe(name)) for name in kept}
+    if layout == "provider":
+        where = {"grid": grid, **({"region": region} if lat is None else
+                                  {"lat": list(lat), "lon": list(lon)})}
+        entries.update(_provider_layout(
+            {k: u for k, u in urls.items() if k not in kept}, out, so, static=static,
+            seed=seed, era5_formats=era5_formats, window_options=where,
+            keep_canonical=keep_canonical, describe=describe))
     return write_catalog(entries, catalog_path, so)
 
 

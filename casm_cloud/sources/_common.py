@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -81,6 +82,73 @@ def finish(ds: xr.Dataset, kind: str, window: GridWindow, attrs: Mapping | None 
     return schema.validate(out, kind, grid=window, values=values)
 
 
+def source_error(message: str, *, missing: bool = False) -> Exception:
+    """The error an adapter raises for what a source cannot give: a
+    :class:`casm_cloud.catalog.SourceError` (``missing``: a
+    :class:`~casm_cloud.catalog.MissingFilesError`, also a ``FileNotFoundError``).
+
+    The message names the file or URL and what was expected; :func:`casm_cloud.catalog.
+    open_source` adds the entry.
+    """
+    from casm_cloud.catalog import MissingFilesError, SourceError
+
+    return (MissingFilesError if missing else SourceError)(message)
+
+
+def h5_attr(dset, key: str, default=None):
+    """An HDF5 attribute as a Python scalar or string (netCDF-4 attributes read with h5py)."""
+    v = dset.attrs.get(key)
+    if v is None:
+        return default
+    v = np.ravel(v)[0] if isinstance(v, np.ndarray) and v.size == 1 else v
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def h5_dims(dset) -> tuple:
+    """The netCDF dimension names of an HDF5 dataset (its attached dimension scales)."""
+    names = []
+    for d in dset.dims:
+        names.append(d[0].name.rsplit("/", 1)[-1] if len(d) else d.label or None)
+    return tuple(names)
+
+
+def h5_decode(dset, index=()) -> np.ndarray:
+    """``dset[index]`` decoded as netCDF readers do: ``_FillValue``/``missing_value`` to NaN,
+    then ``scale_factor`` and ``add_offset`` applied (float64)."""
+    raw = np.asarray(dset[index])
+    out = raw.astype(np.float64)
+    for key in ("_FillValue", "missing_value"):
+        fill = h5_attr(dset, key)
+        if fill is not None:
+            out[raw == np.asarray(fill, raw.dtype)] = np.nan
+    out *= float(h5_attr(dset, "scale_factor", 1.0))
+    out += float(h5_attr(dset, "add_offset", 0.0))
+    return out
+
+
+#: Daily files read by one dask task (a task per small file would cost more than the read).
+FILES_PER_TASK = 32
+
+
+def stacked_reads(read_one, args: Sequence[tuple], shape: tuple[int, ...],
+                  dtype=np.float32):
+    """A dask array stacking ``read_one(*a)`` for every ``a`` of ``args`` along a new first
+    axis, :data:`FILES_PER_TASK` files per task (per chunk)."""
+    import dask
+    import dask.array as da
+
+    parts = []
+    for i in range(0, len(args), FILES_PER_TASK):
+        group = list(args[i:i + FILES_PER_TASK])
+        task = dask.delayed(_read_many, pure=True)(read_one, group)
+        parts.append(da.from_delayed(task, (len(group), *shape), dtype))
+    return da.concatenate(parts)
+
+
+def _read_many(read_one, group: list[tuple]) -> np.ndarray:
+    return np.stack([read_one(*a) for a in group])
+
+
 def local_file(urlpath: str, storage_options: Mapping | None = None) -> str:
     """A local path for readers that need one (HDF5 via h5py, GRIB via eccodes).
 
@@ -108,13 +176,14 @@ def expand_paths(urlpath, storage_options: Mapping | None = None) -> list[str]:
             if not found:
                 if len(paths) > 1:  # one day of a date template: the archive has a gap
                     continue
-                raise FileNotFoundError(f"no file matches {p}")
+                raise source_error(f"no file matches {p}", missing=True)
             proto = str(p).split("://", 1)[0] + "://" if "://" in str(p) else ""
             out += [proto + f if proto and not f.startswith(proto) else f for f in sorted(found)]
         else:
             out.append(str(p))
     if not out:
-        raise FileNotFoundError(f"no file matches {paths[0]} (nor any of {len(paths)} patterns)")
+        raise source_error(f"no file matches {paths[0]} (nor any of {len(paths)} patterns)",
+                           missing=True)
     return out
 
 
@@ -201,6 +270,9 @@ def filter_paths_by_date(paths: Sequence[str], date_of, start=None, end=None) ->
     return keep
 
 
+_DATE = re.compile(r"\{date(?::([^{}]*))?\}")
+
+
 def expand_date_template(urlpath, start=None, end=None) -> list[str] | str:
     """``{date:%Y.%m.%d}`` placeholders expanded over the days of ``[start, end]``.
 
@@ -212,13 +284,15 @@ def expand_date_template(urlpath, start=None, end=None) -> list[str] | str:
     if not any("{date" in str(p) for p in paths):
         return urlpath
     if start is None or end is None:
-        raise ValueError(f"{paths[0]}: a date template needs a period (start= and end=)")
+        raise source_error(f"{paths[0]}: a URL with {{date:...}} placeholders names one file "
+                           "per day, so it needs a period; expected start= and end= (or "
+                           "open_source(..., period=(start, end)))")
     days = pd.date_range(pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize(), freq="D")
     out: list[str] = []
     for p in paths:
         seen = set()
         for d in days:
-            u = str(p).format(date=d)
+            u = _DATE.sub(lambda m, d=d: format(d, m.group(1) or "%Y-%m-%d"), str(p))
             if u not in seen:
                 seen.add(u)
                 out.append(u)

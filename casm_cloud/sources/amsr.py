@@ -33,8 +33,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -49,7 +47,11 @@ from casm_cloud.sources._common import (
     expand_paths,
     filter_paths_by_date,
     finish,
+    h5_attr,
+    h5_decode,
     local_file,
+    source_error,
+    stacked_reads,
     target_window,
     time_slice,
 )
@@ -77,19 +79,36 @@ def _wanted(channels: Sequence[str] | None) -> set[str] | None:
     return set(channels)
 
 
-def _read_flat(path: str, storage_options) -> np.ndarray:
+def _read_flat(path: str, storage_options, rows: slice, cols: slice) -> np.ndarray:
+    """TB (K) of the ``rows`` x ``cols`` box of one NSIDC-0301 file: only its rows are read."""
+    import os
+
     g = EASE1_GLOBAL
-    raw = np.fromfile(local_file(path, storage_options), dtype="<u2")
-    if raw.size != g["nrows"] * g["ncols"]:
-        raise schema.SchemaError(f"{path}: {raw.size} values; an NSIDC-0301 ML file has "
+    local = local_file(path, storage_options)
+    size = os.path.getsize(local)
+    if size != g["nrows"] * g["ncols"] * 2:
+        raise schema.SchemaError(f"{path}: {size // 2} values; an NSIDC-0301 ML file has "
                                  f"{g['nrows']} x {g['ncols']}")
-    tb = raw.reshape(g["nrows"], g["ncols"]).astype(np.float32) / np.float32(10.0)
-    tb[raw.reshape(tb.shape) == 0] = np.nan
+    n = rows.stop - rows.start
+    raw = np.fromfile(local, dtype="<u2", count=n * g["ncols"],
+                      offset=rows.start * g["ncols"] * 2).reshape(n, g["ncols"])[:, cols]
+    tb = raw.astype(np.float32) / np.float32(10.0)
+    tb[raw == 0] = np.nan
     return tb
 
 
-def _from_flat_files(paths: list[str], storage_options, orbit: str, want: set[str] | None):
+def _flat_box(window: GridWindow, method: str) -> tuple[slice, slice]:
+    """The EASE-Grid v1 rows and columns regridding to ``window`` needs."""
+    from casm_cloud.regrid import source_box
+
     g = EASE1_GLOBAL
+    grid = xr.Dataset(coords={"row": np.arange(g["nrows"]), "col": np.arange(g["ncols"])})
+    box = source_box(grid, window, method=method, name="NSIDC-0301 EASE-Grid v1")
+    return box["row"], box["col"]
+
+
+def _from_flat_files(paths: list[str], storage_options, orbit: str, want: set[str] | None,
+                     box: tuple[slice, slice]):
     found: dict[str, dict[np.datetime64, str]] = {}
     for p in paths:
         m = _NSIDC0301.search(p.rsplit("/", 1)[-1])
@@ -108,19 +127,21 @@ def _from_flat_files(paths: list[str], storage_options, orbit: str, want: set[st
                                      f"{found[name][day]} and {p}")
         found[name][day] = p
     if not found:
-        raise FileNotFoundError(f"no NSIDC-0301 file of orbit {orbit} and the asked channels "
-                                f"among {len(paths)} file(s)")
-    times = sorted({t for d in found.values() for t in d})
-    read = dask.delayed(_read_flat, pure=True)
-    shape = (g["nrows"], g["ncols"])
+        raise source_error(f"no NSIDC-0301 file of orbit {orbit} and the asked channels "
+                                f"among {len(paths)} file(s)", missing=True)
+    times = np.array(sorted({t for d in found.values() for t in d}), dtype="datetime64[ns]")
+    rows, cols = box
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    so = dict(storage_options or {})
     data = {}
     for name, by_day in sorted(found.items()):
-        blocks = [da.from_delayed(read(by_day[t], dict(storage_options or {})), shape, np.float32)
-                  if t in by_day else da.full(shape, np.nan, dtype=np.float32, chunks=shape)
-                  for t in times]
-        data[name] = (("time", "row", "col"), da.stack(blocks), {"units": "K"})
-    return xr.Dataset(data, coords={"time": np.array(times, dtype="datetime64[ns]"),
-                                    "row": np.arange(g["nrows"]), "col": np.arange(g["ncols"])})
+        days = sorted(by_day)
+        stack = stacked_reads(_read_flat, [(by_day[t], so, rows, cols) for t in days], shape)
+        arr = xr.DataArray(stack, dims=("time", "row", "col"),
+                           coords={"time": np.array(days, dtype="datetime64[ns]")})
+        data[name] = arr.reindex(time=times).assign_attrs(units="K")
+    return xr.Dataset(data).assign_coords(row=np.arange(rows.start, rows.stop),
+                                          col=np.arange(cols.start, cols.stop))
 
 
 def _0301_date(path: str) -> np.datetime64 | None:
@@ -181,8 +202,9 @@ def open_amsre_nsidc0301(urlpath, *, storage_options: Mapping | None = None,
 
     Raises
     ------
-    FileNotFoundError
-        If nothing matches the orbit and channels.
+    casm_cloud.catalog.MissingFilesError
+        (a ``SourceError`` and ``FileNotFoundError``) If nothing matches the orbit and
+        channels.
     casm_cloud.schema.SchemaError
         Bad file names or sizes, wrong units, duplicate days.
     """
@@ -206,7 +228,8 @@ def open_amsre_nsidc0301(urlpath, *, storage_options: Mapping | None = None,
             raise ValueError(f"orbit {orbit!r}: expected 'A' or 'D'")
         paths = expand_paths(expand_date_template(urlpath, start, end), storage_options)
         paths = filter_paths_by_date(paths, _0301_date, start, end)
-        ds = _from_flat_files(paths, storage_options, orbit, want)
+        window = target_window(grid, region, lat, lon, window=window)
+        ds = _from_flat_files(paths, storage_options, orbit, want, _flat_box(window, method))
         where = f"NSIDC-0301 ({orbit})"
     window = target_window(grid, region, lat, lon, window=window)
     ds = time_slice(ds, start, end)
@@ -214,28 +237,56 @@ def open_amsre_nsidc0301(urlpath, *, storage_options: Mapping | None = None,
     return finish(out, "amsre", window, {"source": f"AMSR-E {where}"})
 
 
-def _cetb_file(path: str, storage_options, window) -> tuple[str, str, np.datetime64, xr.DataArray]:
+def _cetb_file(path: str, storage_options, window) -> tuple[str, str, np.datetime64, tuple]:
+    """Name fields of one CETB file and the arguments of its read (its metadata checked now)."""
+    import h5py
+
     m = _CETB.search(path.rsplit("/", 1)[-1])
     if not m:
         raise schema.SchemaError(f"{path}: not a CETB file name (…_<pass>_<channel>_<YYYYMMDD>_…)")
     pas, freq, pol, ymd = m.groups()
-    ds = xr.open_dataset(local_file(path, storage_options), engine="h5netcdf", chunks={})
-    if "TB" not in ds.data_vars:
-        raise schema.SchemaError(f"{path}: missing variable 'TB' (have {sorted(ds.data_vars)})")
-    check_units(ds["TB"], "K", path)
+    with h5py.File(local_file(path, storage_options), "r") as f:
+        if "TB" not in f:
+            have = sorted(k for k in f if isinstance(f[k], h5py.Dataset))
+            raise schema.SchemaError(f"{path}: missing variable 'TB' (have {have})")
+        check_units(xr.DataArray(name="TB", attrs={"units": h5_attr(f["TB"], "units")}), "K", path)
+        coords = {dim: np.asarray(f[dim][()], dtype=np.float64) for dim in ("y", "x")}
+        lead = f["TB"].ndim == 3
     grid = EASE2Grid("M25")
     for dim, centres in (("y", grid.y), ("x", grid.x)):
-        v = np.asarray(ds[dim].values, dtype=np.float64)
+        v = coords[dim]
         idx = np.rint((v - centres[0]) / (centres[1] - centres[0])).astype(int)
         if np.any(np.abs(centres[np.clip(idx, 0, centres.size - 1)] - v) > 1.0) or \
                 idx.min() < 0 or idx.max() >= centres.size:
             raise schema.SchemaError(f"{path}: {dim} values are not EASE2 M25 (T25km) cell centres")
-    tb = ds["TB"]
-    if "time" in tb.dims:
-        tb = tb.isel(time=0, drop=True)
-    tb = tb.sel(y=window.y, x=window.x, method="nearest", tolerance=1.0)
+    iy, ix = (_cover_index(coords[d], w, d, window, path) for d, w in (("y", window.y),
+                                                                       ("x", window.x)))
     day = np.datetime64(f"{ymd[:4]}-{ymd[4:6]}-{ymd[6:]}", "ns")
-    return pas, channel_name(float(freq), pol), day, tb.drop_vars(["y", "x"], errors="ignore")
+    return pas, channel_name(float(freq), pol), day, (path, dict(storage_options or {}), iy,
+                                                      ix, lead)
+
+
+def _cover_index(have: np.ndarray, want: np.ndarray, dim: str, window, path: str) -> np.ndarray:
+    """Index into the file's ``dim`` of every window cell (CETB files may be regional cuts)."""
+    idx = np.abs(have[None, :] - want[:, None]).argmin(axis=1)
+    if np.any(np.abs(have[idx] - want) > 1.0):
+        raise source_error(
+            f"{path}: the file's {dim} cells ({have.min():.0f}..{have.max():.0f} m) do not "
+            f"cover the window {window!r} ({want.min():.0f}..{want.max():.0f} m); expected "
+            "a CETB T25km file (global, or a cut holding the window)")
+    return idx
+
+
+def _cetb_read(path: str, storage_options, iy: np.ndarray, ix: np.ndarray, lead: bool
+               ) -> np.ndarray:
+    """The window's TB (K) of one CETB file: only its rows and columns are read."""
+    import h5py
+
+    rows = slice(int(iy.min()), int(iy.max()) + 1)
+    cols = slice(int(ix.min()), int(ix.max()) + 1)
+    with h5py.File(local_file(path, storage_options), "r") as f:
+        tb = h5_decode(f["TB"], (0, rows, cols) if lead else (rows, cols))
+    return tb[np.ix_(iy - rows.start, ix - cols.start)].astype(np.float32)
 
 
 def open_amsr2_cetb(urlpath, *, storage_options: Mapping | None = None,
@@ -271,8 +322,9 @@ def open_amsr2_cetb(urlpath, *, storage_options: Mapping | None = None,
 
     Raises
     ------
-    FileNotFoundError
-        If nothing matches the pass and channels.
+    casm_cloud.catalog.SourceError
+        If nothing matches the pass and channels (``MissingFilesError``, also a
+        ``FileNotFoundError``), or a file does not cover the window.
     casm_cloud.schema.SchemaError
         Bad names, missing ``TB``, wrong units, cells off the grid, duplicates.
     """
@@ -284,19 +336,21 @@ def open_amsr2_cetb(urlpath, *, storage_options: Mapping | None = None,
     by_name: dict[str, dict[np.datetime64, xr.DataArray]] = {}
     paths = expand_paths(expand_date_template(urlpath, start, end), storage_options)
     for p in filter_paths_by_date(paths, _cetb_date, start, end):
-        pas, name, day, tb = _cetb_file(p, storage_options, window)
+        pas, name, day, read = _cetb_file(p, storage_options, window)
         if pas != passes or name is None or (want is not None and name not in want):
             continue
         if day in by_name.setdefault(name, {}):
             raise schema.SchemaError(f"{p}: a second file for {name} on {str(day)[:10]}")
-        by_name[name][day] = tb
+        by_name[name][day] = read
     if not by_name:
-        raise FileNotFoundError(f"no CETB file of pass {passes} and the asked channels in {urlpath}")
+        raise source_error(f"no CETB file of pass {passes} and the asked channels in {urlpath}",
+                           missing=True)
     times = np.array(sorted({t for d in by_name.values() for t in d}), dtype="datetime64[ns]")
     data = {}
     for name, by_day in sorted(by_name.items()):
-        arr = xr.concat([by_day[t] for t in sorted(by_day)], dim="time")
-        arr = arr.assign_coords(time=np.array(sorted(by_day), dtype="datetime64[ns]"))
+        stack = stacked_reads(_cetb_read, [by_day[t] for t in sorted(by_day)], window.shape)
+        arr = xr.DataArray(stack, dims=("time", "y", "x"),
+                           coords={"time": np.array(sorted(by_day), dtype="datetime64[ns]")})
         data[name] = arr.reindex(time=times).astype(np.float32).assign_attrs(units="K")
     ds = xr.Dataset(data).assign_coords(window.coords())
     ds = time_slice(ds, start, end)

@@ -86,7 +86,8 @@ def open_canonical_zarr(urlpath: str, *, storage_options: Mapping | None = None,
             raise schema.SchemaError(f"{urlpath}: no time step in {start}..{end}; the store "
                                      f"holds {held}")
     if window is not None:
-        index.update(source_box(ds, window, method=method, name=str(urlpath)))
+        index.update(_same_grid_box(ds, window, urlpath) or
+                     source_box(ds, window, method=method, name=str(urlpath)))
     ds = schema.validate(select_stored(ds, index), kind)
     if variables is not None:
         ds = ds[list(variables)]
@@ -94,3 +95,23 @@ def open_canonical_zarr(urlpath: str, *, storage_options: Mapping | None = None,
         ds = on_window(ds, window, name=str(urlpath))
         ds.attrs.update(window.identity())
     return ds
+
+
+def _same_grid_box(ds: xr.Dataset, window: GridWindow, urlpath) -> dict | None:
+    """The ``y``/``x`` cut of ``window`` from a store on a window of the same lat/lon grid.
+
+    (EASE2 stores are cut by :func:`casm_cloud.regrid.source_box`; a lat/lon
+    grid window, ERA5's 0.25° cells, is cut the same way here.)
+    """
+    if window.kind != "latlon" or "latlon_grid" not in ds.attrs or \
+            not {"y", "x"} <= set(ds.dims):
+        return None
+    src = GridWindow.from_attrs(ds.attrs, (ds.sizes["y"], ds.sizes["x"]))
+    if src.name != window.name:
+        return None
+    r0 = window.row_slice.start - src.row_slice.start
+    c0 = window.col_slice.start - src.col_slice.start
+    if r0 < 0 or c0 < 0 or r0 + window.shape[0] > src.shape[0] or \
+            c0 + window.shape[1] > src.shape[1]:
+        raise schema.SchemaError(f"{urlpath}: the store covers {src!r}, not the window {window!r}")
+    return {"y": slice(r0, r0 + window.shape[0]), "x": slice(c0, c0 + window.shape[1])}

@@ -32,8 +32,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -47,6 +45,8 @@ from casm_cloud.sources._common import (
     filter_paths_by_date,
     finish,
     local_file,
+    source_error,
+    stacked_reads,
     target_window,
     time_slice,
 )
@@ -226,12 +226,13 @@ def open_smap_l3(urlpath, *, storage_options: Mapping | None = None,
     Returns
     -------
     xarray.Dataset
-        ``sm`` (time, y, x) in m3 m-3, one dask chunk per granule.
+        ``sm`` (time, y, x) in m3 m-3, granules read 32 to a dask task (``FILES_PER_TASK``).
 
     Raises
     ------
-    FileNotFoundError
-        If no granule matches.
+    casm_cloud.catalog.MissingFilesError
+        (a ``SourceError`` and ``FileNotFoundError``) If no granule matches; a
+        ``SourceError`` for a ``{date:…}`` template without a period.
     casm_cloud.schema.SchemaError
         A missing group or variable, wrong units, granules on different
         blocks, two granules of one day, or a window outside the granules.
@@ -244,7 +245,7 @@ def open_smap_l3(urlpath, *, storage_options: Mapping | None = None,
     paths = expand_paths(expand_date_template(urlpath, start, end), storage_options)
     paths = filter_paths_by_date(paths, _name_date, start, end)
     if not paths:
-        raise FileNotFoundError(f"no SMAP granule of {start}..{end} in {urlpath}")
+        raise source_error(f"no SMAP granule of {start}..{end} in {urlpath}", missing=True)
     if window is not None:
         grid, region, lat, lon = window.name, None, None, None
     src = smap_granule_window(paths[0], storage_options, orbits[0])
@@ -283,10 +284,10 @@ def open_smap_l3(urlpath, *, storage_options: Mapping | None = None,
     if r0 < 0 or c0 < 0 or r0 + block.shape[0] > src.shape[0] or c0 + block.shape[1] > src.shape[1]:
         raise schema.SchemaError(f"{paths[0]}: the granules cover {src!r}, not {block!r}")
     rows, cols = slice(r0, r0 + block.shape[0]), slice(c0, c0 + block.shape[1])
-    load = dask.delayed(_load_sm, pure=True)
-    arrays = [da.from_delayed(load(p, dict(storage_options or {}), orbits, quality, rows, cols),
-                              shape=block.shape, dtype=np.float32) for p in paths]
-    ds = xr.Dataset({"sm": (("time", "y", "x"), da.stack(arrays))},
+    so = dict(storage_options or {})
+    stack = stacked_reads(_load_sm, [(p, so, orbits, quality, rows, cols) for p in paths],
+                          block.shape)
+    ds = xr.Dataset({"sm": (("time", "y", "x"), stack)},
                     coords={"time": np.array(dates, dtype="datetime64[ns]"), **block.coords()},
                     attrs=block.identity())
     ds = time_slice(ds, start, end)

@@ -40,7 +40,12 @@ from casm_cloud.sources._common import (
     expand_paths,
     filter_paths_by_date,
     finish,
+    h5_attr,
+    h5_decode,
+    h5_dims,
     local_file,
+    source_error,
+    stacked_reads,
     target_window,
     time_slice,
 )
@@ -74,56 +79,72 @@ def _index_of(values: np.ndarray, centres: np.ndarray, what: str, path: str) -> 
 
 
 def _open_day(path: str, storage_options, angle: float, max_rfi_fraction: float | None,
-              max_accuracy: float | None) -> tuple[xr.Dataset, GridWindow, str, np.datetime64]:
+              max_accuracy: float | None) -> tuple[tuple, GridWindow, str, np.datetime64]:
+    """One file's metadata checked: (the arguments of its read, its block, orbit, day)."""
     m = _NAME.search(path.rsplit("/", 1)[-1])
     if not m:
         raise schema.SchemaError(
             f"{path}: file name does not follow SM_*_MIR_CDF3T[A|D]_YYYYMMDDThhmmss_… (CATDS L3TB)")
     orbit, day = m.group(1), np.datetime64(f"{m.group(2)[:4]}-{m.group(2)[4:6]}-{m.group(2)[6:]}",
                                            "ns")
-    raw = xr.open_dataset(local_file(path, storage_options), engine="h5netcdf", chunks={})
-    for v in ("BT_H", "BT_V"):
-        if v not in raw.data_vars:
-            raise schema.SchemaError(f"{path}: missing variable {v!r} (have {sorted(raw.data_vars)})")
-        check_units(raw[v], "K", path)
-        if raw[v].dims != ("inc", "lat", "lon"):
-            raise schema.SchemaError(f"{path}: {v} has dimensions {raw[v].dims}; expected "
-                                     "('inc', 'lat', 'lon')")
-    inc = np.asarray(raw["inc"].values, dtype=np.float64)
+    import h5py
+
+    with h5py.File(local_file(path, storage_options), "r") as f:
+        have = sorted(k for k in f if isinstance(f[k], h5py.Dataset))
+        for v in ("BT_H", "BT_V"):
+            if v not in f:
+                raise schema.SchemaError(f"{path}: missing variable {v!r} (have {have})")
+            check_units(xr.DataArray(name=v, attrs={"units": h5_attr(f[v], "units")}), "K", path)
+            if h5_dims(f[v]) != ("inc", "lat", "lon"):
+                raise schema.SchemaError(f"{path}: {v} has dimensions {h5_dims(f[v])}; expected "
+                                         "('inc', 'lat', 'lon')")
+        needed = [*(("Nviews", "Nb_RFI_Flags") if max_rfi_fraction is not None else ()),
+                  *((f"Pixel_Radiometric_Accuracy_{p}" for p in "HV")
+                    if max_accuracy is not None else ())]
+        for v in needed:
+            if v not in f:
+                why = "the RFI filter (pass max_rfi_fraction=None to skip it)" \
+                    if v.startswith("N") else "max_accuracy"
+                raise schema.SchemaError(f"{path}: missing variable {v!r} needed for {why}")
+        inc = np.asarray(f["inc"][()], dtype=np.float64)
+        lat, lon = (np.asarray(f[n][()], np.float64) for n in ("lat", "lon"))
     k = int(np.argmin(np.abs(inc - angle)))
     if abs(inc[k] - angle) > 0.01:
         raise schema.SchemaError(f"{path}: no incidence-angle class {angle}° (classes {inc.tolist()})")
     grid = EASE2Grid("M25")
-    rows = _index_of(np.asarray(raw["lat"].values, np.float64), grid.lat, "lat", path)
-    cols = _index_of(np.asarray(raw["lon"].values, np.float64), grid.lon, "lon", path)
+    rows = _index_of(lat, grid.lat, "lat", path)
+    cols = _index_of(lon, grid.lon, "lon", path)
     if np.any(np.diff(np.sort(rows)) != 1) or np.any(np.diff(np.sort(cols)) != 1):
         raise schema.SchemaError(f"{path}: lat/lon do not form a block of the EASE2 M25 grid")
     block = GridWindow("M25", slice(int(rows.min()), int(rows.max()) + 1),
                        slice(int(cols.min()), int(cols.max()) + 1))
-    sel = raw.isel(inc=k)
-    keep = None
-    if max_rfi_fraction is not None:
-        for v in ("Nviews", "Nb_RFI_Flags"):
-            if v not in sel:
-                raise schema.SchemaError(f"{path}: missing variable {v!r} needed for the RFI filter "
-                                         "(pass max_rfi_fraction=None to skip it)")
-        keep = sel["Nb_RFI_Flags"].fillna(0) <= max_rfi_fraction * sel["Nviews"].fillna(0)
-    out = {}
-    for pol in ("H", "V"):
-        tb = sel[f"BT_{pol}"]
-        ok = keep
-        if max_accuracy is not None:
-            acc = sel.get(f"Pixel_Radiometric_Accuracy_{pol}")
-            if acc is None:
-                raise schema.SchemaError(f"{path}: missing Pixel_Radiometric_Accuracy_{pol} needed "
-                                         "for max_accuracy")
-            ok = (acc <= max_accuracy) if ok is None else ok & (acc <= max_accuracy)
-        out[f"tb_{pol.lower()}"] = tb.where(ok) if ok is not None else tb
-    ds = xr.Dataset(out)
     # file order -> canonical order (rows north to south, columns west to east)
-    ds = ds.isel(lat=np.argsort(rows), lon=np.argsort(cols))
-    ds = ds.drop_vars([c for c in ds.coords], errors="ignore").rename(lat="y", lon="x")
-    return ds, block, orbit, day
+    read = (path, dict(storage_options or {}), k, max_rfi_fraction, max_accuracy,
+            np.argsort(rows), np.argsort(cols))
+    return read, block, orbit, day
+
+
+def _read_day(path: str, storage_options, k: int, max_rfi_fraction, max_accuracy,
+              row_order: np.ndarray, col_order: np.ndarray) -> np.ndarray:
+    """(tb_h, tb_v) of angle class ``k`` of one file, filtered, in canonical cell order."""
+    import h5py
+
+    with h5py.File(local_file(path, storage_options), "r") as f:
+        keep = None
+        if max_rfi_fraction is not None:
+            views = np.nan_to_num(h5_decode(f["Nviews"], k))
+            keep = np.nan_to_num(h5_decode(f["Nb_RFI_Flags"], k)) <= max_rfi_fraction * views
+        out = []
+        for pol in ("H", "V"):
+            tb = h5_decode(f[f"BT_{pol}"], k)
+            ok = keep
+            if max_accuracy is not None:
+                good = h5_decode(f[f"Pixel_Radiometric_Accuracy_{pol}"], k) <= max_accuracy
+                ok = good if ok is None else ok & good
+            if ok is not None:
+                tb = np.where(ok, tb, np.nan)
+            out.append(tb[np.ix_(row_order, col_order)])
+    return np.stack(out).astype(np.float32)
 
 
 def open_smos_l3tb(urlpath, *, storage_options: Mapping | None = None, angle: float = 42.5,
@@ -164,12 +185,12 @@ def open_smos_l3tb(urlpath, *, storage_options: Mapping | None = None, angle: fl
     Returns
     -------
     xarray.Dataset
-        ``tb_h``, ``tb_v`` (time, y, x) in K, one dask chunk per file.
+        ``tb_h``, ``tb_v`` (time, y, x) in K, files read 32 to a dask task (``FILES_PER_TASK``).
 
     Raises
     ------
-    FileNotFoundError
-        If no file matches.
+    casm_cloud.catalog.MissingFilesError
+        (a ``SourceError`` and ``FileNotFoundError``) If no file matches.
     casm_cloud.schema.SchemaError
         A name that is not an L3TB file name, a missing variable or angle
         class, wrong units, cells off the EASE2 grid, files on different
@@ -178,20 +199,23 @@ def open_smos_l3tb(urlpath, *, storage_options: Mapping | None = None, angle: fl
     paths = expand_paths(expand_date_template(urlpath, start, end), storage_options)
     paths = filter_paths_by_date(paths, _name_date, start, end)
     if not paths:
-        raise FileNotFoundError(f"no L3TB file of {start}..{end} in {urlpath}")
+        raise source_error(f"no L3TB file of {start}..{end} in {urlpath}", missing=True)
     if window is not None:
         grid, region, lat, lon = window.name, None, None, None
     if orbit is not None:
         paths = [p for p in paths if (_NAME.search(p.rsplit("/", 1)[-1]) or [None, None])[1] == orbit]
         if not paths:
-            raise FileNotFoundError(f"no {orbit} (orbit) file among {urlpath}")
+            raise source_error(f"no {orbit} (orbit) file among {urlpath}; expected "
+                               f"SM_*_MIR_CDF3T{orbit}_*.DBL.nc files", missing=True)
     days = [_open_day(p, storage_options, angle, max_rfi_fraction, max_accuracy) for p in paths]
     blocks = {b for _, b, _, _ in days}
     if len(blocks) > 1:
         raise schema.SchemaError(f"{urlpath}: files cover different blocks of the grid {blocks}")
     block = blocks.pop()
     days.sort(key=lambda d: d[3])
-    ds = xr.concat([d[0] for d in days], dim="time", join="exact")
+    both = stacked_reads(_read_day, [d[0] for d in days], (2, *block.shape))
+    ds = xr.Dataset({"tb_h": (("time", "y", "x"), both[:, 0]),
+                     "tb_v": (("time", "y", "x"), both[:, 1])})
     ds = ds.assign_coords(time=np.array([d[3] for d in days], dtype="datetime64[ns]"),
                           **block.coords()).assign_attrs(block.identity())
     ds = time_slice(ds, start, end)

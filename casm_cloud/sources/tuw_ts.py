@@ -35,6 +35,7 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.errors import UserError
+from casm_cloud.sources._common import source_error
 
 __all__ = ["open_tuw_ts", "TUWFormatError"]
 
@@ -78,8 +79,9 @@ def open_tuw_ts(urlpath: str, *, storage_options: Mapping | None = None,
 
     Raises
     ------
-    FileNotFoundError
-        If the folder holds no cell file (of the requested ``cells``).
+    casm_cloud.catalog.MissingFilesError
+        (a ``SourceError`` and ``FileNotFoundError``) If there is no such file or
+        folder, or it holds no cell file (of the requested ``cells``).
     TUWFormatError
         If a file lacks the location variables, or a requested variable.
     ValueError
@@ -91,15 +93,15 @@ def open_tuw_ts(urlpath: str, *, storage_options: Mapping | None = None,
     elif fs.exists(root):
         files = [root]
     else:
-        raise FileNotFoundError(f"{urlpath}: no such file or folder of TU Wien time-series files")
+        raise source_error(f"{urlpath}: no such file or folder; expected a folder of TU Wien "
+                           "time-series cell files (NNNN.nc) or one of them", missing=True)
     if cells is not None:
         wanted = {f"{int(c):04d}.nc" for c in cells}
         files = [p for p in files if p.rsplit("/", 1)[-1] in wanted]
     if not files:
-        raise FileNotFoundError(
+        raise source_error(
             f"{urlpath}: no TU Wien cell files (NNNN.nc)"
-            + (f" for cells {list(cells)}" if cells is not None else "")
-        )
+            + (f" for cells {list(cells)}" if cells is not None else ""), missing=True)
     local = getattr(fs, "protocol", "file") in ("file", ("file", "local"), "local") or \
         "file" in np.atleast_1d(fs.protocol)
     parts, formats = [], set()
