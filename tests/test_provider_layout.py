@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
+from _tiny import casm_raw
 
 from casm_cloud import storage
 from casm_cloud.catalog import MissingFilesError, SourceError, open_catalog, open_source
@@ -304,24 +305,14 @@ def client():
 
 
 def _casm(catalog: Path, stations: Path, root: Path, smap: str = "smap") -> dict:
-    """The tiny CASM recipe (tests/test_recipe_casm.py) on the one-year world."""
-    return {
-        "name": "tiny", "run_root": str(root / "run"), "preset": "paper",
-        "sources": {"catalog": str(catalog), "truth": "truth", "era5": "era5_cds"
-                    if "canonical" not in str(catalog) else "era5",
-                    "smap": smap, "stations": str(stations)},
-        "grid": {"name": "M25", "region": "tiny"},
-        "period": {"start": "2015-01-01", "end": "2015-12-31"},
-        "periods": {"transfer": {"start": "2015-01-17", "end": "2015-06-29"},
-                    "smos_from": "2015-01-12", "amsre_until": "2015-07-01"},
-        "network": {"hidden": [32, 32, 32, 32]},
-        "training": {"epochs": 4, "fine_tune_epochs": 2, "batch_size": 256, "lr": 0.003,
-                     "patience": 2, "block_size": 2},
-        "ensemble": {"members": 2, "n_noise": 3},
-        "predict": {"chunks": {"time": 64, "y": 8, "x": 8}},
-        "validation": {"min_obs": 20},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1},
-    }
+    """The tiny CASM recipe (tests/_tiny.py) on the one-year world."""
+    raw = casm_raw(catalog.parent, root)
+    raw["sources"].update(catalog=str(catalog), stations=str(stations), smap=smap,
+                          era5="era5" if "canonical" in str(catalog) else "era5_cds")
+    raw.update(preset="paper", period={"start": "2015-01-01", "end": "2015-12-31"},
+               periods={"transfer": {"start": "2015-01-17", "end": "2015-06-29"},
+                        "smos_from": "2015-01-12", "amsre_until": "2015-07-01"})
+    return raw
 
 
 @pytest.mark.slow  # three CASM runs: about 3.5 minutes on 2 cores

@@ -273,10 +273,10 @@ def train_variant(job: Mapping) -> dict:
     dict
         ``out``, ``n_samples``, ``seconds``, ``final_loss``, ``skipped``.
     """
-    import torch
 
     from casm_cloud.models.checkpoint import save_checkpoint
     from casm_cloud.somo.features import feature_units
+    from casm_cloud.training.loop import worker_threads
 
     so = dict(job.get("storage_options") or {})
     job_hash = hashlib.sha256(json.dumps(_plain(job), sort_keys=True, default=str).encode()
@@ -285,14 +285,7 @@ def train_variant(job: Mapping) -> dict:
     if variant_done(out, job_hash, so):
         return {"out": out, "skipped": True}
     t_start = time.perf_counter()
-    threads = torch.get_num_threads()
-    try:
-        from distributed import get_worker
-
-        torch.set_num_threads(max(1, get_worker().state.nthreads))
-    except (ImportError, ValueError):
-        pass
-    try:
+    with worker_threads():
         data = cell_inputs(job["features"], job["statics"], job["targets"], job["layer"],
                            job["dynamic"], job["static"], job["previous"], so)
         times = data["times"]
@@ -305,8 +298,6 @@ def train_variant(job: Mapping) -> dict:
             samples_per_epoch=f["samples_per_epoch"], seed=int(job["seed"]))
         pred = _predict_cells(model, data, scaler, m["window"],
                               _index(times, job["predict_from"]), period[1])
-    finally:
-        torch.set_num_threads(threads)
     dyn, sta, layer = list(job["dynamic"]), list(job["static"]), job["layer"]
     (d_mean, d_std), (s_mean, s_std) = scaler["dyn"], scaler["sta"]
     mean = {**dict(zip(dyn, map(float, d_mean), strict=True)),

@@ -5,26 +5,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 
-import torch
-
 from casm_cloud.storage import join
 from casm_cloud.training.dense import fine_tune, train_dense
-from casm_cloud.training.loop import TrainingError
+from casm_cloud.training.loop import TrainingError, worker_threads
 
 
 def _with_worker_threads(fn: Callable[..., str], *args, **kwargs) -> str:
-    """Run ``fn`` with torch on the dask worker's thread count (outside a worker: as set)."""
-    threads = torch.get_num_threads()
-    try:
-        from distributed import get_worker
-
-        torch.set_num_threads(max(1, get_worker().state.nthreads))
-    except (ImportError, ValueError):
-        pass
-    try:
+    with worker_threads():
         return fn(*args, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _member_task(pairs_url: str, out_path: str, kwargs: dict) -> str:

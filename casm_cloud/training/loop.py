@@ -26,6 +26,25 @@ from casm_cloud.pairs import PairsError
 NSE_EPS = 0.1  # neuralhydrology's NSE loss epsilon (Kratzert et al. 2019)
 
 
+@contextlib.contextmanager
+def worker_threads():
+    """Run the block with torch on the dask worker's thread count (outside a worker: as set).
+
+    A worker process runs one task per thread; torch's own default (every core) would
+    oversubscribe it.  The previous count is restored after the block."""
+    threads = torch.get_num_threads()
+    try:
+        from distributed import get_worker
+
+        torch.set_num_threads(max(1, get_worker().state.nthreads))
+    except (ImportError, ValueError):
+        pass
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class TrainingError(UserError, ValueError):
     """A training option that cannot work (a loss, layers to freeze, members)."""
 
