@@ -199,8 +199,11 @@ def test_bad_entries_are_one_clear_error_naming_entry_file_and_expectation(sourc
     with pytest.raises(SourceError, match=r"entry 'src'.*DBL\.nc: missing variable 'BT_V'"):
         open_source(cat, "src", window=tiny)
     # ... or on the wrong grid
-    xr.Dataset({f"BT_{p}": (("inc", "lat", "lon"), np.zeros((1, 2, 2), "f4"), {"units": "K"})
-                for p in "HV"}, coords={"inc": [42.5], "lat": [10.01, 10.3], "lon": [3.3, 3.6]}
+    grid = {f"BT_{p}": (("inc", "lat", "lon"), np.zeros((1, 2, 2), "f4"), {"units": "K"})
+            for p in "HV"}
+    grid.update({n: (("inc", "lat", "lon"), np.ones((1, 2, 2), "i2"))  # the RFI filter's
+                 for n in ("Nviews", "Nb_RFI_Flags")})
+    xr.Dataset(grid, coords={"inc": [42.5], "lat": [10.01, 10.3], "lon": [3.3, 3.6]}
                ).to_netcdf(bad, engine="h5netcdf")
     with pytest.raises(SourceError, match="not EASE2 M25 cell centres"):
         open_source(cat, "src", window=tiny)
