@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
-from _tiny import casm_raw
+from _tiny import casm_raw, local_client, somo_raw
 
 from casm_cloud import storage
 from casm_cloud.catalog import MissingFilesError, SourceError, open_catalog, open_source
@@ -297,10 +297,7 @@ def test_cli_writes_the_provider_layout(tmp_path, capsys):
 # --------------------------------------------------------------------------- both recipes
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+    with local_client() as c:
         yield c
 
 
@@ -334,23 +331,11 @@ def test_casm_recipe_from_provider_files_scores_as_on_canonical_stores(casm_worl
 
 
 def _somo(catalog: Path, stations: Path, root: Path) -> dict:
-    """The tiny SoMo.ml recipe (tests/test_recipe_somo.py)."""
-    return {
-        "kind": "somo", "name": "tiny", "run_root": str(root / "run"),
-        "sources": {"catalog": str(catalog), "stations": str(stations), "truth": "truth",
-                    "era5": "era5" if "canonical" in str(catalog) else "era5_cds"},
-        "grid": {"name": "ERA5_0p25", "region": "tiny"},
-        "periods": {"product": {"start": "2012-07-01", "end": "2012-10-31"},
-                    "training": {"start": "2011-01-01", "end": "2012-10-31"},
-                    "climatology": {"start": "2011-01-01", "end": "2012-10-31"}},
-        "model": {"hidden": 8, "window": 20},
-        "training": {"epochs": 2, "batch_size": 64, "lr": 0.02, "samples_per_epoch": 256},
-        "cv": {"folds": 3, "block_size": 2},
-        "ensemble": {"members": 2},
-        "predict": {"chunks": {"time": 64, "y": 8, "x": 8}, "device": "cpu"},
-        "validation": {"min_obs": 20},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1},
-    }
+    """The tiny SoMo.ml recipe (tests/_tiny.py) on the provider or the canonical world."""
+    raw = somo_raw(catalog.parent, root)
+    raw["sources"].update(catalog=str(catalog), stations=str(stations),
+                          era5="era5" if "canonical" in str(catalog) else "era5_cds")
+    return raw
 
 
 @pytest.mark.slow  # two SoMo.ml runs: about 6.5 minutes on 2 cores
