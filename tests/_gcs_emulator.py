@@ -7,8 +7,9 @@ object under 50 MB that way, with bare ``\\n`` line breaks, so a Zarr chunk
 whose compressed bytes end in ``\\r`` comes back one byte short and fails to
 decompress (seen here: 5 of 331 chunks of a small store).  Real GCS keeps the
 bytes.  This launcher replaces only that parsing step with one that cuts the
-body exactly at the line break used by the request, then runs the emulator's
-own command line unchanged::
+body exactly at the line break used by the request, listens with a backlog that
+concurrent clients fit in (:class:`_HTTPServer`), then runs the emulator's own
+command line unchanged::
 
     python tests/_gcs_emulator.py start --host 127.0.0.1 --port 9023 --in-memory
 
@@ -21,6 +22,8 @@ can be killed at any moment and started again on the same folder (:class:`OnDisk
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import re
@@ -82,6 +85,30 @@ def _write_bytes_atomically(self, rel: str, content: bytes) -> None:
 
 _original_write_bytes = _storage._FileStore.write_bytes
 _storage._FileStore.write_bytes = _write_bytes_atomically
+
+
+class _HTTPServer(http.server.HTTPServer):
+    """The emulator's single-threaded server with a listen backlog a client pool fits in.
+
+    ``http.server.HTTPServer`` listens with a backlog of 5; gcsfs opens many connections
+    at once (``cat``/``pipe`` of many objects, a dask worker's concurrent chunk writes),
+    and connections beyond the backlog have their SYN dropped and retried by the kernel
+    a second or more later: measured here, 100 objects uploaded in one batch took 111 s
+    against 0.4 s one by one.  Requests are still served one at a time (the emulator's
+    storage is not thread-safe), each in milliseconds.
+    """
+
+    request_queue_size = 1024
+
+
+def _run_api(self) -> None:
+    self._httpd = _HTTPServer((self._host, self._port),
+                              functools.partial(server.RequestHandler, self._storage))
+    self.is_running.set()
+    self._httpd.serve_forever()
+
+
+server.APIThread.run = _run_api
 
 
 class OnDisk:
