@@ -1,12 +1,12 @@
 """Notebooks: committed without outputs, thin, and run headless (nbclient) on the tiny region.
 
-The notebooks read their settings from the environment (``CASM_DEMO``, ``CASM_REGION``,
-``CASM_CLUSTER``, ``CASM_N_WORKERS``, ``CASM_THREADS_PER_WORKER``), as a hub user or a test
-sets them.  01 and 02 run in one CASM demo folder, in order: 01 simulates the tiny region and
-runs aggregate and seasonal, 02 finds the run unfinished and runs the rest before it explores
-the product (run alone, 02 runs the whole recipe).  03 runs in a SoMo.ml demo folder of its
-own: it finds no run, runs the tiny SoMo.ml recipe and explores it; run again, it opens the
-finished run.
+The notebooks read their settings from the environment (``CASM_DEMO``, ``CASM_RECIPE``,
+``CASM_REGION``, ``CASM_CLUSTER``, ``CASM_N_WORKERS``, ``CASM_THREADS_PER_WORKER``,
+``CASM_FIGURES``), as a hub user or a test sets them.  01 simulates the tiny demo region and
+runs aggregate and seasonal on a cluster.  02 and 03 open runs named by their recipe files,
+as a user opens a run of their own: copies of the session's tiny runs (tests/conftest.py),
+02 a finished CASM run (nothing runs), 03 a SoMo.ml run whose last two stages it runs before
+it explores the product.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import yaml
+from _tiny import copy_run
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -55,12 +57,6 @@ def test_notebook_stays_thin(path):
     assert "\ndef " not in "\n" + code and "\nclass " not in "\n" + code
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    """The demo folder both notebooks share (01 first, as a user runs them)."""
-    return tmp_path_factory.mktemp("notebooks") / "casm-demo"
-
-
 def _execute(name: str, demo: Path, cwd: Path, monkeypatch) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
@@ -93,7 +89,8 @@ def _text(nb) -> str:
     return "\n".join(out)
 
 
-def test_01_aggregate_on_a_cluster_runs_headless(demo, tmp_path, monkeypatch):
+def test_01_aggregate_on_a_cluster_runs_headless(tmp_path, monkeypatch):
+    demo = tmp_path / "casm-demo"
     nb = _execute(NAMES[0], demo, tmp_path, monkeypatch)
     assert (demo / "sources" / "catalog.yaml").is_file()
     for stage in ("aggregate", "seasonal"):
@@ -104,51 +101,58 @@ def test_01_aggregate_on_a_cluster_runs_headless(demo, tmp_path, monkeypatch):
     assert _images(nb) >= 2  # the series and the amplitude map
 
 
-def test_02_product_report_runs_headless(demo, tmp_path, monkeypatch):
-    nb = _execute(NAMES[1], demo, tmp_path, monkeypatch)
-    assert (demo / "run" / "validate" / "ismn" / "metrics.csv").is_file()
-    assert (demo / "product.zarr").is_dir()
-    figures = demo / "notebook-figures"
+def _recipe_file(recipe, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    return path
+
+
+def test_02_opens_a_finished_run_of_a_recipe_file(casm_reference, tmp_path, monkeypatch):
+    """A user's finished run, named by its recipe (``CASM_RECIPE``): nothing runs, no cluster
+    starts, the product is explored with the report's figure functions."""
+    recipe = copy_run(casm_reference[0], tmp_path / "copy")
+    markers = {p: p.stat().st_mtime_ns for p in Path(recipe.run_root).glob("*/_stage.json")}
+    figures = tmp_path / "figures"
+    monkeypatch.setenv("CASM_RECIPE", str(_recipe_file(recipe, tmp_path / "recipe.yaml")))
+    monkeypatch.setenv("CASM_FIGURES", str(figures))
+    nb = _execute(NAMES[1], tmp_path / "no-demo", tmp_path, monkeypatch)
+    text = _text(nb)
+    assert f"the run is complete: {recipe.run_root}" in text and "to run:" not in text
+    assert {p: p.stat().st_mtime_ns for p in markers} == markers  # no stage ran again
+    assert not (tmp_path / "no-demo").exists()  # the demo folder is not used
     assert {"maps_mean_cv.png", "hovmoller.png", "global_mean.png", "uncertainty_maps.png",
             "source_share.png", "station.png"} <= {p.name for p in figures.glob("*.png")}
+    metrics = pd.read_csv(Path(recipe.run_root) / "validate" / "ismn" / "metrics.csv")
+    station = metrics.sort_values("n", ascending=False)["station"].iloc[0]
+    assert str(station) in text  # the station shown is the one with the most pairs
     assert _images(nb) >= 6  # each figure shown in the notebook
 
 
-@pytest.fixture(scope="module")
-def somo_demo(tmp_path_factory) -> Path:
-    """The SoMo.ml demo folder of notebook 03 (its layout differs from the CASM demo's)."""
-    return tmp_path_factory.mktemp("notebooks") / "somo-demo"
-
-
-def test_03_somo_run_runs_headless(somo_demo, tmp_path, monkeypatch):
-    nb = _execute(NAMES[2], somo_demo, tmp_path, monkeypatch)
-    for stage in ("forcing", "statics", "targets", "train", "predict", "validate", "report",
-                  "export"):
-        assert (somo_demo / "run" / stage / "_stage.json").is_file(), stage
-    assert (somo_demo / "sources" / "truth.zarr").is_dir()
-    assert (somo_demo / "product.zarr").is_dir() and (somo_demo / "report" / "index.html").is_file()
+def test_03_runs_the_missing_stages_of_a_somo_run_then_explores_it(somo_reference, tmp_path,
+                                                                    monkeypatch):
+    """A SoMo.ml run whose last stages have not run: the notebook runs them on its cluster
+    (the dashboard link printed), then explores the product."""
+    recipe = copy_run(somo_reference[0], tmp_path / "copy")
+    run = Path(recipe.run_root)
+    for stage in ("report", "export"):
+        (run / stage / "_stage.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in run.glob("*/_stage.json")}
+    figures_dir = tmp_path / "figures"
+    monkeypatch.setenv("CASM_RECIPE", str(_recipe_file(recipe, tmp_path / "recipe.yaml")))
+    monkeypatch.setenv("CASM_FIGURES", str(figures_dir))
+    nb = _execute(NAMES[2], tmp_path / "no-demo", tmp_path, monkeypatch)
     text = _text(nb)
-    assert "dashboard: http" in text and "to run: forcing, statics" in text
+    assert "dashboard: http" in text and "to run: report, export" in text
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # only the missing stages ran
+    for stage in ("report", "export"):
+        assert (run / stage / "_stage.json").is_file(), stage
+    assert Path(recipe.output("report"), "index.html").is_file()
     assert "region tiny on ERA5_0p25" in text and "20-day window" in text
-    cv = pd.read_csv(somo_demo / "run" / "validate" / "cv.csv", dtype={"fold": str})
+    cv = pd.read_csv(run / "validate" / "cv.csv", dtype={"fold": str})
     for layer in ("sm_l1", "sm_l2", "sm_l3"):  # the CV table, each layer's mean over folds
         row = cv[(cv["layer"] == layer) & (cv["fold"] == "mean")].iloc[0]
         assert f"{row['R']:.6f}" in text and f"{row['anomaly_R']:.6f}" in text
-    figures = {p.name for p in (somo_demo / "notebook-figures").glob("*.png")}
+    figures = {p.name for p in figures_dir.glob("*.png")}
     assert {"somo_maps.png", "somo_hovmoller.png", "somo_uncertainty.png", "somo_cv.png",
             "somo_stations.png"} <= figures
     assert any(name.startswith("somo_station_") for name in figures - {"somo_stations.png"})
     assert _images(nb) >= 6  # each figure shown in the notebook
-
-
-def test_03_opens_the_finished_somo_run(somo_demo, tmp_path, monkeypatch):
-    """Run again on the same folder: nothing runs, the finished run is opened and explored."""
-    if not (somo_demo / "run" / "validate" / "_stage.json").is_file():
-        pytest.skip("needs the run test_03_somo_run_runs_headless leaves")
-    markers = {p: p.stat().st_mtime_ns for p in (somo_demo / "run").glob("*/_stage.json")}
-    nb = _execute(NAMES[2], somo_demo, tmp_path, monkeypatch)
-    text = _text(nb)
-    assert "the run is complete" in text and "to run:" not in text
-    assert "dashboard: http" in text
-    assert {p: p.stat().st_mtime_ns for p in markers} == markers  # no stage ran again
-    assert _images(nb) >= 6
