@@ -144,6 +144,28 @@ def test_metrics_are_lazy_and_vectorised_over_grid_cells():
         np.testing.assert_allclose(out.values, flat, atol=1e-12, err_msg=name)
 
 
+def test_metrics_stream_over_time_chunks_without_rechunking_the_record(monkeypatch):
+    """Chunked along time (as a product is), the moments of each chunk are merged: the same
+    metrics as in memory, also where whole chunks of a series are missing, and no task
+    reads more than one chunk of the record."""
+    x, y = _pairs(seed=11, n_station=9, n_time=700, freq="1D")
+    x = x.copy(data=x.values)
+    x[:3, 100:400] = np.nan          # whole chunks without a pair for some stations
+    x[3, :] = np.nan                 # a station without any pair
+    gx = x.chunk({"station": 4, "time": 64})
+    gy = y.chunk({"station": 3, "time": 100})  # other chunks than x: aligned to x's
+    for name, fn in vm.METRICS.items():
+        got = fn(gx, gy)
+        want = fn(x, y).values
+        np.testing.assert_allclose(got.values, want, rtol=1e-11, atol=1e-13, err_msg=name)
+        np.testing.assert_array_equal(np.isnan(got.values), np.isnan(want), err_msg=name)
+    seen, kernel = [], vm._call_block_moments
+    monkeypatch.setattr(vm, "_call_block_moments",
+                        lambda a, b: seen.append(a.shape[-1]) or kernel(a, b))
+    vm.pair_moments(gx, gy)["n"].compute(scheduler="sync")
+    assert seen and max(seen) <= 64, seen  # x's time chunks (y is aligned to them)
+
+
 def test_pairs_with_a_nan_on_either_side_are_left_out():
     time = pd.date_range("2020-01-01", periods=5)
     x = xr.DataArray([0.1, np.nan, 0.3, 0.4, 0.5], dims="time", coords={"time": time})

@@ -1,11 +1,12 @@
 """Private numba kernels for validation metrics (NumPy in, NumPy out).
 
-Two kernels, both run per series by ``xarray.apply_ufunc`` (dask-parallel):
+Two kernels, both run per series (``xarray.apply_ufunc``, or per block of dask chunks):
 
 * ``_pair_moments``: count, means, centred sums and range of the valid pairs,
   from which every pairwise metric is a closed form, so all metrics of all
   stations or cells cost one pass over the data (instead of one masked
-  xarray expression per metric);
+  xarray expression per metric); for dask inputs it runs on each time chunk
+  and ``casm_cloud.validation.metrics`` merges the chunks' moments;
 * ``_boxcar_anomaly``: a centred mean over a *time* window (not a count of
   samples) on an irregular time axis, which is not a NumPy one-liner.
 """

@@ -65,8 +65,74 @@ def _call_boxcar_anomaly(values, t_days, half_window, min_obs):
     return _boxcar_anomaly(values, t_days, half_window, min_obs)
 
 
+def _call_block_moments(x, y):
+    """The pair moments of one block, as one set per block: (..., 1, moment)."""
+    from casm_cloud.kernels.metrics import MOMENTS, _pair_moments
+
+    return _pair_moments(x, y, np.zeros(len(MOMENTS)))[..., None, :]
+
+
+def _merge_moments(m: np.ndarray, axis, keepdims: bool = False) -> np.ndarray:
+    """Moments of the union of the pair sets stacked along ``axis`` (sets on ``axis``, the
+    moments on the last axis): Chan et al.'s pairwise update of means and centred sums,
+    for many sets at once, so centred sums are never formed from raw sums (no cancellation).
+    """
+    ax = axis[0] if isinstance(axis, tuple) else axis
+    ax = ax % m.ndim
+    n_i = m[..., 0]
+    has = n_i > 0
+    n = n_i.sum(axis=ax, keepdims=True)
+    safe = np.where(n > 0, n, 1.0)
+    means = [np.where(has, m[..., k], 0.0) for k in (1, 2)]
+    mx, my = ((n_i * v).sum(axis=ax, keepdims=True) / safe for v in means)
+    dx, dy = means[0] - mx, means[1] - my
+
+    def total(k, extra):
+        return (np.where(has, m[..., k], 0.0) + n_i * extra).sum(axis=ax, keepdims=True)
+
+    lo = np.fmin.reduce(np.where(has, m[..., 6], np.nan), axis=ax, keepdims=True)
+    hi = np.fmax.reduce(np.where(has, m[..., 7], np.nan), axis=ax, keepdims=True)
+    out = np.stack([n, mx, my, total(3, dx * dx), total(4, dy * dy), total(5, dx * dy), lo, hi],
+                   axis=-1)
+    out[..., 1:] = np.where((n > 0)[..., None], out[..., 1:], np.nan)
+    return out if keepdims else np.squeeze(out, axis=ax)
+
+
+def _streamed_moments(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> xr.DataArray:
+    """Pair moments of dask-backed series, chunk by chunk along ``dim``: each time chunk
+    gives one set of moments per series, and sets are merged in a tree
+    (``dask.array.reduction``), so no task holds more than a chunk of the record."""
+    import dask.array as dsa
+
+    from casm_cloud.kernels.metrics import MOMENTS
+
+    x, y = xr.broadcast(x, y)
+    order = [*(d for d in x.dims if d != dim), dim]
+    x, y = x.transpose(*order), y.transpose(*order)
+    if x.chunks is None:
+        x = x.chunk(dict(zip(y.dims, y.chunks, strict=True)))
+    y = y.chunk(dict(zip(x.dims, x.chunks, strict=True)))
+    xd, yd = x.data, y.data
+    per_block = dsa.map_blocks(
+        _call_block_moments, xd, yd, dtype=np.float64, new_axis=xd.ndim,
+        chunks=(*xd.chunks[:-1], (1,) * len(xd.chunks[-1]), (len(MOMENTS),)))
+    data = dsa.reduction(per_block, chunk=_keep, combine=_merge_moments,
+                         aggregate=_merge_moments, axis=xd.ndim - 1, concatenate=True,
+                         dtype=np.float64, meta=np.empty((0,) * xd.ndim, np.float64))
+    coords = {k: c for k, c in x.coords.items() if dim not in c.dims}
+    return xr.DataArray(data, dims=(*order[:-1], "moment"), coords=coords)
+
+
+def _keep(block: np.ndarray, axis, keepdims: bool) -> np.ndarray:
+    return block  # already one set per block along ``axis`` (dask.array.reduction's chunk)
+
+
 def pair_moments(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.Dataset:
-    """Count, means, centred sums and range of the valid pairs (one pass).
+    """Count, means, centred sums and range of the valid pairs.
+
+    In-memory inputs take one pass of a numba kernel per series; dask-backed
+    ones are reduced chunk by chunk along ``dim`` (a tree of merged moments,
+    no rechunking of the record), so memory does not grow with its length.
 
     Parameters
     ----------
@@ -90,13 +156,13 @@ def pair_moments(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr
     from casm_cloud.kernels.metrics import MOMENTS
 
     x, y = _check(x, y, dim)
-    like = xr.DataArray(np.zeros(len(MOMENTS)), dims="moment")
-    m = xr.apply_ufunc(
-        _call_pair_moments, x, y, like,
-        input_core_dims=[[dim], [dim], ["moment"]], output_core_dims=[["moment"]],
-        dask="parallelized", output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"allow_rechunk": True},
-    )
+    if x.chunks is None and y.chunks is None:
+        like = xr.DataArray(np.zeros(len(MOMENTS)), dims="moment")
+        m = xr.apply_ufunc(_call_pair_moments, x, y, like,
+                           input_core_dims=[[dim], [dim], ["moment"]],
+                           output_core_dims=[["moment"]])
+    else:
+        m = _streamed_moments(x, y, dim)
     return xr.Dataset({name: m.isel(moment=i, drop=True) for i, name in enumerate(MOMENTS)})
 
 
