@@ -121,9 +121,6 @@ def test_02_opens_a_finished_run_of_a_recipe_file(casm_reference, tmp_path, monk
     assert not (tmp_path / "no-demo").exists()  # the demo folder is not used
     assert {"maps_mean_cv.png", "hovmoller.png", "global_mean.png", "uncertainty_maps.png",
             "source_share.png", "station.png"} <= {p.name for p in figures.glob("*.png")}
-    metrics = pd.read_csv(Path(recipe.run_root) / "validate" / "ismn" / "metrics.csv")
-    station = metrics.sort_values("n", ascending=False)["station"].iloc[0]
-    assert str(station) in text  # the station shown is the one with the most pairs
     assert _images(nb) >= 6  # each figure shown in the notebook
 
 

@@ -67,9 +67,9 @@ def _call_boxcar_anomaly(values, t_days, half_window, min_obs):
 
 def _call_block_moments(x, y):
     """The pair moments of one block, as one set per block: (..., 1, moment)."""
-    from casm_cloud.kernels.metrics import MOMENTS, _pair_moments
+    from casm_cloud.kernels.metrics import MOMENTS
 
-    return _pair_moments(x, y, np.zeros(len(MOMENTS)))[..., None, :]
+    return _call_pair_moments(x, y, np.zeros(len(MOMENTS)))[..., None, :]
 
 
 def _merge_moments(m: np.ndarray, axis, keepdims: bool = False) -> np.ndarray:
