@@ -228,9 +228,9 @@ def _section2(root: Path, ckpt: str, quick: bool) -> float:
     import torch
     from distributed import Client, LocalCluster
 
-    n_out = 48 if quick else 365
+    n_out = 128 if quick else 365
     fu, su, shape = _write_inputs(root, TINY, WINDOW - 1 + n_out, "e2e")
-    chunks = {"time": n_out // 2, "y": 7, "x": 7}
+    chunks = {"time": -(-n_out // 2), "y": 7, "x": 7}                   # two time chunks
     print(f"\n(2) predict_to_zarr end to end (tiny window {shape[0]} x {shape[1]} cells, "
           f"{n_out} days, chunks {chunks['time']} days x 7 x 7, inputs with the 364-day halo "
           "from Zarr) on a LocalCluster of 1 worker x 1 thread, vs bare forwards of the same "

@@ -14,6 +14,15 @@ weights), so this module runs every window, and makes that affordable:
   torch thread on CPU, where small batches keep the LSTM's gates and outputs
   in cache — 128 runs ~20–40 % faster per window than 2,048 on one thread and
   needs a tenth of the memory — and 16,384 on CUDA);
+* on CPU each batch runs through the LSTM a few steps per call
+  (:func:`segment_steps`), carrying the state: torch projects all of a call's
+  inputs at once (steps × batch × 4·hidden floats), which for a whole window
+  is ~100 MB per batch, beyond glibc's mmap ceiling, so every batch mapped and
+  faulted in fresh pages; ~12 steps keep it in a core's L2 cache, and the
+  process keeps freed buffers for reuse (:func:`_keep_freed_heap`; dask's
+  nanny sets ``MALLOC_TRIM_THRESHOLD_``, which otherwise maps every buffer
+  over 128 kB anew).  Measured on one thread, 2,560 windows: 1.05 s → 0.71 s
+  (1.21 s → 0.71 s in a dask worker), minor page faults 118,000 → 0;
 * windows with any missing input are skipped and come out NaN;
 * ``precision="auto"`` uses bfloat16 only where the hardware makes it faster
   (a GPU, or a CPU with AMX), decided once per worker by a short timing of the
@@ -26,17 +35,21 @@ torch is imported lazily: the module loads without it.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from casm_cloud.inference.precision import Precision, cpu_has_amx, resolve_precision
 
 __all__ = ["WINDOW", "Precision", "WindowedModel", "cpu_has_amx", "default_batch",
-           "resolve_precision", "valid_windows"]
+           "resolve_precision", "segment_steps", "valid_windows"]
 
 #: Days per input window (the published model's sequence length).
 WINDOW = 365
 _BATCH_CUDA = 16384
 _BATCH_CPU_PER_THREAD, _BATCH_CPU_MAX = 128, 2048
+#: Bytes of one LSTM call's input projection per torch thread on CPU (a core's L2 cache).
+_CPU_PROJECTION_BYTES = 3 << 20
 
 
 def default_batch(device: str) -> int:
@@ -46,6 +59,57 @@ def default_batch(device: str) -> int:
     import torch
 
     return min(_BATCH_CPU_PER_THREAD * max(torch.get_num_threads(), 1), _BATCH_CPU_MAX)
+
+
+def segment_steps(device: str, batch: int, hidden: int, itemsize: int, window: int = WINDOW
+                  ) -> int:
+    """Steps per LSTM call: the whole window on CUDA; on CPU as many as keep one
+    call's input projection (steps × batch × 4·hidden) within
+    ``_CPU_PROJECTION_BYTES`` per torch thread (12 for the default batch of
+    128 per thread, hidden 128, fp32)."""
+    if device == "cuda":
+        return window
+    import torch
+
+    per_step = batch * 4 * hidden * itemsize
+    return max(1, min(window, _CPU_PROJECTION_BYTES * max(torch.get_num_threads(), 1)
+                      // per_step))
+
+
+def _libc():
+    """The process's glibc through ctypes, or None elsewhere (macOS, musl)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3                 # glibc's malloc.h
+
+
+@functools.cache
+def _keep_freed_heap() -> None:
+    """Once per process: glibc keeps freed blocks below 32 MiB for reuse.
+
+    Buffers under the mmap threshold come from the heap and stay there when
+    freed, up to the trim threshold (64 MiB), instead of being unmapped and
+    faulted in again on the next LSTM call.  :meth:`WindowedModel.__call__`
+    trims the heap when it returns, so a worker holds no more between tasks
+    than dask's ``MALLOC_TRIM_THRESHOLD_`` lets it.  Nothing happens off glibc.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+
+
+def _trim_heap() -> None:
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def valid_windows(finite: np.ndarray, window: int = WINDOW) -> np.ndarray:
@@ -90,6 +154,9 @@ class WindowedModel:
         self._b = head.bias.detach().to(device=device, dtype=torch.float32).reshape(())
         self.n_dynamic = model.architecture["n_dynamic"]
         self.n_static = model.architecture["n_static"]
+        self.hidden = int(lstm.hidden_size)
+        if device != "cuda":
+            _keep_freed_heap()
 
     def __call__(self, dynamic: np.ndarray, static: np.ndarray) -> np.ndarray:
         """Model output (standardised units) of every window.
@@ -122,6 +189,8 @@ class WindowedModel:
         dyn = torch.from_numpy(np.ascontiguousarray(dynamic, dtype=np.float32)).to(self.device)
         sta = torch.from_numpy(np.ascontiguousarray(static, dtype=np.float32)).to(self.device)
         steps = torch.arange(self.window, device=self.device)
+        seg = segment_steps(self.device, self.batch, self.hidden, self.dtype.itemsize,
+                            self.window)
         result = np.empty(cell_of.size, dtype=np.float32)
         with torch.inference_mode():
             for lo in range(0, cell_of.size, self.batch):
@@ -130,9 +199,13 @@ class WindowedModel:
                 x = dyn[c[:, None], t[:, None] + steps[None, :]]            # (b, W, nd)
                 s = sta[c][:, None, :].expand(-1, self.window, -1)         # (b, W, ns)
                 xin = torch.cat([x, s], dim=2).to(self.dtype)
-                _, (h, _) = self.lstm(xin)
-                result[lo:lo + c.numel()] = self._head(h[-1].float()).cpu().numpy()
+                state = None                                               # zero state
+                for a in range(0, self.window, seg):
+                    _, state = self.lstm(xin[:, a:a + seg], state)
+                result[lo:lo + c.numel()] = self._head(state[0][-1].float()).cpu().numpy()
         out[cell_of, start_of] = result
+        if self.device != "cuda":
+            _trim_heap()
         return out
 
     def _head(self, h):
