@@ -19,9 +19,9 @@ weights), so this module runs every window, and makes that affordable:
   inputs at once (steps × batch × 4·hidden floats), which for a whole window
   is ~100 MB per batch, beyond glibc's mmap ceiling, so every batch mapped and
   faulted in fresh pages; ~12 steps keep it in a core's L2 cache, and the
-  process keeps freed buffers for reuse (:func:`_keep_freed_heap`; dask's
-  nanny sets ``MALLOC_TRIM_THRESHOLD_``, which otherwise maps every buffer
-  over 128 kB anew).  Measured on one thread, 2,560 windows: 1.05 s → 0.71 s
+  process keeps freed buffers for reuse (:mod:`casm_cloud.inference.heap`;
+  dask's nanny sets ``MALLOC_TRIM_THRESHOLD_``, which otherwise maps every
+  buffer over 128 kB anew).  Measured on one thread, 2,560 windows: 1.05 s → 0.71 s
   (1.21 s → 0.71 s in a dask worker), minor page faults 118,000 → 0;
 * windows with any missing input are skipped and come out NaN;
 * ``precision="auto"`` uses bfloat16 only where the hardware makes it faster
@@ -35,10 +35,9 @@ torch is imported lazily: the module loads without it.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
+from casm_cloud.inference import heap
 from casm_cloud.inference.precision import Precision, cpu_has_amx, resolve_precision
 
 __all__ = ["WINDOW", "Precision", "WindowedModel", "cpu_has_amx", "default_batch",
@@ -74,42 +73,6 @@ def segment_steps(device: str, batch: int, hidden: int, itemsize: int, window: i
     per_step = batch * 4 * hidden * itemsize
     return max(1, min(window, _CPU_PROJECTION_BYTES * max(torch.get_num_threads(), 1)
                       // per_step))
-
-
-def _libc():
-    """The process's glibc through ctypes, or None elsewhere (macOS, musl)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "gnu_get_libc_version") else None
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3                 # glibc's malloc.h
-
-
-@functools.cache
-def _keep_freed_heap() -> None:
-    """Once per process: glibc keeps freed blocks below 32 MiB for reuse.
-
-    Buffers under the mmap threshold come from the heap and stay there when
-    freed, up to the trim threshold (64 MiB), instead of being unmapped and
-    faulted in again on the next LSTM call.  :meth:`WindowedModel.__call__`
-    trims the heap when it returns, so a worker holds no more between tasks
-    than dask's ``MALLOC_TRIM_THRESHOLD_`` lets it.  Nothing happens off glibc.
-    """
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-
-
-def _trim_heap() -> None:
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 def valid_windows(finite: np.ndarray, window: int = WINDOW) -> np.ndarray:
@@ -156,7 +119,7 @@ class WindowedModel:
         self.n_static = model.architecture["n_static"]
         self.hidden = int(lstm.hidden_size)
         if device != "cuda":
-            _keep_freed_heap()
+            heap.keep_freed_buffers()
 
     def __call__(self, dynamic: np.ndarray, static: np.ndarray) -> np.ndarray:
         """Model output (standardised units) of every window.
@@ -205,7 +168,7 @@ class WindowedModel:
                 result[lo:lo + c.numel()] = self._head(state[0][-1].float()).cpu().numpy()
         out[cell_of, start_of] = result
         if self.device != "cuda":
-            _trim_heap()
+            heap.trim()
         return out
 
     def _head(self, h):
