@@ -324,8 +324,8 @@ def _precision_line(dev: str) -> None:
     for name, probe in probes.items():
         faster = P._bf16_faster(dev, probe)
         print(f"  {name}: precision auto -> {P.resolve_precision('auto', dev, probe)} "
-              f"(the measurement alone: bf16 {'faster' if faster else 'not faster'} than fp32 "
-              "by 10 %)")
+              f"(the measurement alone: bf16 {'' if faster else 'not '}faster than fp32 by "
+              f"{1 / P.FASTER:.2g}x)")
 
 
 def torch_capability() -> str:
