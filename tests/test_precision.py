@@ -17,8 +17,8 @@ from casm_cloud.somo.testing import (  # noqa: E402
     write_scalers,
 )
 
-DENSE = P.Probe.of({"name": "dense", "n_inputs": 4, "hidden": [8, 8]}, rows=16)
-LSTM = P.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 8}, rows=4,
+DENSE = P.Probe.of({"name": "dense", "n_inputs": 4, "hidden": [64, 8]}, rows=16)
+LSTM = P.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 64}, rows=4,
                   steps=3)
 
 
@@ -82,6 +82,20 @@ def test_amx_cpu_measures_once_and_picks_bf16_only_when_clearly_faster(monkeypat
     assert built == [("cpu", LSTM)]                                  # measured once per process
     P.resolve_precision("auto", "cpu", DENSE)                        # other shapes: measured
     assert built == [("cpu", LSTM), ("cpu", DENSE)]
+
+
+def test_narrow_networks_are_fp32_without_measuring(monkeypatch):
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    built = _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.1})
+    narrow = [P.Probe.of({"name": "dense", "n_inputs": 4, "hidden": [32] * 4}, rows=2048),
+              P.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 24}, 256)]
+    for probe in narrow:
+        assert probe.width < P.MIN_WIDTH
+        for device in ("cpu", "cuda"):
+            assert P.resolve_precision("auto", device, probe) == "fp32"
+    assert built == []
+    assert P.resolve_precision("bf16", "cpu", narrow[0]) == "bf16"  # asked for: as asked
+    assert DENSE.width == LSTM.width == 64
 
 
 def test_cuda_is_measured_even_without_amx(monkeypatch):
@@ -157,6 +171,7 @@ def test_somo_store_keeps_its_first_decision_on_resume(monkeypatch, tmp_path, so
     ref = somo.predict_to_zarr(ckpt, feats, stat, str(tmp_path / "fp32.zarr"),
                                **{**kw, "precision": "fp32"})
     monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(P, "MIN_WIDTH", 8)                           # the test model: 8 wide
     _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.5})          # a worker where bf16 wins
     whole = str(tmp_path / "whole.zarr")
     s_whole = somo.predict_to_zarr(ckpt, feats, stat, whole, **kw)

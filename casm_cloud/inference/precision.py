@@ -18,6 +18,10 @@ SoMo.ml's windowed EA-LSTM):
   reference the bf16 results are checked against, so ``"auto"`` stays exact
   there and ``"bf16"`` remains available by name.  :func:`_may_use_bf16` is
   the one place this gate lives.
+* Networks narrower than :data:`MIN_WIDTH` (their widest layer) are fp32
+  everywhere without measuring: bf16's matrix units (AMX tiles, tensor cores)
+  gain nothing on such small GEMMs, and their two timings sit so close that a
+  loaded worker decided differently from run to run.
 * The decision is cached per process (``lru_cache`` keyed by device and probe),
   so a worker measures once.
 
@@ -60,6 +64,11 @@ REQUESTED_ATTR = "casm_precision_requested"
 #: and EA-LSTM H=8-24 0.95-1.04 from run to run (a bar of 0.9 made separate
 #: runs of one tiny recipe differ).
 FASTER = 2 / 3
+#: Width of a network's widest layer below which "auto" is fp32 without measuring.
+#: bf16/fp32 time on a 2-core AMX Xeon: 4 x 32 MLP 1.4-1.9, EA-LSTM H=8-24
+#: 0.95-1.04 (yet a worker training in its other thread once timed the 4 x 32
+#: MLP's bf16 faster); H=64 0.43-0.46, 7 x 1050 MLP 0.33.
+MIN_WIDTH = 64
 _now = time.perf_counter
 
 
@@ -82,6 +91,12 @@ class Probe:
     architecture: str
     rows: int
     steps: int = 32
+
+    @property
+    def width(self) -> int:
+        """Units of the network's widest hidden layer."""
+        hidden = json.loads(self.architecture).get("hidden", 0)
+        return max(hidden, default=0) if isinstance(hidden, list) else int(hidden)
 
     @classmethod
     def of(cls, architecture: Mapping, rows: int, steps: int = 32) -> Probe:
@@ -133,7 +148,7 @@ def resolve_precision(precision: Precision, device: str, probe: Probe) -> Resolv
     _check(precision)
     if precision != "auto":
         return precision
-    if not _may_use_bf16(device):
+    if not _may_use_bf16(device) or probe.width < MIN_WIDTH:
         return "fp32"
     return "bf16" if _bf16_faster(device, probe) else "fp32"
 
