@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -211,6 +213,16 @@ def test_ensemble_members_train_as_parallel_tasks_on_workers(scenes, tmp_path):
     assert not torch.equal(cks[0].model.head.weight, cks[1].model.head.weight)
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_fine_tuned_members_run_as_parallel_tasks_and_equal_the_sequential_loop(scenes, tmp_path):
     """The transfer stage's members: one task per member, the same bits as one by one."""
     from distributed import Client, LocalCluster, get_task_stream
@@ -219,8 +231,11 @@ def test_fine_tuned_members_run_as_parallel_tasks_and_equal_the_sequential_loop(
                           seed=0, hidden=[16, 16], epochs=2, batch_size=1024, lr=1e-3)
     kw = {"freeze_first": 1, "epochs": 2, "batch_size": 1024, "lr": 1e-3, "patience": 2}
     data = scenes["amsre"]["url"]
-    sequential = [fine_tune(m, data, out_path=str(tmp_path / "seq" / f"member_{k:02d}"), **kw)
-                  for k, m in enumerate(base)]
+    # Same bits for the same torch thread count (the fit loop's promise): the workers' one.
+    # On an AMX Xeon, 2 threads and 1 gave other weights; on an AMD EPYC the same.
+    with _torch_threads(1):
+        sequential = [fine_tune(m, data, out_path=str(tmp_path / "seq" / f"member_{k:02d}"),
+                                **kw) for k, m in enumerate(base)]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         with get_task_stream(client) as ts:
@@ -240,7 +255,8 @@ def test_fine_tuned_members_run_as_parallel_tasks_and_equal_the_sequential_loop(
     assert (tmp_path / "par" / "member_00" / "model.safetensors").read_bytes() != \
         (tmp_path / "par" / "member_01" / "model.safetensors").read_bytes()
     # no client: the sequential loop itself
-    local = fine_tune_ensemble(base, data, str(tmp_path / "loc"), **kw)
+    with _torch_threads(1):
+        local = fine_tune_ensemble(base, data, str(tmp_path / "loc"), **kw)
     assert (tmp_path / "loc" / "member_01" / "model.safetensors").read_bytes() == \
         (tmp_path / "seq" / "member_01" / "model.safetensors").read_bytes()
     assert local[1].endswith("member_01")
