@@ -33,7 +33,6 @@ import xarray as xr
 import casm_cloud  # noqa: F401  (pyproj before netCDF4)
 from casm_cloud import inference, storage
 from casm_cloud.grid import EASE2Grid
-from casm_cloud.inference.kernel import _DEFAULT_BATCH
 from casm_cloud.testing import make_tb_dataset
 
 warnings.filterwarnings("ignore", message="Mean of empty slice")
@@ -229,7 +228,7 @@ def main() -> None:
     steps = 60 if a.quick else 100
     n_tr = 2 if a.quick else n_members
     mem_sizes = (4, 8) if a.quick else (4, 32)
-    batch = _DEFAULT_BATCH[dev]
+    batch = 8192 if dev == "cpu" else 1 << 16
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}"
           + (f" ({torch.cuda.get_device_name()})" if dev == "cuda" else "")
           + f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -295,7 +294,7 @@ def main() -> None:
         mem_hidden = (256,) * 3
         print(f"\n(3) peak memory, fresh process per size (great_plains 75 x 58 cells, chunks "
               f"4 x 75 x 58; {n_members} members of {'x'.join(map(str, mem_hidden))}; "
-              f"{n_noise} draws; fp32; batch {batch} rows)")
+              f"{n_noise} draws; fp32; batch 8192 rows)")
         _members(root / "mem", n_members, mem_hidden)
         for nt in mem_sizes:
             _, big, p = _case(root, nt, region="great_plains", name=f"mem_in_{nt}.zarr")

@@ -256,7 +256,7 @@ def _section2(root: Path, ckpt: str, quick: bool) -> float:
     import torch
     from distributed import Client, LocalCluster
 
-    n_out = 128 if quick else 365
+    n_out = 192 if quick else 365
     fu, su, shape = _write_inputs(root, TINY, WINDOW - 1 + n_out, "e2e")
     chunks = {"time": -(-n_out // 2), "y": 7, "x": 7}                   # two time chunks
     print(f"\n(2) predict_to_zarr end to end (tiny window {shape[0]} x {shape[1]} cells, "

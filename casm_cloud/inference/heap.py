@@ -7,13 +7,17 @@ whose pages the kernel faults in and zeroes one by one, and unmaps it on
 set, which fixes it at 128 kB: every activation buffer of every forward is
 then a new mapping.  Measured on one core (``docs/architecture.md``, "Known
 traps"): the windowed EA-LSTM took 1.21 s instead of 0.71 s and 118,000
-page faults for 2,560 windows; CASM's 7 x 1050 MLP in batches of 8,192 rows
-(34 MB activations, over the 32 MiB ceiling in any process) made 940,000
-faults per 65,536 rows, and ran 1.2-1.3x faster in batches of 2,048.
+page faults for 2,560 windows.
 
-Both inference kernels call :func:`keep_freed_buffers` once per process on
-CPU and :func:`trim` after each block, so a worker holds little between
-tasks, as dask's setting intends.  Off glibc (macOS, musl) both do nothing.
+The windowed EA-LSTM (:mod:`casm_cloud.somo.windowed`) calls
+:func:`keep_freed_buffers` once per process on CPU and :func:`trim` after
+each block, so a worker holds little between tasks, as dask's setting
+intends.  Off glibc (macOS, musl) both do nothing.  CASM's dense kernel does
+not: its fp32 activations in batches of 8,192 rows (34 MB) are above the
+32 MiB ceiling anyway, and ``benchmarks/bench_predict.py --quick`` run with
+and without it side by side found its end-to-end rate no better (fp32 and
+bf16 both within 3-7 %, slower if anything); smaller batches gained fp32 3 %
+and cost bf16 on AMX a third.
 """
 
 from __future__ import annotations

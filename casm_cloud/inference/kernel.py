@@ -24,7 +24,6 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.errors import UserError
-from casm_cloud.inference import heap
 from casm_cloud.inference.precision import Precision
 from casm_cloud.seasonal import cycle_values
 
@@ -43,11 +42,8 @@ PARAM_FIELDS: tuple[str, ...] = ("amplitude", "phase", "offset", "residual_std")
 #: Attribute holding inference's own configuration hash.
 PREDICT_HASH_ATTR = "casm_predict_hash"
 _DIMS = ("time", "y", "x")
-# Rows (samples × draws) per forward pass when batch_size is None.  On CPU,
-# 2,048 rows of 1,050 floats (8.6 MB per activation) are reused from the heap
-# (casm_cloud.inference.heap); 8,192 (34 MB) were over glibc's mmap ceiling,
-# mapped and faulted in anew at every layer: 1.2-1.3x slower on 1-2 threads.
-_DEFAULT_BATCH = {"cpu": 2048, "cuda": 1 << 16}
+# Rows (samples × draws) per forward pass when batch_size is None.
+_DEFAULT_BATCH = {"cpu": 8192, "cuda": 1 << 16}
 
 
 # --------------------------------------------------------------------------- small types
@@ -206,8 +202,6 @@ def _forward(model, x: np.ndarray, spec: _Spec, device: str) -> np.ndarray:
     import torch
 
     batch = spec.batch_size or _DEFAULT_BATCH[device]
-    if device != "cuda":
-        heap.keep_freed_buffers()
     out = np.empty(x.shape[0], dtype=np.float32)
     use_bf16 = spec.precision == "bf16"
     with torch.inference_mode(), torch.autocast(device_type=device, dtype=torch.bfloat16,
@@ -298,7 +292,6 @@ def _run_chunk(spec: _Spec, piece: _Piece) -> dict:
     out = _predict_arrays(spec, arrays, lat, lon, cycles, resid_std, times, origin, device)
     part = xr.Dataset({n: (_DIMS, out[n]) for n in PRODUCT_VARIABLES})
     storage.write_region(part, spec.out, spec.storage_options, region=piece.region)
-    heap.trim()
     info = {"pid": os.getpid(), "worker": _worker_address(), "device": device,
             "precision": spec.precision, "seconds": round(time.perf_counter() - t0, 4),
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),

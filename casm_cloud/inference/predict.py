@@ -244,7 +244,7 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
     noise_scale : float
         Noise std as a fraction of each TB channel's residual std at the pixel.
     batch_size : int, optional
-        Rows per forward pass (default 2048 on CPU, 65536 on CUDA); with the
+        Rows per forward pass (default 8192 on CPU, 65536 on CUDA); with the
         chunk size it bounds peak memory.
     device : {"auto", "cpu", "cuda"}
         ``"auto"``: CUDA where the worker has it.  With a ``client`` whose
