@@ -187,7 +187,21 @@ def _local(n_workers, threads_per_worker, memory_limit, resources, dashboard):
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
         cluster = LocalCluster(**kwargs)
     with cluster, Client(cluster) as client:
-        yield client, (client.dashboard_link if dashboard else None)
+        try:
+            yield client, (client.dashboard_link if dashboard else None)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (casm_cloud.cli): the workers, whose stderr is the user's
+            # terminal, would log the comms that the shutdown closes under their transfers.
+            with contextlib.suppress(Exception):
+                client.run(_quiet_distributed_logs)
+            raise
+
+
+def _quiet_distributed_logs() -> None:
+    """In a worker process: distributed's loggers say only CRITICAL from now on."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "distributed"]
+    for name in ["distributed", *names]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ GPU workers are asked for through a cluster option and must arrive with the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 import dask
 import dask.array as da
 import pytest
+from distributed import WorkerPlugin
 
 from casm_cloud.cluster import _close_once, get_client
 
@@ -189,6 +191,27 @@ def test_local_cluster_without_dashboard():
                                                                                         link):
             assert link is None
             assert client.submit(abs, -3).result() == 3
+
+
+class _LogsOnClose(WorkerPlugin):
+    """A worker plugin that logs an ERROR as its worker closes (as a cut transfer does)."""
+
+    def teardown(self, worker):
+        import logging
+
+        logging.getLogger("distributed.worker").error("error-while-the-worker-closes")
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_an_interrupt_quiets_the_local_workers_logs(capfd, interrupted):
+    # Ctrl-C / SIGTERM: the cluster goes down without workers printing the comms it cuts.
+    with pytest.raises(KeyboardInterrupt) if interrupted else contextlib.nullcontext():
+        with get_client("local", n_workers=1, threads_per_worker=1, dashboard=False) as (c, _):
+            c.register_plugin(_LogsOnClose())
+            if interrupted:
+                raise KeyboardInterrupt
+    err = capfd.readouterr().err
+    assert ("error-while-the-worker-closes" in err) is not interrupted, err
 
 
 def test_existing_scheduler_is_left_running():
