@@ -21,7 +21,7 @@ from casm_cloud.somo.testing import (  # noqa: E402
     published_state,
     write_scalers,
 )
-from casm_cloud.somo.windowed import WindowedModel  # noqa: E402
+from casm_cloud.somo.windowed import WindowedModel, segment_steps  # noqa: E402
 
 HIDDEN = 16
 
@@ -113,8 +113,10 @@ def test_bf16_close_to_fp32():
 def test_a_windows_bits_do_not_depend_on_its_batch():
     # An append recomputes a grown partial chunk with other batches: the days it
     # shares with the stored chunk must keep their bits (the head is not a matmul).
-    # The batch also sets the LSTM's steps per call on CPU (segment_steps): from
-    # one step (batch 4096) to the whole window (batch 1, 7); the bits stay.
+    # The batch also sets the LSTM's steps per call on CPU (segment_steps): a few
+    # steps per call for batch 4096, the whole window for the others; the bits stay.
+    assert segment_steps("cpu", 4096, HIDDEN, 4) < 364 // 2
+    assert segment_steps("cpu", 20, HIDDEN, 4) == 365
     torch.manual_seed(2)
     m = EALSTM(7, 10, hidden=HIDDEN).eval()
     x = np.random.default_rng(0).standard_normal((4, 364 + 12, 7)).astype(np.float32)

@@ -117,7 +117,6 @@ class WindowedModel:
         self._b = head.bias.detach().to(device=device, dtype=torch.float32).reshape(())
         self.n_dynamic = model.architecture["n_dynamic"]
         self.n_static = model.architecture["n_static"]
-        self.hidden = int(lstm.hidden_size)
         if device != "cuda":
             heap.keep_freed_buffers()
 
@@ -152,7 +151,7 @@ class WindowedModel:
         dyn = torch.from_numpy(np.ascontiguousarray(dynamic, dtype=np.float32)).to(self.device)
         sta = torch.from_numpy(np.ascontiguousarray(static, dtype=np.float32)).to(self.device)
         steps = torch.arange(self.window, device=self.device)
-        seg = segment_steps(self.device, self.batch, self.hidden, self.dtype.itemsize,
+        seg = segment_steps(self.device, self.batch, self.lstm.hidden_size, self.dtype.itemsize,
                             self.window)
         result = np.empty(cell_of.size, dtype=np.float32)
         with torch.inference_mode():
