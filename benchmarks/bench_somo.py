@@ -128,6 +128,31 @@ def _rates_side_by_side(device: str, precision: str, n_windows: int, batch: int,
     return tuple(runs[k][1] / best[k] for k in ("windowed", "matmul"))
 
 
+def _whole_window_side_by_side(device: str, n_windows: int, batch: int, reps: int):
+    """fp32 (cell-days/s, minor faults per 1,000 cell-days) of the runner as it is, and
+    calling the LSTM once per window (``segment_steps`` given no byte limit), alternated."""
+    from casm_cloud.somo import windowed
+
+    once, n = _windowed_run(device, "fp32", n_windows, batch)
+
+    def whole():
+        saved = windowed._CPU_PROJECTION_BYTES
+        windowed._CPU_PROJECTION_BYTES = 1 << 62
+        try:
+            once()
+        finally:
+            windowed._CPU_PROJECTION_BYTES = saved
+
+    best, faults = {"segmented": np.inf, "whole": np.inf}, {}
+    for _ in range(reps):
+        for name, run in (("segmented", once), ("whole", whole)):
+            f0, t0 = _minflt(), time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+            faults[name] = (_minflt() - f0) * 1000 / n
+    return {k: (n / best[k], faults[k]) for k in best}
+
+
 def _write_inputs(root: Path, box, n_days: int, tag: str):
     """Seeded features and statics of a (lat, lon) box of the ERA5 grid, as Zarr; their URLs."""
     from casm_cloud.grid import LatLonGrid
@@ -249,6 +274,12 @@ def _section1(dev: str, quick: bool) -> dict:
         rates[prec] = w
         print(f"  {prec}: windowed {w:8.1f} cell-days/s ({w * _flop_per_cell_day() / 1e9:5.1f} "
               f"GFLOP/s); bare matmul {m:8.1f} cell-days/s; ratio {w / m:.3f} (target >= 0.5)")
+    if dev == "cpu":
+        r = _whole_window_side_by_side(dev, n_win, batch, reps)
+        (seg, f_seg), (whole, f_whole) = r["segmented"], r["whole"]
+        print(f"  fp32, one LSTM call per window instead: {whole:8.1f} cell-days/s, minor page "
+              f"faults per 1,000 cell-days {f_whole:.0f} (segmented: {f_seg:.0f}); segmented / "
+              f"whole {seg / whole:.2f}")
     return rates
 
 
@@ -331,21 +362,28 @@ def _section4(rates: dict, e2e_rate: float, dev: str) -> None:
 
 
 def _precision_line(dev: str) -> None:
-    """What precision="auto" picks here, and what the measurement alone would say."""
+    """What precision="auto" picks here, and bf16's time over fp32's that it measures."""
     from casm_cloud.inference import precision as P
     from casm_cloud.somo.windowed import default_batch
 
-    probes = {"SoMo.ml EA-LSTM": P.Probe.of({"name": "ealstm", "n_dynamic": N_DYN,
-                                             "n_static": N_STA, "hidden": HIDDEN},
-                                            default_batch(dev)),
-              "CASM 7x1050 MLP": P.Probe.of({"name": "dense", "n_inputs": 4,
-                                             "hidden": [1050] * 7}, 8192)}
-    print(f"  AMX {P.cpu_has_amx()}, CPU capability {torch_capability()}")
+    def lstm(hidden):
+        return P.Probe.of({"name": "ealstm", "n_dynamic": N_DYN, "n_static": N_STA,
+                           "hidden": hidden}, default_batch(dev))
+
+    def mlp(hidden):
+        return P.Probe.of({"name": "dense", "n_inputs": 4, "hidden": hidden}, 8192)
+
+    probes = {"SoMo.ml EA-LSTM H=128": lstm(HIDDEN), "EA-LSTM H=64": lstm(64),
+              "SoMo.ml demo H=24": lstm(24), "tiny test recipe H=8": lstm(8),
+              "CASM 7x1050 MLP": mlp([1050] * 7), "CASM demo 4x128 MLP": mlp([128] * 4),
+              "tiny test recipe 4x32 MLP": mlp([32] * 4)}
+    print(f"  AMX {P.cpu_has_amx()}, CPU capability {torch_capability()}; precision auto "
+          f"takes bf16 at widths >= {P.MIN_WIDTH} where bf16/fp32 time < {P.FASTER:.2f}")
     for name, probe in probes.items():
-        faster = P._bf16_faster(dev, probe)
-        print(f"  {name}: precision auto -> {P.resolve_precision('auto', dev, probe)} "
-              f"(the measurement alone: bf16 {'' if faster else 'not '}faster than fp32 by "
-              f"{1 / P.FASTER:.2g}x)")
+        ratio = P.bf16_time_ratio(dev, probe)
+        shown = "  n/a" if ratio is None else f"{ratio:5.2f}"
+        print(f"  {name:26s} bf16/fp32 time {shown}: auto -> "
+              f"{P.resolve_precision('auto', dev, probe)}")
 
 
 def torch_capability() -> str:

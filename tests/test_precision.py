@@ -24,9 +24,9 @@ LSTM = P.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 6
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    P._bf16_faster.cache_clear()
+    P.bf16_time_ratio.cache_clear()
     yield
-    P._bf16_faster.cache_clear()
+    P.bf16_time_ratio.cache_clear()
 
 
 class _Clock:
@@ -188,7 +188,7 @@ def test_somo_store_keeps_its_first_decision_on_resume(monkeypatch, tmp_path, so
         somo.predict_to_zarr(ckpt, feats, stat, killed, progress=kill, **kw)
     # Resumed where the measurement now says fp32: the store's decision (bf16) holds.
     monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
-    P._bf16_faster.cache_clear()
+    P.bf16_time_ratio.cache_clear()
     again = somo.predict_to_zarr(ckpt, feats, stat, killed, **kw)
     assert again.skipped == 1 and again.computed == 2
     assert again.predict_hash == s_whole.predict_hash                # no hardware in the hash

@@ -5,19 +5,19 @@ whose pages the kernel faults in and zeroes one by one, and unmaps it on
 ``free``.  The threshold normally grows to the largest block freed (up to
 32 MiB), but dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_``
 set, which fixes it at 128 kB: every activation buffer of every forward is
-then a new mapping.  Measured on one core (``docs/architecture.md``, "Known
-traps"): the windowed EA-LSTM took 1.21 s instead of 0.71 s and 118,000
-page faults for 2,560 windows.
+then a new mapping.  In the SoMo.ml predict stage's worker this setting and
+shorter LSTM calls took minor page faults per 1,000 cell-days from 106,500 to
+164 (``benchmarks/bench_somo.py`` section 2, run against the code before them;
+``docs/architecture.md``, "Known traps").
 
 The windowed EA-LSTM (:mod:`casm_cloud.somo.windowed`) calls
 :func:`keep_freed_buffers` once per process on CPU and :func:`trim` after
 each block, so a worker holds little between tasks, as dask's setting
 intends.  Off glibc (macOS, musl) both do nothing.  CASM's dense kernel does
 not: its fp32 activations in batches of 8,192 rows (34 MB) are above the
-32 MiB ceiling anyway, and ``benchmarks/bench_predict.py --quick`` run with
-and without it side by side found its end-to-end rate no better (fp32 and
-bf16 both within 3-7 %, slower if anything); smaller batches gained fp32 3 %
-and cost bf16 on AMX a third.
+32 MiB ceiling anyway, and ``benchmarks/bench_predict.py --quick`` found it no
+faster end to end with this setting, nor with 2,048-row batches (which cost
+bf16 on AMX a third).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ SoMo.ml's windowed EA-LSTM):
   everywhere without measuring: bf16's matrix units (AMX tiles, tensor cores)
   gain nothing on such small GEMMs, and their two timings sit so close that a
   loaded worker decided differently from run to run.
-* The decision is cached per process (``lru_cache`` keyed by device and probe),
-  so a worker measures once.
+* The measurement is cached per process (``lru_cache`` keyed by device and
+  probe), so a worker measures once.
 
 Reproducibility (resume and append).  The configuration hash of a predict
 stage holds the *requested* precision (``"auto"``), never a worker's hardware
@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["PRECISION_ATTR", "REQUESTED_ATTR", "Precision", "Probe", "cpu_has_amx",
+__all__ = ["PRECISION_ATTR", "REQUESTED_ATTR", "Precision", "Probe", "bf16_time_ratio", "cpu_has_amx",
            "pinned_precision", "precision_attrs", "resolve_for_run", "resolve_precision"]
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -59,15 +59,13 @@ REQUESTED_ATTR = "casm_precision_requested"
 #: bf16 is chosen only when it takes less than this fraction of fp32's time.
 #: Its rounding is accepted for a clear gain only, and a bar far from parity
 #: keeps the decision of small networks, whose two timings hover around each
-#: other, from flipping between processes.  bf16/fp32 time, 2-core AMX Xeon:
-#: 7 x 1050 MLP 0.33, EA-LSTM H=128 0.39, H=64 0.44; but 3 x 64 MLP 0.76-0.90
-#: and EA-LSTM H=8-24 0.95-1.04 from run to run (a bar of 0.9 made separate
-#: runs of one tiny recipe differ).
+#: other, from flipping between processes (a bar of 0.9 made separate runs of
+#: one tiny recipe differ).  ``benchmarks/bench_somo.py`` prints
+#: :func:`bf16_time_ratio` for real and tiny networks.
 FASTER = 2 / 3
-#: Width of a network's widest layer below which "auto" is fp32 without measuring.
-#: bf16/fp32 time on a 2-core AMX Xeon: 4 x 32 MLP 1.4-1.9, EA-LSTM H=8-24
-#: 0.95-1.04 (yet a worker training in its other thread once timed the 4 x 32
-#: MLP's bf16 faster); H=64 0.43-0.46, 7 x 1050 MLP 0.33.
+#: Width of a network's widest layer below which "auto" is fp32 without measuring
+#: (a worker training in its other thread once timed a 4 x 32 MLP's bf16 faster,
+#: although it is slower).
 MIN_WIDTH = 64
 _now = time.perf_counter
 
@@ -163,13 +161,19 @@ def _may_use_bf16(device: str) -> bool:
 _MIN_TIMING = 0.01
 
 
-@functools.lru_cache(maxsize=16)
 def _bf16_faster(device: str, probe: Probe) -> bool:
-    """Time the probe's model in fp32 and bf16, alternating, best of 5; True if bf16 is
-    faster by :data:`FASTER`."""
+    """True if bf16 takes less than :data:`FASTER` of fp32's time for the probe's model."""
+    ratio = bf16_time_ratio(device, probe)
+    return ratio is not None and ratio < FASTER
+
+
+@functools.lru_cache(maxsize=16)
+def bf16_time_ratio(device: str, probe: Probe) -> float | None:
+    """bf16's time over fp32's for the probe's model, alternating, best of 5 each
+    (None where the backend has no bf16 LSTM); measured once per process."""
     runners = _runners(device, probe)
     if runners is None:
-        return False
+        return None
     once = {}
     for name, run in runners.items():
         run()                                   # warm-up (oneDNN primitives, cuDNN plans)
@@ -188,7 +192,7 @@ def _bf16_faster(device: str, probe: Probe) -> bool:
                 run()
             _sync(device)
             best[name] = min(best[name], _now() - t0)
-    return best["bf16"] < FASTER * best["fp32"]
+    return best["bf16"] / best["fp32"]
 
 
 def _runners(device: str, probe: Probe):

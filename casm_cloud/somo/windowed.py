@@ -21,8 +21,9 @@ weights), so this module runs every window, and makes that affordable:
   faulted in fresh pages; ~12 steps keep it in a core's L2 cache, and the
   process keeps freed buffers for reuse (:mod:`casm_cloud.inference.heap`;
   dask's nanny sets ``MALLOC_TRIM_THRESHOLD_``, which otherwise maps every
-  buffer over 128 kB anew).  Measured on one thread, 2,560 windows: 1.05 s → 0.71 s
-  (1.21 s → 0.71 s in a dask worker), minor page faults 118,000 → 0;
+  buffer over 128 kB anew).  ``benchmarks/bench_somo.py`` (1) times it
+  against one call per window side by side (1.26× the rate on 2 threads, minor
+  page faults per 1,000 cell-days 96,500 → 5,400); (2) counts the worker's;
 * windows with any missing input are skipped and come out NaN;
 * ``precision="auto"`` uses bfloat16 only where the hardware makes it faster
   (a GPU, or a CPU with AMX), decided once per worker by a short timing of the
