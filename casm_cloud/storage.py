@@ -15,7 +15,9 @@ Writes follow one protocol (after xarray-beam):
 3. ``ChunkRecord`` records which chunks are finished, one small object per
    chunk, so a killed run resumes where it stopped.
 4. ``mark_complete(url, config_hash)`` sets the ``casm_complete`` attribute
-   last; a store without it is unfinished and is never taken as a result.
+   last and consolidates the metadata (a plain ``xr.open_zarr`` opens a
+   finished store without a warning); a store without it is unfinished and is
+   never taken as a result.
 
 This module is the only one that calls ``to_zarr``: a whole small dataset
 goes through :func:`write_dataset`, a lazy one template-first through
@@ -64,6 +66,7 @@ __all__ = [
     "region_writes",
     "ChunkRecord",
     "mark_complete",
+    "consolidate",
     "append_time",
     "grow_time",
     "zarr_group",
@@ -492,18 +495,40 @@ def zarr_group(url: str, storage_options: Mapping | None = None, *,
     if isinstance(store, str):
         store = zarr.storage.LocalStore(store, read_only=read_only)
     with _reaching(url, "opening it"):
-        return zarr.open_group(store, mode=mode)
+        # The metadata as stored, never a consolidated copy: a write through this group
+        # (its attributes) rewrites the root document without one, so a store being
+        # changed is never read through stale consolidated metadata.
+        return zarr.open_group(store, mode=mode, use_consolidated=False)
 
 
 def mark_complete(url: str, storage_options: Mapping | None = None, *,
                   config_hash: str | None = None, **attrs) -> None:
-    """Set the completion attribute (last step of every write)."""
+    """Set the completion attribute (last step of every write), then consolidate.
+
+    A finished store carries consolidated metadata (Zarr's copy of every array's
+    metadata in the root document), so a plain ``xr.open_zarr`` opens it in one read
+    and without a warning.  Anything that changes the store afterwards goes through
+    :func:`zarr_group` first (its completion mark set false), which drops that copy
+    until the store is marked complete again.
+    """
     group = zarr_group(url, storage_options)
     new = dict(attrs)
     if config_hash is not None:
         new[HASH_ATTR] = config_hash
     new[COMPLETE_ATTR] = True
     group.attrs.update(new)
+    consolidate(url, storage_options)
+
+
+def consolidate(url: str, storage_options: Mapping | None = None) -> None:
+    """Write the consolidated metadata of a store (Zarr's, in its root ``zarr.json``)."""
+    import warnings
+
+    with _reaching(url, "consolidating its metadata"), warnings.catch_warnings():
+        # Zarr 3 notes that consolidated metadata is not (yet) in the v3 specification;
+        # zarr-python and xarray read it, and a store without it reads the same.
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        zarr.consolidate_metadata(zarr_store(url, storage_options))
 
 
 def append_time(ds: xr.Dataset, url: str, storage_options: Mapping | None = None, *,

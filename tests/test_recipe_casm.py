@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,15 @@ def test_recipe_end_to_end(casm_reference):
     assert list(ctx.timings) == list(STAGE_NAMES)
     product = _product(recipe)  # plain xarray, no casm_cloud reader
     validate(product, "product")
+    # Every finished store of the run opens with plain xarray's defaults, warning-free
+    # (consolidated metadata): the product a user opens first among them.
+    finished = [p.parent for p in Path(recipe.run_root).rglob("zarr.json")
+                if storage.store_state(str(p.parent))["complete"]]
+    assert Path(recipe.output("product")) in finished
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for store in finished:
+            assert xr.open_zarr(store).attrs[storage.COMPLETE_ATTR], store
     assert set(PRODUCT_VARS) <= set(product.data_vars)
     # both eras and their overlap are in the record
     codes = set(np.unique(product["source"].values)) - {0}

@@ -48,7 +48,8 @@ def test_template_writes_lazy_coordinates(tmp_path):
     tpl = _template()
     lat = xr.DataArray(da.from_array(np.linspace(40.0, 39.0, 4), chunks=2), dims="y")
     storage.write_template(tpl.assign_coords(lat=lat), url)
-    np.testing.assert_array_equal(xr.open_zarr(url)["lat"].values, np.linspace(40.0, 39.0, 4))
+    np.testing.assert_array_equal(xr.open_zarr(url, consolidated=False)["lat"].values,
+                                  np.linspace(40.0, 39.0, 4))
 
 
 def test_rewriting_template_resets_completion(tmp_path):
@@ -95,6 +96,33 @@ def test_write_dataset_replaces_and_marks_complete(tmp_path):
     out = storage.open_zarr(url, require_complete=True)
     assert out.sm.dtype == np.float32 and out.sm.encoding["chunks"] == (3, 4, 5)
     np.testing.assert_array_equal(out.sm.values, np.full((6, 4, 5), 2.0, np.float32))
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_finished_store_opens_with_plain_xarray_without_a_warning(tmp_path, where):
+    """Consolidated once complete; an append drops the copy until it is complete again."""
+    import warnings
+
+    url = str(tmp_path / "plain.zarr") if where == "local" else "memory://casm-test/plain.zarr"
+    full = _template(n_time=8).astype("float32") + 1.0
+    storage.write_dataset(full.isel(time=slice(0, 4)), url, config_hash="h")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(url)
+        assert ds.attrs[storage.COMPLETE_ATTR] and ds.sizes["time"] == 4
+    # Marked unfinished (an append under way): no consolidated copy to read stale shapes from.
+    storage.zarr_group(url).attrs[storage.COMPLETE_ATTR] = False
+    with pytest.raises(ValueError, match="[Cc]onsolidated"):
+        xr.open_zarr(url, consolidated=True)
+    storage.mark_complete(url)
+    assert storage.append_time(full.isel(time=slice(4, 8)).chunk({"time": 2}), url) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(url)
+        assert ds.sizes["time"] == 8 and ds.attrs[storage.HASH_ATTR] == "h"
+        np.testing.assert_array_equal(ds.sm.values, full.sm.values)
+    if where == "memory":
+        storage.remove(url)
 
 
 def test_region_writes_are_lazy_until_computed(tmp_path):
