@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -136,6 +137,8 @@ def _add_predict(sub) -> None:
 def _print_summary(ctx) -> None:
     print("\ncasm-cloud summary")
     for name, url in ctx.outputs.items():
+        if name == "recipe":
+            continue
         print(f"  {name:<8}: {storage_join(url, 'index.html') if name == 'report' else url}")
     if ctx.dashboard:
         print(f"  dask dashboard (while running): {ctx.dashboard}")
@@ -245,8 +248,12 @@ def _add_demo(sub) -> None:
         from casm_cloud.recipes import run_demo
 
         out = a.out or f"{a.recipe}-demo"
-        _print_summary(run_demo(out, kind=a.recipe, start_from=a.start_from,
-                                until=a.until_stage, cluster=a.cluster))
+        ctx = run_demo(out, kind=a.recipe, start_from=a.start_from, until=a.until_stage,
+                       cluster=a.cluster)
+        _print_summary(ctx)
+        again = ["casm-cloud", "run", ctx.outputs["recipe"]]
+        print(f"  recipe  : {ctx.outputs['recipe']}; edit it and run it again with\n    "
+              + shlex.join(again + (["--cluster", a.cluster] if a.cluster else [])))
 
     p.set_defaults(func=run)
 

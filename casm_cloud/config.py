@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from casm_cloud.errors import UserError
 
-__all__ = ["ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "demo_recipe"]
+__all__ = ["ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "demo_recipe",
+           "demo_recipe_yaml"]
 
 
 class ConfigError(UserError, ValueError):
@@ -359,7 +360,7 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
     Parameters
     ----------
     path : str or Path
-        The YAML file.
+        The YAML file (a local path or an fsspec URL).
     **overrides
         Top-level keys replacing those in the file (e.g. ``period=...``).
 
@@ -369,33 +370,58 @@ def load_recipe(path: str | Path, **overrides) -> Recipe:
         Unknown keys, wrong types, impossible dates, unreadable YAML.
         Also when the file does not exist.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
+    if _is_url(str(path)):  # a recipe in a bucket (its paths are URLs)
+        from casm_cloud.storage import read_text
+
+        text, base = read_text(str(path)), Path(".")
+        if text is None:
+            raise ConfigError(f"recipe {path} does not exist")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist")
+        text, base = path.read_text(), path.parent
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
     if isinstance(raw, dict):
         raw.update(overrides)
-    return recipe_from_dict(raw, base=path.parent)
+    return recipe_from_dict(raw, base=base)
+
+
+def demo_recipe_yaml(out: str | Path, *, kind: str = "casm") -> str:
+    """The demo recipe as ``casm-cloud demo`` writes it to ``<out>/recipe.yaml``.
+
+    Its paths are relative to ``out`` when ``out`` is a local folder (the folder can
+    be moved, the file edited and run again with ``casm-cloud run``), URLs under
+    ``out`` otherwise.
+    """
+    if kind not in _DEMOS:
+        raise ConfigError(f"no demo for recipe kind {kind!r}; expected one of {sorted(_DEMOS)}")
+    from casm_cloud.storage import join
+
+    out = str(out)
+
+    def under(*parts: str) -> str:
+        return join(out, *parts) if _is_url(out) else "/".join(parts)
+
+    raw = yaml.safe_load(_DEMOS[kind])
+    raw["run_root"] = under("run")
+    raw["sources"]["catalog"] = under("sources", "catalog.yaml")
+    raw["sources"]["stations"] = under("sources", "stations")
+    raw["outputs"] = {"product": under("product.zarr"), "export": under(kind),
+                      "report": under("report")}
+    return (f"# The {kind} demo recipe `casm-cloud demo` ran; edit it and run it again with\n"
+            f"#   casm-cloud run <this file>\n"
+            + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
 
 
 def demo_recipe(out: str | Path, *, kind: str = "casm") -> Recipe:
     """The embedded default: the demo region and a configuration sized for
     a few minutes on 2 cores (small networks and ensembles)."""
-    if kind not in _DEMOS:
-        raise ConfigError(f"no demo for recipe kind {kind!r}; expected one of {sorted(_DEMOS)}")
-    out = str(out)
-    from casm_cloud.storage import join
-
-    raw = yaml.safe_load(_DEMOS[kind])
-    raw["run_root"] = join(out, "run")
-    raw["sources"]["catalog"] = join(out, "sources", "catalog.yaml")
-    raw["sources"]["stations"] = join(out, "sources", "stations")
-    raw["outputs"] = {"product": join(out, "product.zarr"), "export": join(out, kind),
-                      "report": join(out, "report")}
-    return recipe_from_dict(raw)
+    text = demo_recipe_yaml(out, kind=kind)
+    return recipe_from_dict(yaml.safe_load(text), base=str(out) if not _is_url(str(out)) else ".")
 
 
 _DEMO_YAML = """
@@ -415,7 +441,7 @@ predict: {chunks: {time: 120, y: 32, x: 32}}
 validation: {min_obs: 50}
 """
 
-#: The demo recipe of each kind (YAML; paths are filled in by :func:`demo_recipe`).
+#: The demo recipe of each kind (YAML; paths are filled in by :func:`demo_recipe_yaml`).
 _DEMOS = {"casm": _DEMO_YAML}
 
 

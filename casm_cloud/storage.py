@@ -661,18 +661,29 @@ def check_writable(url: str, storage_options: Mapping | None = None) -> None:
         fs.rm(probe)
 
 
-def write_marker(url: str, marker: Mapping, storage_options: Mapping | None = None) -> None:
-    """Write a small JSON object (a stage marker) at ``url``, creating its folder."""
+def write_text(url: str, text: str, storage_options: Mapping | None = None) -> None:
+    """Write a small text file (a marker, a recipe) at ``url`` in one put, creating its folder."""
     fs, path = url_to_fs(url, storage_options)
     with _reaching(url, "writing it"):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        fs.pipe(path, json.dumps(dict(marker)).encode())
+        fs.pipe(path, text.encode())
 
 
-def read_marker(url: str, storage_options: Mapping | None = None) -> dict | None:
-    """The JSON object at ``url``, or None where there is none."""
+def read_text(url: str, storage_options: Mapping | None = None) -> str | None:
+    """The text of the small file at ``url``, or None where there is none."""
     fs, path = url_to_fs(url, storage_options)
     with _reaching(url, "reading it"):
         if not fs.exists(path):
             return None
-        return json.loads(fs.cat(path))
+        return fs.cat(path).decode()
+
+
+def write_marker(url: str, marker: Mapping, storage_options: Mapping | None = None) -> None:
+    """Write a small JSON object (a stage marker) at ``url``, creating its folder."""
+    write_text(url, json.dumps(dict(marker)), storage_options)
+
+
+def read_marker(url: str, storage_options: Mapping | None = None) -> dict | None:
+    """The JSON object at ``url``, or None where there is none."""
+    text = read_text(url, storage_options)
+    return None if text is None else json.loads(text)

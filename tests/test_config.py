@@ -1,8 +1,15 @@
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from casm_cloud.config import ConfigError, demo_recipe, load_recipe, recipe_from_dict
+from casm_cloud.config import (
+    ConfigError,
+    demo_recipe,
+    demo_recipe_yaml,
+    load_recipe,
+    recipe_from_dict,
+)
 
 BASE = {
     "run_root": "run",
@@ -89,6 +96,62 @@ def test_demo_recipe(tmp_path):
     r = demo_recipe(tmp_path / "d")
     assert r.run_root.endswith("d/run") and r.output("product").endswith("d/product.zarr")
     assert r.sources.truth == "truth"
+
+
+@pytest.mark.parametrize("kind", ["casm", "somo"])
+def test_demo_writes_the_recipe_it_runs_and_the_command_that_repeats_it(
+        tmp_path, monkeypatch, capsys, kind):
+    """``casm-cloud demo`` runs ``<out>/recipe.yaml`` as written; its relative paths follow
+    the folder when it moves; the printed command is the one that repeats the run."""
+    import shlex
+    import shutil
+
+    from casm_cloud import recipes
+    from casm_cloud.cli import build_parser, main
+    from casm_cloud.recipes.runner import Context
+
+    ran = []
+
+    def fake_run(recipe, **kw):  # the stages themselves: tests/test_recipe_*.py
+        ran.append(recipe)
+        return Context(run_root=recipe.run_root, storage_options={})
+
+    monkeypatch.setattr(recipes, "run_recipe", fake_run)
+    monkeypatch.setattr(recipes.recipe_module(kind), "demo_sources", lambda recipe, out: None)
+    out = tmp_path / "my demo"
+    assert main(["demo", "--recipe", kind, "--out", str(out), "--cluster", "local"]) == 0
+    written = out / "recipe.yaml"
+    assert ran[0].model_dump() == load_recipe(written, cluster={"kind": "local"}).model_dump()
+    assert ran[0].run_root == str(out / "run") and ran[0].cluster.kind == "local"
+    assert ran[0].model_dump(exclude={"cluster"}) == demo_recipe(out, kind=kind).model_dump(
+        exclude={"cluster"})
+    again = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again[0] == "casm-cloud"
+    args = build_parser().parse_args(again[1:])
+    assert (args.recipe, args.cluster) == (str(written), "local")
+    # the same demo again finds its own file and runs it; the folder moved, it follows
+    assert main(["demo", "--recipe", kind, "--out", str(out)]) == 0
+    moved = shutil.move(out, tmp_path / "moved")
+    r = load_recipe(Path(moved) / "recipe.yaml")
+    assert r.run_root == str(tmp_path / "moved" / "run")
+    assert r.output("product") == str(tmp_path / "moved" / "product.zarr")
+
+
+def test_demo_never_overwrites_an_edited_recipe(tmp_path, monkeypatch, capsys):
+    from casm_cloud import recipes
+    from casm_cloud.cli import main
+
+    monkeypatch.setattr(recipes, "run_recipe", lambda *a, **k: pytest.fail("ran"))
+    out = tmp_path / "d"
+    out.mkdir()
+    edited = demo_recipe_yaml(out).replace("epochs: 12", "epochs: 40")
+    (out / "recipe.yaml").write_text(edited)
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out / "recipe.yaml") in err
+    assert "casm-cloud run" in err
+    assert (out / "recipe.yaml").read_text() == edited
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml"]  # nothing simulated
 
 
 def test_presets_set_defaults_and_explicit_keys_win():

@@ -168,14 +168,31 @@ def run_demo(out: str = "casm-demo", *, kind: str = "casm", start_from: str | No
              until: str | None = None, cluster: str | None = None, client=None) -> Context:
     """The embedded default: simulate the demo region if needed, then run its recipe.
 
-    Layout under ``out``: ``sources/`` (simulated inputs, ``truth.zarr``,
-    ``stations/``, ``catalog.yaml``), ``run/`` (stage outputs), ``product.zarr``,
-    the export and ``report/index.html``.
-    """
-    from casm_cloud.config import demo_recipe, recipe_from_dict
+    Layout under ``out``: ``recipe.yaml`` (the recipe it ran, which ``casm-cloud run``
+    repeats), ``sources/`` (simulated inputs, ``truth.zarr``, ``stations/``,
+    ``catalog.yaml``), ``run/`` (stage outputs), ``product.zarr``, the export and
+    ``report/index.html``.
 
-    recipe = demo_recipe(out, kind=kind)
+    Raises
+    ------
+    InputError
+        If ``<out>/recipe.yaml`` is there and is not this demo's recipe (a user's
+        edit, which the demo does not overwrite; ``casm-cloud run`` runs it).
+    """
+    from casm_cloud.config import demo_recipe_yaml, load_recipe, recipe_from_dict
+    from casm_cloud.storage import join, read_text, write_text
+
+    text = demo_recipe_yaml(out, kind=kind)
+    path = join(str(out), "recipe.yaml")
+    if read_text(path) not in (None, text):
+        raise InputError(f"{path} is not the {kind} demo's recipe (edited?); the demo "
+                         f"does not overwrite it: run it with 'casm-cloud run {path}', or "
+                         f"give the demo another --out")
+    write_text(path, text)
+    recipe = load_recipe(path)
     if cluster:
         recipe = recipe_from_dict({**recipe.model_dump(mode="json"), "cluster": {"kind": cluster}})
     recipe_module(recipe.kind).demo_sources(recipe, out)
-    return run_recipe(recipe, start_from=start_from, until=until, client=client)
+    ctx = run_recipe(recipe, start_from=start_from, until=until, client=client)
+    ctx.outputs["recipe"] = path
+    return ctx
