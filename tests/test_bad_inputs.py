@@ -99,6 +99,23 @@ def _renamed_inputs(w, tmp: Path) -> Path:
     return m
 
 
+def _station_zip(w, tmp: Path, damage: str) -> Path:
+    """The world's stations as an ISMN .zip, cut short or with one member's data flipped."""
+    import zipfile
+
+    archive = Path(shutil.make_archive(str(tmp / "ismn"), "zip", w["sources"] / "stations"))
+    data = bytearray(archive.read_bytes())
+    if damage == "cut":
+        data = data[:len(data) // 2]
+    else:  # a member whose compressed bytes are damaged (the directory intact)
+        info = max(zipfile.ZipFile(archive).infolist(), key=lambda i: i.compress_size)
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 8
+        for i in range(start, start + 64):
+            data[i] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    return archive
+
+
 def _file(tmp: Path, name: str, text: str = "not a store\n") -> Path:
     p = tmp / name
     p.write_text(text)
@@ -302,6 +319,20 @@ CASES: dict[str, Case] = {
         lambda w, t: ["validate", str(w["product"]), "--stations", str(t / "ismn"),
                       "--out", str(t / "val"), "--no-figures"],
         ("ismn", "does not exist")),
+    "validate-stations-not-a-zip": (
+        lambda w, t: ["validate", str(w["product"]), "--stations",
+                      str(_file(t, "ismn.zip", "<html>login required</html>")),
+                      "--out", str(t / "val"), "--no-figures"],
+        ("ismn.zip", "no zip archive")),
+    "validate-stations-zip-cut-short": (
+        lambda w, t: ["validate", str(w["product"]), "--stations", str(_station_zip(w, t, "cut")),
+                      "--out", str(t / "val"), "--no-figures"],
+        ("ismn.zip", "no zip archive")),
+    "validate-stations-zip-damaged": (
+        lambda w, t: ["validate", str(w["product"]), "--stations",
+                      str(_station_zip(w, t, "member")), "--out", str(t / "val"),
+                      "--no-figures"],
+        ("ismn.zip", "cannot be read", "S001", "download it again")),
     "validate-product-missing": (
         lambda w, t: ["validate", str(t / "p.zarr"), "--stations", str(w["sources"] / "stations"),
                       "--out", str(t / "val"), "--no-figures"],

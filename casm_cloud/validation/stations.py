@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +98,8 @@ def read_ismn(path: str | Path, *, depth: tuple[float, float] = (0.0, 0.05),
     MissingInputError
         If ``path`` does not exist (a ``FileNotFoundError``).
     ValidationError
-        If ``depth`` is not a range.
+        If ``depth`` is not a range, ``path`` is a file but no zip archive, or
+        ismn cannot read some of its files (the message names the first).
     StationSelectionError
         If the download has no ``variable`` at all, or none in the depth
         range (the message lists the depths it does have).
@@ -107,6 +110,10 @@ def read_ismn(path: str | Path, *, depth: tuple[float, float] = (0.0, 0.05),
     lo, hi = float(depth[0]), float(depth[1])
     if not lo <= hi:
         raise ValidationError(f"depth={depth!r}: expected (from, to) with from <= to, in metres")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise ValidationError(f"ISMN download {path}: expected a folder or a .zip archive as "
+                              f"the ISMN portal delivers it; this file is no zip archive "
+                              f"(a download cut short?)")
     with tempfile.TemporaryDirectory(prefix="casm-ismn-") as scratch:
         meta_dir = Path(meta_path) if meta_path is not None else Path(scratch)
         records = list(_iter_sensors(path, variable, meta_dir, Path(scratch)))
@@ -132,6 +139,32 @@ def read_ismn(path: str | Path, *, depth: tuple[float, float] = (0.0, 0.05),
     ds.attrs.update({"ismn_variable": variable, "depth_range": [lo, hi],
                      "skipped": skipped, "source": str(path)})
     return ds
+
+
+_SKIPPED = re.compile(r"potentially malformed file\(s\).*?listed in: (.+?)\.?$", re.S | re.M)
+
+
+def _refuse_skipped_files(path: Path, chatter: str) -> None:
+    """Stop when ismn left files out of the download (it says so in one printed note).
+
+    ismn logs a file it cannot read (a damaged archive member, a malformed .stm)
+    and reads on without it; a validation that silently lost stations would
+    report scores over a different network than the one downloaded.
+    """
+    found = _SKIPPED.search(chatter)
+    if not found:
+        return
+    summary = Path(found.group(1).strip()).read_text().split("Erroneous Files -----", 1)[-1]
+    # A station without its static-metadata csv is listed too (as <station>/*missing*);
+    # ismn reads its data with placeholder metadata, as real downloads often need.
+    lost = [ln.strip() for ln in summary.splitlines() if ln.strip().endswith(".stm")]
+    if not lost:
+        return
+    fix = ("the archive is damaged; download it again" if path.is_file()
+           else "fix or remove them")
+    raise ValidationError(f"ISMN download {path}: {len(lost)} data file(s) cannot be read "
+                          f"(first: {Path(lost[0]).name}) and would be left out of the "
+                          f"validation; {fix}")
 
 
 def _iter_sensors(path: Path, variable: str, meta_dir: Path, scratch: Path):
@@ -165,6 +198,7 @@ def _iter_sensors(path: Path, variable: str, meta_dir: Path, scratch: Path):
             h.close()
         if chatter.getvalue():
             log.info("ismn: %s", chatter.getvalue().strip())
+    _refuse_skipped_files(path, chatter.getvalue())
     for i in ids:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pandas deprecations inside ismn
