@@ -178,6 +178,39 @@ def test_import_published_refuses_pickles_and_wrong_shapes(published, tmp_path):
     assert not (tmp_path / "c" / "model.json").exists()
 
 
+@pytest.mark.parametrize("content, reason", [
+    ("pickle", "Unsupported operand"),            # a plain pickle (protocol 4: torch warns)
+    ("cut", "cut short or damaged"),              # a checkpoint whose download stopped
+    ("text", "no PyTorch file at all (it begins b'<html>"),  # a login page
+])
+def test_import_published_refuses_a_file_in_one_line_without_warnings(tmp_path, capsys,
+                                                                      content, reason):
+    import pickle
+    import warnings
+
+    from casm_cloud.cli import main
+
+    _scalers(tmp_path)
+    model = tmp_path / "model.pt"
+    if content == "pickle":
+        model.write_bytes(pickle.dumps({"lstm.weight_sh": [1.0]}, protocol=4))
+    elif content == "cut":
+        torch.save(_published_state(0), model)
+        model.write_bytes(model.read_bytes()[:300])
+    else:
+        model.write_text("<html>please log in</html>")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["somo", "import-published", str(model), "--out", str(tmp_path / "c"),
+                   "--forcing-scaler", str(tmp_path / "forcing_scaler.csv"),
+                   "--static-scaler", str(tmp_path / "static_scaler.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "model.pt" in err and reason in err and "\x1b" not in err, err
+    assert not [str(w.message) for w in caught]
+    assert not (tmp_path / "c").exists()
+
+
 def test_extra_dynamic_input_for_deeper_layers(tmp_path):
     sd = _published_state(3, n_dyn=7)
     torch.save(sd, tmp_path / "l2.pt")

@@ -19,6 +19,8 @@ unpickled.  The result is a safetensors + JSON checkpoint
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 from casm_cloud.somo.features import PUBLISHED_DYNAMIC, PUBLISHED_STATIC, feature_units
@@ -85,15 +87,34 @@ def read_scaler(url: str, names: Mapping[str, str] | None = None, *,
     return out
 
 
+def _torch_reason(err: Exception) -> str:
+    """The part of a ``torch.load`` refusal that says what is in the file."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if "WeightsUnpickler error:" in text:  # after two paragraphs on how to unpickle anyway
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+        return re.split(r"(?<=\.) |\n", text, maxsplit=1)[0].strip() or "unknown content"
+    if "central directory" in text:
+        return "the file is cut short or damaged (no zip central directory)"
+    return text.splitlines()[0]
+
+
 def _state_dict(model_pt: str, storage_options: Mapping | None) -> dict:
     import torch
 
+    data = _read_bytes(model_pt, storage_options)
+    if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip, or its legacy pickle
+        raise _checkpoint_error(f"{model_pt}: no PyTorch file at all (it begins "
+                                f"{data[:24]!r})")
     try:
-        obj = torch.load(io.BytesIO(_read_bytes(model_pt, storage_options)), map_location="cpu",
-                         weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a file it is about to refuse;
+            # the refusal below is the one line the user needs.
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError and friends: refuse, never unpickle
         raise _checkpoint_error(f"{model_pt}: not a plain PyTorch state dict (read with "
-                              f"weights_only=True): {str(err).splitlines()[0]}") from None
+                                f"weights_only=True, never unpickled): {_torch_reason(err)}"
+                                ) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
