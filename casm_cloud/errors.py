@@ -15,7 +15,7 @@ raised in a dask worker's task reaches the client as the same type.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InputError", "StoreError", "StoreUnreachableError"]
+__all__ = ["UserError", "InputError", "StoreError", "StoreUnreachableError", "WorkersLostError"]
 
 
 class UserError(Exception):
@@ -36,3 +36,11 @@ class StoreUnreachableError(StoreError):
     full disk.  Its message names the store's URL (never its credentials).  Nothing the
     interrupted write made is marked complete, so the same command, run again once the store
     is back, finishes the work."""
+
+
+class WorkersLostError(UserError, RuntimeError):
+    """The cluster's workers died running a stage's tasks, one after another (dask's
+    ``KilledWorker``): most often a worker over its memory limit, which the user fixes
+    with more memory per worker or smaller chunks.  The message names the stage, the
+    task and the workers' memory; the stage is not marked finished, so the same command
+    continues once the cluster is sized."""

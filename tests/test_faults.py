@@ -119,3 +119,35 @@ def test_a_worker_killed_in_the_middle_of_a_stage(reference, tmp_path, stage, pr
     got, want = _product(recipe), reference[1]
     for name in PRODUCT_VARS:
         np.testing.assert_array_equal(got[name].values, want[name].values, err_msg=name)
+
+
+def test_workers_that_die_under_a_stage_end_it_in_one_line(reference, tmp_path, capsys):
+    """A task that kills every worker it runs on (a worker over its memory, here a SIGKILL)
+    ends ``casm-cloud run`` in one line naming the stage, the task and the workers' memory,
+    exit 2, the stage unmarked so that the same command continues."""
+    import dask
+    import yaml
+
+    from casm_cloud.cli import main
+
+    recipe = _from_stage(reference, tmp_path, "train")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    # dask retries a task on 3 more workers before it gives up; one death is enough here.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), local_client() as client:
+        killer = WorkerKiller(client, "train-member")
+        killer.start()
+        try:
+            rc = main(["run", str(path), "--cluster", client.scheduler.address,
+                       "--until-stage", "train"])
+        finally:
+            killer.stop()
+    text = capsys.readouterr().err
+    # Besides the progress bar and distributed's log of each death as it happens: one line.
+    err = [ln for ln in text.splitlines() if ln.startswith("casm-cloud")]
+    assert killer.killed and rc == 2, text
+    assert "Traceback" not in text and "KilledWorker" not in text, text
+    assert len(err) == 1 and err[0].startswith("casm-cloud: error: stage 'train': "), err
+    assert "'train-member'" in err[0] and "memory per worker now: " in err[0], err
+    assert "cluster.memory_limit" in err[0] and "run the same command again" in err[0], err
+    assert not (Path(recipe.run_root) / "train" / "_stage.json").exists()

@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from casm_cloud import storage
-from casm_cloud.errors import InputError
+from casm_cloud.errors import InputError, WorkersLostError
 
 log = logging.getLogger(__name__)
 
@@ -348,11 +348,35 @@ def _execute(ctx: Context, s: Stage, fn: Callable, recipe, h: str, what: str) ->
     _say(ctx, s.name, what)
     ctx.stage, ctx.config_hash = s.name, h
     t0 = time.perf_counter()
-    with ctx.tasks_bar():
-        fn(ctx, s.params(recipe))
+    from distributed import KilledWorker
+
+    try:
+        with ctx.tasks_bar():
+            fn(ctx, s.params(recipe))
+    except KilledWorker as err:
+        raise WorkersLostError(_workers_lost(ctx, s.name, err)) from err
     ctx.timings[s.name] = time.perf_counter() - t0
     _mark(ctx, s.name, h, ctx.timings[s.name])
     _say(ctx, s.name, f"done in {ctx.timings[s.name]:.1f} s")
+
+
+def _workers_lost(ctx: Context, stage: str, err) -> str:
+    """One line on a stage whose task killed every worker that ran it (dask's KilledWorker)."""
+    from dask.utils import format_bytes, key_split
+
+    try:
+        limits = {w.get("memory_limit") for w in ctx.client.scheduler_info()["workers"].values()}
+        memory = ", ".join(sorted(format_bytes(m) if m else "no limit" for m in limits))
+    except Exception:  # noqa: BLE001 - the cluster may be gone; the line matters more
+        memory = "unknown"
+    tries = getattr(err, "allowed_failures", None)
+    tries = f"{tries + 1} workers in turn" if isinstance(tries, int) else "its workers"
+    return (f"stage {stage!r}: dask workers died running its task {key_split(err.task)!r} "
+            f"({tries}; memory per worker now: {memory}). The usual cause is a worker over "
+            f"its memory limit: give workers more memory (cluster.memory_limit, or "
+            f"worker_memory on dask-gateway) or make the chunks smaller; the worker logs "
+            f"say why. The stage is not marked finished: run the same command again to "
+            f"continue")
 
 
 def run_stages(stages: Sequence[Stage], recipe, ctx: Context, *, start_from: str | None = None,
