@@ -26,8 +26,8 @@ from casm_cloud.recipes.runner import (
     validate_names,
 )
 
-__all__ = ["RECIPES", "recipe_module", "stages_of", "run_recipe", "update_recipe", "run_demo",
-           "stage_hashes", "stage_state"]
+__all__ = ["RECIPES", "check_recipe", "recipe_module", "stages_of", "run_recipe",
+           "update_recipe", "run_demo", "stage_hashes", "stage_state"]
 
 #: Recipe kind -> module (imported when first used).
 RECIPES = {"casm": "casm_cloud.recipes.casm", "somo": "casm_cloud.recipes.somo"}
@@ -92,7 +92,9 @@ def _with_outputs(ctx: Context, recipe) -> Context:
     return ctx
 
 
-def _preflight(recipe) -> None:
+def check_recipe(recipe) -> None:
+    """Everything a run checks before a cluster starts: the catalog has the entries the
+    recipe names, the stations exist, the run root can be written (one-line errors)."""
     import yaml
 
     try:
@@ -130,7 +132,7 @@ def run_recipe(recipe, *, start_from: str | None = None, until: str | None = Non
     """
     stages = stages_of(recipe)
     validate_names(stages, start_from, until)
-    _preflight(recipe)
+    check_recipe(recipe)
     with _context(recipe, client, progress) as ctx:
         return _with_outputs(
             run_stages(stages, recipe, ctx, start_from=start_from, until_stage=until), recipe)
@@ -159,7 +161,7 @@ def update_recipe(recipe, until, *, client=None, progress: bool = True) -> Conte
                          f"{recipe.period.end}; an update extends past it")
     stages = stages_of(recipe)
     require_finished(stages, recipe, recipe.run_root, recipe.storage_options)
-    _preflight(recipe)
+    check_recipe(recipe)
     with _context(recipe, client, progress) as ctx:
         return _with_outputs(update_stages(stages, recipe, ctx, until, recipe.period.end), recipe)
 
