@@ -378,11 +378,12 @@ def _precision_line(dev: str) -> None:
               "CASM 7x1050 MLP": mlp([1050] * 7), "CASM demo 4x128 MLP": mlp([128] * 4),
               "tiny test recipe 4x32 MLP": mlp([32] * 4)}
     print(f"  AMX {P.cpu_has_amx()}, CPU capability {torch_capability()}; precision auto "
-          f"takes bf16 at widths >= {P.MIN_WIDTH} where bf16/fp32 time < {P.FASTER:.2f}")
+          f"checks bf16 at widths >= {P.MIN_WIDTH} where bf16/fp32 time < {P.FASTER:.2f}, "
+          f"and takes it only within predict.tolerance of fp32 on the run's first chunk")
     for name, probe in probes.items():
         ratio = P.bf16_time_ratio(dev, probe)
         shown = "  n/a" if ratio is None else f"{ratio:5.2f}"
-        print(f"  {name:26s} bf16/fp32 time {shown}: auto -> "
+        print(f"  {name:26s} bf16/fp32 time {shown}: speed gate -> "
               f"{P.resolve_precision('auto', dev, probe)}")
 
 

@@ -115,7 +115,10 @@ def to_casm_layout(product: xr.Dataset) -> xr.Dataset:
     )
     out.attrs = {"title": "CASM: Consistent AI-based Soil Moisture (casm_cloud export)",
                  "grid": str(product.attrs.get("ease2_grid", "EASE2")),
-                 "references": "Skulovich, O. & Gentine, P. (2023), Sci. Data 10, 154"}
+                 "references": "Skulovich, O. & Gentine, P. (2023), Sci. Data 10, 154",
+                 # which precision made the values, and its measured difference from fp32
+                 **{k: v for k, v in product.attrs.items()
+                    if k.startswith("casm_precision") and v is not None}}
     return out
 
 

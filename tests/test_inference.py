@@ -237,6 +237,32 @@ def test_bf16_is_close_to_fp32(tmp_path, tb, params, members):
     assert 0 < np.sqrt(np.nanmean(diff ** 2)) < 2e-3
 
 
+def test_auto_keeps_bf16_where_faster_and_within_tolerance(tmp_path, tb, params, members,
+                                                            monkeypatch):
+    """CASM's dense networks pass the check: auto takes bf16 where it is faster (pretended
+    here) and records the largest difference from fp32 it measured on the first chunk."""
+    from casm_cloud.inference import precision
+
+    kw = dict(n_noise=2, device="cpu", chunks={"time": 5, "y": 4, "x": 4})
+    runs = {}
+    for prec in ("fp32", "bf16"):
+        runs[prec] = str(tmp_path / f"{prec}.zarr")
+        inference.predict_to_zarr(tb, members, params, runs[prec], precision=prec, **kw)
+    monkeypatch.setattr(precision, "_may_use_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "_bf16_faster", lambda device, probe: True)
+    monkeypatch.setattr(precision, "MIN_WIDTH", 1)
+    out = str(tmp_path / "auto.zarr")
+    s = inference.predict_to_zarr(tb, members, params, out, **kw)
+    got = storage.open_zarr(out)
+    first = (slice(0, 5), slice(0, 4), slice(0, 4))
+    a, b = (storage.open_zarr(runs[p])["sm"].values[first].astype(np.float64) for p in runs)
+    assert got.attrs["casm_precision"] == "bf16" and s.precision.startswith("bf16 (max |diff|")
+    assert got.attrs["casm_precision_error"] == pytest.approx(np.nanmax(np.abs(a - b)), rel=1e-6)
+    assert 0 < got.attrs["casm_precision_error"] <= got.attrs["casm_precision_tolerance"] == 1e-3
+    assert got.attrs["casm_precision_samples"] == np.isfinite(a).sum() > 0
+    np.testing.assert_array_equal(_bits(got)["sm"], _bits(storage.open_zarr(runs["bf16"]))["sm"])
+
+
 def test_gpu_tasks_run_only_on_the_gpu_worker(tmp_path, tb, params, members):
     from distributed import Client, LocalCluster
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -203,3 +205,107 @@ def test_somo_store_keeps_its_first_decision_on_resume(monkeypatch, tmp_path, so
     np.testing.assert_array_equal(storage.open_zarr(fresh)["sm"].values.view(np.uint32),
                                   storage.open_zarr(ref.url)["sm"].values.view(np.uint32))
     assert not np.array_equal(got["sm"].values, storage.open_zarr(ref.url)["sm"].values)
+
+
+# ---------------------------------------------------------------- faster only within the tolerance
+def _first_chunk_error(a: str, b: str, days: int) -> float:
+    x, y = (storage.open_zarr(u)["sm"].values[:days] for u in (a, b))
+    return float(np.nanmax(np.abs(x.astype(np.float64) - y)))
+
+
+def test_auto_takes_bf16_only_where_its_error_on_the_runs_data_is_within_tolerance(
+        monkeypatch, tmp_path, somo_inputs):
+    """bf16 faster (AMX pretended) but measured on the run's first chunk: over the
+    tolerance, auto keeps fp32 (bit for bit) and records what bf16 would have cost;
+    within it, bf16 with its measured error, as a bf16 run asked for by name records."""
+    ckpt, feats, stat = somo_inputs
+    kw = dict(chunks={"time": 4}, device="cpu")
+    fp32, bf16 = str(tmp_path / "fp32.zarr"), str(tmp_path / "bf16.zarr")
+    somo.predict_to_zarr(ckpt, feats, stat, fp32, precision="fp32", **kw)
+    named = somo.predict_to_zarr(ckpt, feats, stat, bf16, precision="bf16", **kw)
+    err = _first_chunk_error(fp32, bf16, days=4)
+    attrs = storage.open_zarr(bf16).attrs
+    assert err > 0 and attrs["casm_precision_error"] == pytest.approx(err, rel=1e-6)
+    assert attrs["casm_precision_samples"] == 12 and "bf16 (max |diff|" in named.precision
+    assert storage.open_zarr(fp32).attrs["casm_precision_error"] == 0.0
+
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(P, "MIN_WIDTH", 8)
+    _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.3})          # bf16 far faster
+    strict, loose = str(tmp_path / "strict.zarr"), str(tmp_path / "loose.zarr")
+    s = somo.predict_to_zarr(ckpt, feats, stat, strict, tolerance=err / 2, **kw)
+    got = storage.open_zarr(strict)
+    assert got.attrs["casm_precision"] == "fp32" and got.attrs["casm_precision_error"] == 0.0
+    assert json.loads(got.attrs["casm_precision_checked"])["bf16"] == pytest.approx(err, rel=1e-6)
+    assert s.precision.startswith("fp32 (bf16 off by")
+    np.testing.assert_array_equal(got["sm"].values.view(np.uint32),
+                                  storage.open_zarr(fp32)["sm"].values.view(np.uint32))
+    somo.predict_to_zarr(ckpt, feats, stat, loose, tolerance=err * 2, **kw)
+    got = storage.open_zarr(loose)
+    assert got.attrs["casm_precision"] == "bf16"
+    assert got.attrs["casm_precision_error"] == pytest.approx(err, rel=1e-6)
+    assert got.attrs["casm_precision_tolerance"] == err * 2
+    np.testing.assert_array_equal(got["sm"].values.view(np.uint32),
+                                  storage.open_zarr(bf16)["sm"].values.view(np.uint32))
+
+
+def test_the_lazy_predict_chooses_once_and_says_so(monkeypatch, somo_inputs):
+    ckpt, feats, stat = somo_inputs
+    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(P, "MIN_WIDTH", 8)
+    _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.3})
+    out = somo.predict(ckpt, feats, stat, chunks={"time": 4}, tolerance=1e-9, device="cpu")
+    assert out.attrs["casm_precision"] == "fp32" and out.attrs["casm_precision_samples"] == 12
+    assert json.loads(out.attrs["casm_precision_checked"])["bf16"] > 1e-9
+    ref = somo.predict(ckpt, feats, stat, chunks={"time": 4}, precision="fp32", device="cpu")
+    np.testing.assert_array_equal(out["sm"].values, ref["sm"].values)
+
+
+def test_choose_precision_rules(monkeypatch):
+    _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.3})
+    sample = {"fp32": np.array([0.2, np.nan, 0.3]), "bf16": np.array([0.2004, np.nan, 0.3]),
+              "tf32": np.array([0.2, np.nan, 0.30001])}
+    run = lambda p: sample[p]  # noqa: E731
+    c = P.choose_precision("bf16", "cpu", DENSE, tolerance=1e-5, sample=run)
+    assert (c.precision, c.samples) == ("bf16", 2) and c.error == pytest.approx(4e-4)  # as asked
+    assert P.choose_precision("bf16", "cpu", DENSE).error is None   # not measured: said so
+    assert P.choose_precision("fp32", "cpu", DENSE, sample=run).error == 0.0
+    empty = {k: np.full(3, np.nan) for k in sample}                # nothing to check on: exact
+    assert P.choose_precision("auto", "cuda", DENSE, sample=empty.get).precision == "fp32"
+    with pytest.raises(ValueError, match="tf32.*CUDA only"):
+        with P.numerics("cpu", "tf32"):
+            pass
+
+
+def test_auto_on_cuda_checks_bf16_then_tf32(monkeypatch):
+    _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.3})
+    sample = {"fp32": np.array([0.2]), "bf16": np.array([0.21]), "tf32": np.array([0.2002])}
+    c = P.choose_precision("auto", "cuda", DENSE, tolerance=1e-3, sample=sample.get)
+    assert c.precision == "tf32" and c.error == pytest.approx(2e-4)
+    assert [k for k, _ in c.checked] == ["bf16", "tf32"]
+
+
+def test_fp32_turns_tf32_off_on_cuda_and_restores_it():
+    """Settable without a GPU: torch keeps the flags either way."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True                 # cuDNN's own default
+        with P.numerics("cuda", "fp32"):
+            assert not matmul.allow_tf32 and not cudnn.allow_tf32
+        assert matmul.allow_tf32 and cudnn.allow_tf32
+        matmul.allow_tf32 = cudnn.allow_tf32 = False
+        with P.numerics("cuda", "tf32"):
+            assert matmul.allow_tf32 and cudnn.allow_tf32
+        assert not matmul.allow_tf32 and not cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+def test_a_product_records_every_precision_and_the_largest_error():
+    stores = [P.Choice("bf16", "auto", 1e-3, 2e-4, 10).attrs(),
+              P.Choice("fp32", "auto", 1e-3, 0.0, 10, (("bf16", 5e-3),)).attrs()]
+    got = P.summary_attrs(stores)
+    assert got["casm_precision"] == "bf16,fp32" and got["casm_precision_error"] == 2e-4
+    assert got["casm_precision_samples"] == 20 and P.summary_attrs([]) == {}
+    assert "bf16,fp32 (max |diff| vs fp32 0.0002 over 20 values" in P.summary_line(got)

@@ -69,6 +69,11 @@ def test_recipe_end_to_end(casm_reference):
     assert years == [f"CASM_SM_{y}.nc" for y in range(2011, 2016)]
     casm = xr.open_dataset(Path(recipe.output("export")) / "CASM_SM_2013.nc")
     assert {"CASM_soil_moisture", "structural_uncertainty"} <= set(casm.data_vars)
+    # which precision made the values, and its check, in the product and the files
+    for attrs in (product.attrs, casm.attrs):
+        assert attrs["casm_precision"] in ("fp32", "bf16", "bf16,fp32"), attrs
+        assert attrs["casm_precision_tolerance"] == 1e-3 and "casm_precision_samples" in attrs
+        assert attrs["casm_precision_error"] <= 1e-3
     assert (Path(recipe.output("report")) / "index.html").is_file()
     assert Path(recipe.run_root, "validate", "ismn", "metrics.csv").is_file()
     # frozen soil screened out: no SMOS mean where all three days had ERA5 skt < 0 °C

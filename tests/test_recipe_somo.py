@@ -51,9 +51,13 @@ def test_recipe_end_to_end(somo_reference):
     truth = ctx.summary["truth"].set_index("layer")
     assert (truth["n_cells"] > 10).all()
     files = sorted(p.name for p in Path(recipe.run_root, "somo").glob("*.nc"))
-    assert files == [f"SoMo.ml_{n}_2012.nc" for n in LAYERS]
-    nc = xr.open_dataset(Path(recipe.run_root, "somo", "SoMo.ml_sm_l2_2012.nc"))
+    assert files == [f"SoMo.ml_v1_{n}_2012.nc" for n in LAYERS]
+    nc = xr.open_dataset(Path(recipe.run_root, "somo", "SoMo.ml_v1_sm_l2_2012.nc"))
     assert {"sm_l2", "structural_uncertainty_l2"} <= set(nc.data_vars)
+    for attrs in (product.attrs, nc.attrs):  # which precision made the values, and its check
+        assert attrs["casm_precision"] in ("fp32", "bf16", "bf16,fp32"), attrs
+        assert attrs["casm_precision_tolerance"] == 1e-3
+        assert attrs["casm_precision_error"] <= 1e-3
     page = (Path(recipe.output("report")) / "index.html").read_text()
     assert "Cross validation" in page and "somo_maps.png" in page
     # the trained networks are SoMo.ml checkpoints the library predicts with

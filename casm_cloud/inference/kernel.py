@@ -9,6 +9,7 @@ copies of its input, writes its region and records it.  See
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -24,7 +25,7 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.errors import UserError
-from casm_cloud.inference.precision import Precision
+from casm_cloud.inference.precision import Precision, numerics
 from casm_cloud.seasonal import cycle_values
 
 __all__ = ["PredictError", "PRODUCT_VARIABLES", "PARAM_FIELDS", "PredictSummary",
@@ -69,6 +70,8 @@ class PredictSummary:
         Chunks computed by this call.
     skipped : int
         Chunks found finished and skipped.
+    precision : str
+        The precision of the chunks and the check behind it, for the stage's line.
     """
 
     url: str
@@ -77,6 +80,7 @@ class PredictSummary:
     n_chunks: int
     computed: int
     skipped: int
+    precision: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class _Spec:
     seed: int
     batch_size: int | None
     device: Device
-    precision: Precision               # resolved: "fp32" or "bf16"
+    precision: Precision               # resolved: "fp32", "bf16" or "tf32"
     out: str
     storage_options: Mapping = field(default_factory=dict)
 
@@ -204,8 +208,8 @@ def _forward(model, x: np.ndarray, spec: _Spec, device: str) -> np.ndarray:
     batch = spec.batch_size or _DEFAULT_BATCH[device]
     out = np.empty(x.shape[0], dtype=np.float32)
     use_bf16 = spec.precision == "bf16"
-    with torch.inference_mode(), torch.autocast(device_type=device, dtype=torch.bfloat16,
-                                                enabled=use_bf16):
+    with torch.inference_mode(), numerics(device, spec.precision), \
+            torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
         for lo in range(0, x.shape[0], batch):
             xb = torch.from_numpy(x[lo:lo + batch]).to(device, non_blocking=True)
             out[lo:lo + batch] = model(xb).float().reshape(-1).cpu().numpy()
@@ -274,22 +278,44 @@ def _cycle(params: xr.Dataset, name: str, times: np.ndarray) -> np.ndarray:
                                    p["offset"].values, times), dtype=np.float64)
 
 
-def _run_chunk(spec: _Spec, piece: _Piece) -> dict:
-    """Task: read one region, predict it, write it, record it.  Returns the record info."""
-    t0 = time.perf_counter()
-    device = resolve_device(spec.device)
+def _chunk_inputs(spec: _Spec, piece: _Piece) -> dict:
+    """One region's inputs, read: ``_predict_arrays``'s arguments but the spec and device."""
     ds = piece.inputs.compute(scheduler="sync")
     params = piece.params.compute(scheduler="sync")
     times = ds["time"].values
     names = [n for n in spec.features if n in ds.data_vars]
-    arrays = {n: ds[n].transpose(*[d for d in _DIMS if d in ds[n].dims]).values for n in names}
     needed = (*spec.residual, spec.target)
-    cycles = {n: _cycle(params, n, times) for n in needed}
-    resid_std = {n: params["residual_std"].sel(variable=n).values for n in spec.residual}
-    lat = ds["lat"].values if "lat" in ds.coords else np.full(ds.sizes["y"], np.nan)
-    lon = ds["lon"].values if "lon" in ds.coords else np.full(ds.sizes["x"], np.nan)
-    origin = (piece.region["y"].start, piece.region["x"].start)
-    out = _predict_arrays(spec, arrays, lat, lon, cycles, resid_std, times, origin, device)
+    return dict(
+        inputs={n: ds[n].transpose(*[d for d in _DIMS if d in ds[n].dims]).values for n in names},
+        lat=ds["lat"].values if "lat" in ds.coords else np.full(ds.sizes["y"], np.nan),
+        lon=ds["lon"].values if "lon" in ds.coords else np.full(ds.sizes["x"], np.nan),
+        cycles={n: _cycle(params, n, times) for n in needed},
+        resid_std={n: params["residual_std"].sel(variable=n).values for n in spec.residual},
+        times=times, origin=(piece.region["y"].start, piece.region["x"].start))
+
+
+class ChunkSample:
+    """``sample(device, precision)`` for the precision check: the ``sm`` of one chunk (the
+    run's first) in a precision; its inputs are read once per process."""
+
+    def __init__(self, spec: _Spec, piece: _Piece):
+        self.spec, self.piece, self._inputs = spec, piece, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_inputs": None}
+
+    def __call__(self, device: str, precision: str) -> np.ndarray:
+        if self._inputs is None:
+            self._inputs = _chunk_inputs(self.spec, self.piece)
+        spec = dataclasses.replace(self.spec, precision=precision)
+        return _predict_arrays(spec, device=device, **self._inputs)["sm"]
+
+
+def _run_chunk(spec: _Spec, piece: _Piece) -> dict:
+    """Task: read one region, predict it, write it, record it.  Returns the record info."""
+    t0 = time.perf_counter()
+    device = resolve_device(spec.device)
+    out = _predict_arrays(spec, device=device, **_chunk_inputs(spec, piece))
     part = xr.Dataset({n: (_DIMS, out[n]) for n in PRODUCT_VARIABLES})
     storage.write_region(part, spec.out, spec.storage_options, region=piece.region)
     info = {"pid": os.getpid(), "worker": _worker_address(), "device": device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ from casm_cloud.inference.kernel import (
     PARAM_FIELDS,
     PREDICT_HASH_ATTR,
     PRODUCT_VARIABLES,
+    ChunkSample,
     Device,
     Precision,
     PredictError,
@@ -40,10 +42,11 @@ from casm_cloud.inference.kernel import (
     _Spec,
 )
 from casm_cloud.inference.precision import (
+    PRECISIONS,
+    TOLERANCE,
     Probe,
     cpu_has_amx,
     pinned_precision,
-    precision_attrs,
     resolve_for_run,
 )
 from casm_cloud.schema import apply_attrs
@@ -144,7 +147,8 @@ def _params_identity(params: xr.Dataset) -> str:
 
 def predict_config_hash(members: Sequence[str], params_identity: str, *, features: Sequence[str],
                         n_noise: int, noise_scale: float, chunks: Mapping[str, int],
-                        precision: str, seed: int, grid: Sequence) -> str:
+                        precision: str, seed: int, grid: Sequence,
+                        tolerance: float | None = None) -> str:
     """sha256 of everything that fixes the bits of the output (not where it runs).
 
     Parameters
@@ -154,8 +158,8 @@ def predict_config_hash(members: Sequence[str], params_identity: str, *, feature
     params_identity : str
         Config hash of the seasonal-parameter store, or a token of its values.
     features : sequence of str
-    n_noise, noise_scale, chunks, precision, seed
-        As in :func:`predict_to_zarr`.
+    n_noise, noise_scale, chunks, precision, seed, tolerance
+        As in :func:`predict_to_zarr` (the tolerance counts only under ``"auto"``).
     grid : sequence
         Anything identifying the spatial grid (sizes, first and last coordinates).
 
@@ -167,7 +171,8 @@ def predict_config_hash(members: Sequence[str], params_identity: str, *, feature
     doc = {"members": list(members), "params": params_identity, "features": list(features),
            "n_noise": int(n_noise), "noise_scale": float(noise_scale),
            "chunks": {k: int(chunks[k]) for k in _DIMS}, "precision": precision,
-           "seed": int(seed), "grid": [float(g) for g in grid], "version": 1}
+           "seed": int(seed), "grid": [float(g) for g in grid], "version": 1,
+           "tolerance": float(tolerance) if precision == "auto" and tolerance else None}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -218,7 +223,7 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
                     params: xr.Dataset | Mapping[str, xr.Dataset] | str, out: str, *,
                     n_noise: int = 10, noise_scale: float = 0.1, batch_size: int | None = None,
                     device: Device = "auto", precision: Precision = "auto",
-                    resume: bool = True, overwrite: bool = False, append: bool = False,
+                    tolerance: float = TOLERANCE, resume: bool = True, overwrite: bool = False, append: bool = False,
                     chunks: Mapping[str, int] | None = None, seed: int = 0,
                     storage_options: Mapping | None = None, client=None,
                     config_hash: str | None = None,
@@ -249,12 +254,16 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
     device : {"auto", "cpu", "cuda"}
         ``"auto"``: CUDA where the worker has it.  With a ``client`` whose
         workers declare ``GPU`` resources, tasks need ``GPU=1``.
-    precision : {"auto", "fp32", "bf16"}
-        ``"bf16"``: autocast to bfloat16.  ``"auto"``: bf16 only where the
-        workers' hardware makes it faster (a GPU, or a CPU with AMX), decided
-        once by a short measurement of the members' network on a worker and
-        recorded in the store (``casm_precision``), so resumed and appended
-        runs keep it (:mod:`casm_cloud.inference.precision`).
+    precision : {"auto", "fp32", "bf16", "tf32"}
+        ``"bf16"``: autocast to bfloat16; ``"tf32"``: TF32 matmuls (CUDA);
+        ``"fp32"``: IEEE fp32 (TF32 off on CUDA).  ``"auto"``: the fastest of
+        these whose largest difference from fp32 in ``sm`` on the run's first
+        chunk, computed on a worker of the kind that runs the chunks, is within
+        ``tolerance``; recorded in the store with that check (``casm_precision``,
+        ``casm_precision_error``, ...), so resumed and appended runs keep it
+        (:mod:`casm_cloud.inference.precision`).
+    tolerance : float
+        Largest difference from fp32 ``"auto"`` accepts, in m3 m-3.
     resume : bool
         Skip chunks recorded as finished by a run of the same configuration.
     overwrite : bool
@@ -310,24 +319,31 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
     grid = [sizes["y"], sizes["x"], *(float(inputs[d][i]) for d in ("y", "x") for i in (0, -1))]
     phash = predict_config_hash([m.content_hash for m in members], params_id,
                                 features=features, n_noise=n_noise, noise_scale=noise_scale,
-                                chunks=chunk_sizes, precision=precision, seed=seed, grid=grid)
+                                chunks=chunk_sizes, precision=precision, seed=seed, grid=grid,
+                                tolerance=tolerance)
     hashes = {PREDICT_HASH_ATTR: phash, storage.HASH_ATTR: config_hash or phash}
     attrs = _store_attrs(inputs, members, features, n_noise, noise_scale, seed, hashes)
     stored = prepare_store(out, so, _template(inputs, chunk_sizes, attrs), hashes,
                            hash_attr=PREDICT_HASH_ATTR, resume=resume, overwrite=overwrite,
                            append=append)
     resources = task_resources(client, device)
-    prec = pinned_precision(stored, precision) or resolve_for_run(
-        precision, device, _probe(meta, batch_size, device), client=client, resources=resources)
-    set_attrs(out, so, precision_attrs(precision, prec))
-    _warn_slow_bf16(prec, device, client)
-
     spec = _Spec(members=tuple(members), features=tuple(features), residual=tuple(residual),
                  target=meta["target"], n_noise=int(n_noise),
                  noise_scale=float(noise_scale), seed=int(seed), batch_size=batch_size,
-                 device=device, precision=prec, out=out, storage_options=so)
+                 device=device, precision="fp32", out=out, storage_options=so)
     pieces, n_total = _pieces(inputs, params, features, sizes, chunk_sizes,
                               storage.ChunkRecord(out, so), resume)
+    prec = pinned_precision(stored, precision)
+    said = f"{prec} (recorded in the store)"
+    if prec is None:  # a new store: choose on the run's first chunk
+        choice = resolve_for_run(precision, device, _probe(meta, batch_size, device),
+                                 tolerance=tolerance,
+                                 sample=ChunkSample(spec, pieces[0]) if pieces else None,
+                                 client=client, resources=resources)
+        set_attrs(out, so, choice.attrs())
+        prec, said = choice.precision, choice.describe()
+    _warn_slow_bf16(prec, device, client)
+    spec = dataclasses.replace(spec, precision=prec)
     skipped = n_total - len(pieces)
     log.info("predict %s: %d chunks, %d finished, %d to compute (%s)", out, n_total, skipped,
              len(pieces), prec)
@@ -336,13 +352,14 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
                progress=progress)
     storage.mark_complete(out, so, config_hash=hashes[storage.HASH_ATTR])
     return PredictSummary(url=out, config_hash=hashes[storage.HASH_ATTR], predict_hash=phash,
-                          n_chunks=n_total, computed=len(pieces), skipped=skipped)
+                          n_chunks=n_total, computed=len(pieces), skipped=skipped,
+                          precision=said)
 
 
 def _check_options(precision: str, device: str, n_noise: int, noise_scale: float,
                    batch_size: int | None) -> None:
-    if precision not in ("auto", "fp32", "bf16"):
-        raise PredictError(f"precision={precision!r}: expected 'auto', 'fp32' or 'bf16'")
+    if precision not in PRECISIONS:
+        raise PredictError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
     if device not in ("auto", "cpu", "cuda"):
         raise PredictError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
     if int(n_noise) < 1 or not noise_scale >= 0 or (batch_size is not None and batch_size < 1):

@@ -63,7 +63,7 @@ def _fit(r, epochs: str = "epochs") -> dict:
 def _predict(r) -> dict:
     return dict(n_noise=r.ensemble.n_noise, noise_scale=r.ensemble.noise_scale,
                 batch_size=r.predict.batch_size, device=r.predict.device,
-                precision=r.predict.precision)
+                precision=r.predict.precision, tolerance=r.predict.tolerance)
 
 
 def _bins(r) -> dict:
@@ -330,12 +330,14 @@ def _run_predict(ctx: Context, p: dict, net: str, kind: str, members_stage: str)
     # A store this stage made under another recipe is replaced (the runner decided to
     # re-run); one of this recipe resumes its finished chunks, or grows (updates).
     state = storage.store_state(out, ctx.so)
-    kw = {k: p[k] for k in ("n_noise", "noise_scale", "batch_size", "device", "precision")}
+    kw = {k: p[k] for k in ("n_noise", "noise_scale", "batch_size", "device", "precision",
+                            "tolerance")}
     with ctx.chunk_bar(net) as progress:
-        predict_to_zarr(inputs, _members(ctx, members_stage, net), params, out, resume=True,
+        done = predict_to_zarr(inputs, _members(ctx, members_stage, net), params, out, resume=True,
                         overwrite=state["exists"] and state["config_hash"] != ctx.config_hash,
                         append=True, storage_options=ctx.so, client=ctx.client,
                         config_hash=ctx.config_hash, progress=progress, **kw)
+    ctx.say(f"precision {done.precision}")
 
 
 def run_predict_smos(ctx: Context, p: dict) -> None:
@@ -381,6 +383,7 @@ def merge_params(r) -> dict:
 
 
 def _merged(ctx: Context, p: dict) -> xr.Dataset:
+    from casm_cloud.inference.precision import summary_attrs
     from casm_cloud.merge import merge_eras
 
     eras = {}
@@ -390,6 +393,7 @@ def _merged(ctx: Context, p: dict) -> xr.Dataset:
             eras[net] = storage.open_zarr(url, ctx.so)
     product = merge_eras(eras)
     product.attrs.update(p["window"].identity())
+    product.attrs.update(summary_attrs([ds.attrs for ds in eras.values()]))
     return product.chunk(p["chunks"])
 
 

@@ -111,6 +111,10 @@ class Context:
         with self.tasks_bar():
             storage.write_dataset(ds, url, self.so, config_hash=self.config_hash)
 
+    def say(self, what: str) -> None:
+        """A line under the running stage's (``[casm-cloud] <stage> <what>``), unless quiet."""
+        _say(self, self.stage, what)
+
     @contextlib.contextmanager
     def chunk_bar(self, what: str) -> Iterator[Callable[[int, int], None] | None]:
         """A bar over a stage's chunks: yields ``progress(done, total)`` (None when quiet).

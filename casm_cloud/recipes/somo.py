@@ -288,8 +288,8 @@ def predict_params(r) -> dict:
     return dict(product=r.outputs.product, start=r.periods.product.start,
                 end=r.periods.product.end, window=r.model.window,
                 dynamic=list(r.model.dynamic), members=r.ensemble.members,
-                device=pp.device, precision=pp.precision, batch_size=pp.batch_size,
-                chunks=dict(pp.chunks))
+                device=pp.device, precision=pp.precision, tolerance=pp.tolerance,
+                batch_size=pp.batch_size, chunks=dict(pp.chunks))
 
 
 def _product_attrs(layer: str) -> dict:
@@ -304,13 +304,14 @@ def _product_attrs(layer: str) -> dict:
 
 def run_predict(ctx: Context, p: dict) -> None:
     """Per layer and seed: windowed prediction on the window; the product: mean and std."""
+    from casm_cloud.inference.precision import summary_attrs, summary_line
     from casm_cloud.somo.output import predict_to_zarr
 
     feats = _open(ctx, "forcing", "features.zarr")
     statics = _open(ctx, "statics", "statics.zarr")
     end = ctx.end(p["end"])
     w = p["window"]
-    means, stds = {}, {}
+    means, stds, precisions = {}, {}, []
     for k, layer in enumerate(LAYERS):
         start = _layer_start(p["start"], w, k)
         members = []
@@ -324,14 +325,16 @@ def run_predict(ctx: Context, p: dict) -> None:
             with ctx.chunk_bar(f"{layer} seed {s}") as progress:
                 predict_to_zarr(ctx.url("train", layer, f"seed_{s}"), inputs, statics, out,
                                 chunks=p["chunks"], start=str(start), end=str(end),
-                                precision=p["precision"], device=p["device"],
+                                precision=p["precision"], tolerance=p["tolerance"],
+                                device=p["device"],
                                 batch_size=p["batch_size"], storage_options=ctx.so,
                                 client=ctx.client, resume=True, append=True,
                                 overwrite=state["exists"] and
                                 state["config_hash"] != ctx.config_hash,
                                 config_hash=ctx.config_hash, progress=progress)
-            members.append(storage.open_zarr(out, ctx.so)[layer].sel(
-                time=slice(str(p["start"]), str(end))))
+            seed_store = storage.open_zarr(out, ctx.so)
+            precisions.append(seed_store.attrs)
+            members.append(seed_store[layer].sel(time=slice(str(p["start"]), str(end))))
         stack = xr.concat(members, dim="member")
         means[layer] = stack.mean("member").astype(np.float32).assign_attrs(
             _product_attrs(layer))
@@ -344,7 +347,9 @@ def run_predict(ctx: Context, p: dict) -> None:
     product.attrs = {"title": "SoMo.ml soil moisture (casm_cloud reproduction)",
                      "references": "O, S. and Orth, R. (2021), Sci. Data 8, 170",
                      "Conventions": "CF-1.8",
-                     **{k: v for k, v in feats.attrs.items() if k.startswith(("latlon_", "ease2_"))}}
+                     **{k: v for k, v in feats.attrs.items() if k.startswith(("latlon_", "ease2_"))},
+                     **summary_attrs(precisions)}
+    ctx.say(f"precision {summary_line(product.attrs)}")
     ny, nx = product.sizes["y"], product.sizes["x"]
     ch = p["chunks"]
     product = product.chunk({"time": min(ch.get("time", 365), product.sizes["time"]),
@@ -467,7 +472,8 @@ def _export_url(ctx: Context, p: dict) -> str:
 
 
 def export_somo(product_url: str, out: str, storage_options=None, *, years=None) -> list[str]:
-    """One netCDF per year and layer: ``<out>/SoMo.ml_<layer>_<year>.nc``.
+    """One netCDF per year and layer: ``<out>/SoMo.ml_v1_<layer>_<year>.nc``, the
+    published files' names.
 
     Each file holds the layer's soil moisture and its structural uncertainty,
     written to a local scratch file first and then copied, so an interrupted
@@ -488,11 +494,12 @@ def export_somo(product_url: str, out: str, storage_options=None, *, years=None)
             unc = f"structural_uncertainty_{layer[-2:]}"
             part = product[[layer, unc]].sel(time=str(year)).load()
             part.attrs = {k: v for k, v in product.attrs.items()
-                          if k != storage.COMPLETE_ATTR and not isinstance(v, bool)}
+                          if k != storage.COMPLETE_ATTR and not isinstance(v, bool)
+                          and v is not None}  # netCDF attributes have no bool and no null
             for v in part.variables.values():
                 v.encoding = {}
             enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in part.data_vars}
-            name = f"SoMo.ml_{layer}_{year}.nc"
+            name = f"SoMo.ml_v1_{layer}_{year}.nc"
             with tempfile.TemporaryDirectory(prefix="casm-somo-export-") as tmp:
                 local = os.path.join(tmp, name)
                 part.to_netcdf(local, encoding=enc, engine="netcdf4")

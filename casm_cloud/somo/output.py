@@ -16,7 +16,9 @@ drop the annotation, docs/architecture.md, "Known traps"); otherwise chunks run 
 in this process without a client.
 
 ``precision="auto"`` is decided once per store, on a worker of the kind that
-runs the chunks, and recorded in its attributes (``casm_precision``); resumed
+runs the chunks, from the run's first chunk computed in fp32 and in each faster
+candidate, and recorded in its attributes (``casm_precision``, with the
+measured difference from fp32 and the tolerance); resumed
 and appended runs compute in the recorded precision, and the configuration
 hash holds the request, not the decision (:mod:`casm_cloud.inference.precision`).
 The store machinery is shared with CASM's ensemble
@@ -48,12 +50,19 @@ from casm_cloud.inference.chunked import (
     template,
 )
 from casm_cloud.inference.precision import (
+    TOLERANCE,
     Precision,
     pinned_precision,
-    precision_attrs,
     resolve_for_run,
 )
-from casm_cloud.somo.predict import ModelSpec, Plan, make_plan, run_region, spec_probe
+from casm_cloud.somo.predict import (
+    ModelSpec,
+    Plan,
+    RegionSample,
+    make_plan,
+    run_region,
+    spec_probe,
+)
 
 __all__ = ["SOMO_HASH_ATTR", "predict_to_zarr"]
 
@@ -107,13 +116,15 @@ def _key(index: tuple[int, ...], region: Mapping[str, slice]) -> dict:
             "n": r.stop - r.start}
 
 
-def _hash(plan: Plan, features: xr.Dataset, statics: xr.Dataset, precision: str) -> str:
+def _hash(plan: Plan, features: xr.Dataset, statics: xr.Dataset, precision: str,
+          tolerance: float) -> str:
     space = [[d, int(plan.dynamic.sizes[d]),
               *(str(v) for v in (plan.dynamic[d].values[[0, -1]] if d in plan.dynamic.coords
                                   else ()))] for d in plan.dims[1:]]
     doc = {"checkpoint": plan.spec.content_hash, "dynamic": list(plan.spec.dynamic),
            "static": list(plan.spec.static), "start": str(plan.times[0]),
            "chunks": plan.chunks, "space": space, "precision": precision,
+           "tolerance": tolerance if precision == "auto" else None,
            "inputs": [features.attrs.get(storage.HASH_ATTR), statics.attrs.get(storage.HASH_ATTR)],
            "version": 1}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
@@ -130,7 +141,8 @@ def _template(plan: Plan, attrs: Mapping) -> xr.Dataset:
 def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dataset | str,
                     out: str, *, chunks: Mapping[str, int] | None = None, start=None, end=None,
                     precision: Precision = "auto", device: str = "auto",
-                    batch_size: int | None = None, storage_options: Mapping | None = None,
+                    batch_size: int | None = None, tolerance: float = TOLERANCE,
+                    storage_options: Mapping | None = None,
                     client=None, resume: bool = True, append: bool = False,
                     overwrite: bool = False, config_hash: str | None = None,
                     progress: Callable[[int, int], Any] | None = None) -> PredictSummary:
@@ -150,15 +162,17 @@ def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dat
     start, end : optional
         First and last output day (default: the first day with a 365-day
         window, and the last forcing day).
-    precision : {"auto", "fp32", "bf16"}
-        ``"auto"``: bf16 only where the workers' hardware makes it faster (a
-        GPU, or a CPU with AMX), decided once by a short measurement of the
-        model's own shapes on a worker and recorded in the store
-        (``casm_precision``), so resumed and appended runs keep it
-        (:mod:`casm_cloud.inference.precision`).
+    precision : {"auto", "fp32", "bf16", "tf32"}
+        ``"auto"``: the fastest precision whose largest difference from fp32 on
+        the run's first chunk, computed on a worker of the kind that runs the
+        chunks, is within ``tolerance``; recorded in the store with that check
+        (``casm_precision``, ``casm_precision_error``, ...), so resumed and
+        appended runs keep it (:mod:`casm_cloud.inference.precision`).
     device : {"auto", "cpu", "cuda"}
     batch_size : int, optional
         Windows per forward (default 128 per torch thread on CPU, 16,384 on CUDA).
+    tolerance : float
+        Largest difference from fp32 ``"auto"`` accepts, in the target's units.
     storage_options : mapping, optional
         fsspec options of ``out``, the checkpoint and URL inputs.
     client : distributed.Client, optional
@@ -192,18 +206,26 @@ def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dat
     features, statics = _opened(features, so), _opened(statics, so)
     plan = make_plan(checkpoint, features, statics, start=start, end=end, chunks=chunks,
                      storage_options=so)
-    phash = _hash(plan, features, statics, precision)
+    phash = _hash(plan, features, statics, precision, tolerance)
     hashes = {SOMO_HASH_ATTR: phash, storage.HASH_ATTR: config_hash or phash}
     stored = prepare_store(out, so, _template(plan, _attrs(plan, features, hashes)), hashes,
                            hash_attr=SOMO_HASH_ATTR, resume=resume, overwrite=overwrite,
                            append=append, what="SoMo.ml prediction")
     resources = task_resources(client, device)
-    prec = pinned_precision(stored, precision) or resolve_for_run(
-        precision, device, spec_probe(plan.spec, batch_size, device), client=client,
-        resources=resources)
-    set_attrs(out, so, precision_attrs(precision, prec))
-    task = _Task(plan.spec, plan.dims, out, so, device, prec, batch_size)
     pieces, n_total = _pieces(plan, storage.ChunkRecord(out, so), resume)
+    prec = pinned_precision(stored, precision)
+    said = f"{prec} (recorded in the store)"
+    if prec is None:  # a new store: choose on the run's first chunk
+        first = pieces[0] if pieces else None
+        sample = first and RegionSample(plan.spec, plan.dims, first.dynamic, first.static,
+                                        batch_size)
+        choice = resolve_for_run(precision, device, spec_probe(plan.spec, batch_size, device),
+                                 tolerance=tolerance, sample=sample, client=client,
+                                 resources=resources)
+        set_attrs(out, so, choice.attrs())
+        prec, said = choice.precision, choice.describe()
+        log.info("somo predict %s: precision %s", out, said)
+    task = _Task(plan.spec, plan.dims, out, so, device, prec, batch_size)
     skipped = n_total - len(pieces)
     log.info("somo predict %s: %d chunks, %d finished, %d to compute (%s)", out, n_total,
              skipped, len(pieces), prec)
@@ -212,7 +234,8 @@ def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dat
                progress=progress)
     storage.mark_complete(out, so, config_hash=hashes[storage.HASH_ATTR])
     return PredictSummary(url=out, config_hash=hashes[storage.HASH_ATTR], predict_hash=phash,
-                          n_chunks=n_total, computed=len(pieces), skipped=skipped)
+                          n_chunks=n_total, computed=len(pieces), skipped=skipped,
+                          precision=said)
 
 
 def _opened(ds: xr.Dataset | str, so: Mapping) -> xr.Dataset:

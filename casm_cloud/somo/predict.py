@@ -24,7 +24,7 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud.inference.chunked import regions
-from casm_cloud.inference.precision import Precision, Probe, resolve_precision
+from casm_cloud.inference.precision import TOLERANCE, Precision, Probe, numerics, resolve_for_run
 from casm_cloud.somo.features import FeatureError
 from casm_cloud.somo.windowed import WINDOW, WindowedModel, default_batch
 
@@ -267,23 +267,48 @@ def block_values(spec: ModelSpec, dynamic: xr.Dataset, static: xr.Dataset,
     s -= np.asarray(spec.sta_mean, np.float32)
     s /= np.asarray(spec.sta_std, np.float32)
     model = _model(spec.path, spec.content_hash, spec.storage_options, device, precision, batch)
-    y = model(x, s) * np.float32(spec.target_std) + np.float32(spec.target_mean)
+    with numerics(device, precision):
+        y = model(x, s) * np.float32(spec.target_std) + np.float32(spec.target_mean)
     if spec.clip_min is not None:
         y = np.where(y < spec.clip_min, np.float32(spec.clip_min), y)
     return np.moveaxis(y.reshape(*shape, -1), -1, 0)
 
 
 def run_region(plan_spec: ModelSpec, dims: tuple[str, ...], dynamic: xr.Dataset,
-               static: xr.Dataset, device: str, precision: Precision,
+               static: xr.Dataset, device: str, precision: str,
                batch: int | None) -> tuple[np.ndarray, str, str]:
-    """Task body: compute the inputs, resolve device and precision here, run the block."""
+    """Task body: compute the inputs, resolve the device here, run the block in ``precision``
+    (a resolved one: chosen once per run, :func:`casm_cloud.inference.choose_precision`)."""
     from casm_cloud.inference import resolve_device
 
+    if precision == "auto":
+        raise ValueError("run_region runs a chosen precision; 'auto' is chosen once per run")
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev, spec_probe(plan_spec, batch, dev))
     dyn = dynamic.compute(scheduler="sync")
     sta = static.compute(scheduler="sync")
-    return block_values(plan_spec, dyn, sta, dims, device=dev, precision=prec, batch=batch), dev, prec
+    return (block_values(plan_spec, dyn, sta, dims, device=dev, precision=precision,
+                         batch=batch), dev, precision)
+
+
+class RegionSample:
+    """``sample(device, precision)`` for the precision check: one region's values (the
+    run's first chunk) in a precision; its inputs are read once per process."""
+
+    def __init__(self, spec: ModelSpec, dims: tuple[str, ...], dynamic: xr.Dataset,
+                 static: xr.Dataset, batch: int | None):
+        self.spec, self.dims, self.batch = spec, tuple(dims), batch
+        self.dynamic, self.static = dynamic, static
+        self._inputs = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_inputs": None}
+
+    def __call__(self, device: str, precision: str) -> np.ndarray:
+        if self._inputs is None:
+            self._inputs = (self.dynamic.compute(scheduler="sync"),
+                            self.static.compute(scheduler="sync"))
+        return block_values(self.spec, *self._inputs, self.dims, device=device,
+                            precision=precision, batch=self.batch)
 
 
 def _lazy_block(spec, dims, dynamic, static, device, precision, batch):
@@ -292,7 +317,7 @@ def _lazy_block(spec, dims, dynamic, static, device, precision, batch):
 
 def predict(checkpoint: str, features: xr.Dataset, statics: xr.Dataset, start=None, end=None,
             *, chunks: Mapping[str, int] | None = None, precision: Precision = "auto",
-            device: str = "auto", batch_size: int | None = None,
+            device: str = "auto", batch_size: int | None = None, tolerance: float = TOLERANCE,
             storage_options: Mapping | None = None) -> xr.Dataset:
     """The lazy daily SoMo.ml series of a checkpoint over the cells of ``features``.
 
@@ -310,10 +335,16 @@ def predict(checkpoint: str, features: xr.Dataset, statics: xr.Dataset, start=No
         365-day window, and the last forcing day).
     chunks : mapping, optional
         Output chunk sizes (``time`` default 365; spatial: the features').
-    precision : {"auto", "fp32", "bf16"}
+    precision : {"auto", "fp32", "bf16", "tf32"}
+        ``"auto"``: the fastest precision whose largest difference from fp32 on the
+        first output chunk is within ``tolerance`` (chosen here, once, reading
+        that chunk's inputs; :mod:`casm_cloud.inference.precision`).  The choice
+        and its check are the result's attributes (``casm_precision``, ...).
     device : {"auto", "cpu", "cuda"}
     batch_size : int, optional
         Windows per forward.
+    tolerance : float
+        Largest difference from fp32 ``"auto"`` accepts, in the target's units.
     storage_options : mapping, optional
         fsspec options of the checkpoint.
 
@@ -335,13 +366,20 @@ def predict(checkpoint: str, features: xr.Dataset, statics: xr.Dataset, start=No
     counts = [len(range(0, plan.sizes[d], plan.chunks[d])) for d in plan.dims]
     blocks = np.empty(counts, dtype=object)
     task = dask.delayed(_lazy_block, pure=True)
+    choice = None
     for index, region in plan.regions():
         dyn, sta = plan.inputs(region)
+        if choice is None:  # the run's first chunk decides, in this process
+            choice = resolve_for_run(precision, device, spec_probe(plan.spec, batch_size, device),
+                                     tolerance=tolerance,
+                                     sample=RegionSample(plan.spec, plan.dims, dyn, sta,
+                                                         batch_size))
         shape = tuple(r.stop - r.start for r in region.values())
-        blocks[index] = dsa.from_delayed(task(plan.spec, plan.dims, dyn, sta, device, precision,
-                                              batch_size), shape, dtype=np.float32)
+        blocks[index] = dsa.from_delayed(task(plan.spec, plan.dims, dyn, sta, device,
+                                              choice.precision, batch_size),
+                                         shape, dtype=np.float32)
     data = dsa.block(blocks.tolist())
-    return _as_dataset(plan, data)
+    return _as_dataset(plan, data).assign_attrs(choice.attrs() if choice else {})
 
 
 def _as_dataset(plan: Plan, data) -> xr.Dataset:
