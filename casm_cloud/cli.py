@@ -365,7 +365,7 @@ def _add_validate(sub) -> None:
                                max_distance=a.max_distance_km * 1000.0,
                                min_pairs=a.min_pairs, figures=not a.no_figures, where=where)
         cols = ["product", "network", "station_name", "n", "R", "RMSE", "ubRMSE", "bias",
-                "NRMSE", "anomaly_R", "R2"]
+                "rel_bias", "NRMSE", "NRMSD", "anomaly_R", "R2"]
         print(table[[c for c in cols if c in table]].to_string(index=False, float_format="%.3f"))
         print(f"written: {a.out}/metrics.csv, summary.md and figures")
 

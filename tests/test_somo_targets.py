@@ -180,9 +180,11 @@ def test_an_empty_cv_fold_is_one_clear_error():
 def test_cv_table_has_each_fold_and_the_mean_per_layer():
     per_cell = pd.DataFrame({"layer": ["sm_l1"] * 4, "fold": [0, 0, 1, 1], "cell": range(4),
                              "R": [0.8, 0.6, 0.9, 0.7], "NRMSE": [0.1, 0.3, 0.2, 0.2],
+                             "rel_bias": [-0.1, 0.1, 0.2, 0.0],
                              "anomaly_R": [0.5, 0.5, 0.6, 0.4]})
     t = cv_scores(per_cell).set_index("fold")
     assert t.loc["0", "R"] == pytest.approx(0.7) and t.loc["1", "R"] == pytest.approx(0.8)
+    assert t.loc["0", "rel_bias"] == pytest.approx(0.0) and t.loc["1", "NRMSE"] == 0.2
     assert t.loc["mean", "R"] == pytest.approx(0.75)
     assert t.loc["mean", "n_cells"] == 4
 

@@ -46,7 +46,10 @@ def _reference(x: xr.DataArray, y: xr.DataArray, fn) -> np.ndarray:
         (vm.rmse, lambda a, b: pm.rmsd(a.values, b.values)),
         (vm.ubrmse, lambda a, b: pm.ubrmsd(a.values, b.values)),
         (vm.bias, lambda a, b: pm.bias(a.values, b.values)),
-        (vm.nrmse, lambda a, b: pm.nrmsd(a.values, b.values)),
+        (vm.nrmsd, lambda a, b: pm.nrmsd(a.values, b.values)),
+        # the SoMo.ml paper's, over the mean of the reference (pytesmo's pieces)
+        (vm.nrmse, lambda a, b: pm.rmsd(a.values, b.values) / b.values.mean()),
+        (vm.rel_bias, lambda a, b: pm.bias(a.values, b.values) / b.values.mean()),
         (vm.r2, lambda a, b: pm.nash_sutcliffe(b.values, a.values)),
     ],
 )

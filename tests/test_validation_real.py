@@ -37,7 +37,8 @@ def _pytesmo_row(x, y, x_all, y_all):
     ok = ax.notna() & ay.notna()
     a, b = x.values, y.values
     return {"R": pm.pearson_r(a, b), "RMSE": pm.rmsd(a, b), "ubRMSE": pm.ubrmsd(a, b),
-            "bias": pm.bias(a, b), "NRMSE": pm.nrmsd(a, b),
+            "bias": pm.bias(a, b), "NRMSD": pm.nrmsd(a, b),
+            "NRMSE": pm.rmsd(a, b) / b.mean(), "rel_bias": pm.bias(a, b) / b.mean(),
             "anomaly_R": pm.pearson_r(ax[ok].values, ay[ok].values),
             "R2": pm.nash_sutcliffe(b, a)}
 

@@ -25,7 +25,7 @@ from casm_cloud.errors import UserError
 __all__ = ["CVError", "spatial_folds", "check_folds", "cell_scores", "cv_scores", "SCORES"]
 
 #: Scores of the CV table, in its column order.
-SCORES = ("R", "NRMSE", "anomaly_R")
+SCORES = ("R", "NRMSE", "rel_bias", "anomaly_R")
 
 
 class CVError(UserError, ValueError):
@@ -75,10 +75,12 @@ def check_folds(folds: np.ndarray, has_target: Mapping[str, np.ndarray], n_folds
 
 
 def cell_scores(pred: xr.DataArray, obs: xr.DataArray, dim: str = "time") -> xr.Dataset:
-    """R, NRMSE and anomaly R of every cell (:mod:`casm_cloud.validation.metrics`)."""
+    """R, NRMSE and relative bias (the paper's, over the mean of the in-situ series) and
+    anomaly R of every cell (:mod:`casm_cloud.validation.metrics`)."""
     from casm_cloud.validation import metrics as vm
 
     return xr.Dataset({"R": vm.pearson_r(pred, obs, dim), "NRMSE": vm.nrmse(pred, obs, dim),
+                       "rel_bias": vm.rel_bias(pred, obs, dim),
                        "anomaly_R": vm.anomaly_r(pred, obs, dim),
                        "n": vm.n_pairs(pred, obs, dim)})
 

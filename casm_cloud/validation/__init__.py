@@ -36,9 +36,11 @@ from casm_cloud.validation.metrics import (
     anomaly_r,
     bias,
     n_pairs,
+    nrmsd,
     nrmse,
     pearson_r,
     r2,
+    rel_bias,
     rmse,
     ubrmse,
 )
@@ -54,8 +56,8 @@ __all__ = [
     "read_ismn", "select_stations", "selection_report", "StationSelectionError",
     "collocate", "CollocationError", "matched_pairs", "score_pairs", "validate_product", "aggregate_metrics",
     "consistency_steps",
-    "METRICS", "pearson_r", "rmse", "ubrmse", "bias", "nrmse", "anomaly_r", "anomaly", "r2",
-    "n_pairs",
+    "METRICS", "pearson_r", "rmse", "ubrmse", "bias", "nrmse", "nrmsd", "rel_bias", "anomaly_r",
+    "anomaly", "r2", "n_pairs",
     "run_validation", "open_product",
     "ValidationError", "MissingKeyError", "MissingInputError",
 ]

@@ -149,7 +149,7 @@ def validate_product(product: xr.Dataset | xr.DataArray, stations: xr.Dataset, *
         ``network``, ``station_name``, ``instrument``, ``depth_from``,
         ``depth_to``, ``lat``, ``lon``, ``climate_KG``, ``lc_2010`` (when
         known), ``distance_km``, ``n`` and the metric columns ``R``,
-        ``RMSE``, ``ubRMSE``, ``bias``, ``NRMSE``, ``anomaly_R``, ``R2``
+        ``RMSE``, ``ubRMSE``, ``bias``, ``rel_bias``, ``NRMSE``, ``NRMSD``, ``anomaly_R``, ``R2``
         (product minus/against station).  ``attrs["removed"]`` lists the
         stations the collocation dropped and why.
 

@@ -24,8 +24,8 @@ import xarray as xr
 
 from casm_cloud.validation.exceptions import ValidationError
 
-__all__ = ["pearson_r", "rmse", "ubrmse", "bias", "nrmse", "anomaly_r", "r2", "anomaly", "n_pairs",
-           "pair_moments", "pair_metrics", "METRICS"]
+__all__ = ["pearson_r", "rmse", "ubrmse", "bias", "nrmse", "nrmsd", "rel_bias", "anomaly_r", "r2",
+           "anomaly", "n_pairs", "pair_moments", "pair_metrics", "METRICS"]
 
 
 def _require(x: xr.DataArray, y: xr.DataArray, dim: Hashable) -> None:
@@ -182,7 +182,9 @@ def _from_moments(m: xr.Dataset) -> dict[str, xr.DataArray]:
         "RMSE": np.sqrt(msd),
         "ubRMSE": np.sqrt(var_d),
         "bias": b,
-        "NRMSE": np.sqrt(msd) / (m["max"] - m["min"]),
+        "NRMSE": np.sqrt(msd) / m.mean_y.where(m.mean_y != 0),
+        "NRMSD": np.sqrt(msd) / (m["max"] - m["min"]),
+        "rel_bias": b / m.mean_y.where(m.mean_y != 0),
         "R2": 1.0 - m.n * msd / m.syy.where(m.syy > 0),
     }
 
@@ -290,9 +292,38 @@ def ubrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataA
 
 
 def nrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    r"""RMSE normalised by the mean of the reference, as SoMo.ml's paper defines it.
+
+    .. math:: \mathrm{NRMSE} = \frac{\mathrm{RMSE}}{\bar y}
+
+    over the pairs (O & Orth 2021, Sci. Data 8, 170: "normalised by the mean of the
+    in-situ data").  pytesmo has no such metric; its range-normalised ``nrmsd`` is
+    :func:`nrmsd` here.
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+        NaN where the reference's mean is 0.
+
+    Raises
+    ------
+    ValidationError
+        If ``dim`` is missing from either input.
+    """
+    return _from_moments(pair_moments(x, y, dim))["NRMSE"]
+
+
+def nrmsd(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
     r"""RMSE normalised by the joint range of both series.
 
-    .. math:: \mathrm{NRMSE} = \frac{\mathrm{RMSE}}
+    .. math:: \mathrm{NRMSD} = \frac{\mathrm{RMSE}}
               {\max(\max x, \max y) - \min(\min x, \min y)}
 
     Reference: ``pytesmo.metrics.nrmsd`` (same normalisation, over the pairs).
@@ -313,7 +344,32 @@ def nrmse(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataAr
     ValidationError
         If ``dim`` is missing from either input.
     """
-    return _from_moments(pair_moments(x, y, dim))["NRMSE"]
+    return _from_moments(pair_moments(x, y, dim))["NRMSD"]
+
+
+def rel_bias(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    r"""Bias relative to the mean of the reference: :math:`(\bar x - \bar y) / \bar y`,
+    over the pairs, as SoMo.ml's paper reports it (pytesmo has none; its ``bias`` over
+    the reference's mean is the same number).
+
+    Parameters
+    ----------
+    x, y : xarray.DataArray
+        Product and reference, sharing ``dim``.
+    dim : hashable
+        Dimension to reduce.
+
+    Returns
+    -------
+    xarray.DataArray
+        NaN where the reference's mean is 0.
+
+    Raises
+    ------
+    ValidationError
+        If ``dim`` is missing from either input.
+    """
+    return _from_moments(pair_moments(x, y, dim))["rel_bias"]
 
 
 def pearson_r(x: xr.DataArray, y: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
@@ -531,6 +587,8 @@ METRICS = {
     "ubRMSE": ubrmse,
     "bias": bias,
     "NRMSE": nrmse,
+    "NRMSD": nrmsd,
+    "rel_bias": rel_bias,
     "anomaly_R": anomaly_r,
     "R2": r2,
 }

@@ -34,7 +34,7 @@ __all__ = ["open_product", "keep_where", "run_validation", "product_name"]
 
 _CELL_FILE = re.compile(r"^\d{4}\.nc$")
 _TABLE_COLUMNS = ["product", "network", "station_name", "lat", "lon", "n", "R", "RMSE",
-                  "ubRMSE", "bias", "NRMSE", "anomaly_R", "R2"]
+                  "ubRMSE", "bias", "rel_bias", "NRMSE", "NRMSD", "anomaly_R", "R2"]
 _LOCAL_PROTOCOLS = ("file", "local")
 
 
@@ -242,7 +242,7 @@ def run_validation(products: Mapping[str, str | Path] | str | Path, stations_pat
         ``station``, ``network``, ``station_name``, ``instrument``, depths,
         ``lat``, ``lon`` (and climate / land cover when known),
         ``distance_km``, ``n``, ``R``, ``RMSE``, ``ubRMSE``, ``bias``,
-        ``NRMSE``, ``anomaly_R``, ``R2``.
+        ``rel_bias``, ``NRMSE``, ``NRMSD``, ``anomaly_R``, ``R2``.
 
     Raises
     ------
@@ -379,7 +379,8 @@ def _write_summary(path: Path, table, by_net, by_clim, stations, failures, coll,
         "Products: " + ", ".join(f"{k} (`{v}`)" for k, v in products.items()), "",
         "Metrics: product minus/against station on paired n-day means; R Pearson, "
         "anomaly_R on ±17-day moving-window anomalies, R2 coefficient of determination, "
-        "NRMSE normalised by the joint range (pytesmo definitions).", "",
+        "NRMSE = RMSE / mean of the station series and rel_bias = bias / that mean "
+        "(SoMo.ml's definitions), NRMSD = RMSE / joint range (pytesmo's nrmsd).", "",
         "## Per station", "", _md_table(table[[c for c in _TABLE_COLUMNS if c in table]]), "",
         "## Median per network", "", _md_table(by_net), "",
     ]
