@@ -52,7 +52,9 @@ def test_import_then_predict(tmp_path, capsys):
     assert "3 chunks, 3 computed" in capsys.readouterr().out
     out = storage.open_zarr(str(tmp_path / "sm.zarr"), require_complete=True)
     assert out["sm"].shape == (11, 3) and np.isfinite(out["sm"].values).all()
-    assert _main(args) == 0 and "0 computed, 3 already finished" in capsys.readouterr().out
+    said = capsys.readouterr().out if _main(args) == 0 else ""
+    assert "0 computed, 3 already finished" in said and "precision fp32" in said
+    assert storage.open_zarr(str(tmp_path / "sm.zarr")).attrs["casm_precision_error"] == 0.0
     # bad statics: one line naming the variable, exit code 2
     stat.drop_vars("clay").to_zarr(tmp_path / "bad.zarr", zarr_format=3, consolidated=False)
     args[4] = str(tmp_path / "bad.zarr")
@@ -71,4 +73,4 @@ def test_registered_in_the_casm_cloud_cli_when_the_lead_wires_it(tmp_path):
         pytest.skip("casm_cloud.cli does not register the somo commands yet")
     assert cli.main(["somo", "import-published", str(tmp_path / "missing.pt"),
                      "--forcing-scaler", "f.csv", "--static-scaler", "s.csv",
-                     "--out", str(tmp_path / "c")]) != 0
+                     "--out", str(tmp_path / "c")]) == 2

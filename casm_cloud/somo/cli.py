@@ -7,7 +7,8 @@ registry); each handler imports its library function lazily::
     casm-cloud somo import-published MODEL.pt --forcing-scaler F.csv \\
         --static-scaler S.csv --out CKPT
     casm-cloud somo predict CKPT FEATURES.zarr STATICS.zarr --out SM.zarr \\
-        [--start DAY] [--end DAY] [--precision auto|fp32|bf16] [--device auto|cpu|cuda]
+        [--start DAY] [--end DAY] [--precision auto|fp32|bf16|tf32] [--tolerance T] \\
+        [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--start", default=None, help="first output day (default: first with a "
                                                  "full 365-day window)")
     p.add_argument("--end", default=None, help="last output day (default: last forcing day)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "tf32"), default="auto",
+                   help="auto: the fastest within --tolerance of fp32 on the first chunk")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest difference from fp32 auto accepts, m3 m-3 (1e-3)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--time-chunk", type=int, default=None, help="output days per chunk (365)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
@@ -64,7 +68,8 @@ def _add_predict(sub) -> None:
     def run(a):
         from casm_cloud.somo import predict_to_zarr
 
-        kw = dict(start=a.start, end=a.end, precision=a.precision, device=a.device,
+        kw = dict(start=a.start, end=a.end, precision=a.precision, tolerance=a.tolerance,
+                  device=a.device,
                   batch_size=a.batch_size, resume=a.resume, append=a.append,
                   overwrite=a.overwrite,
                   chunks={"time": a.time_chunk} if a.time_chunk else None)
@@ -77,7 +82,7 @@ def _add_predict(sub) -> None:
         else:
             s = predict_to_zarr(a.checkpoint, a.features, a.statics, a.out, **kw)
         print(f"{s.url}: {s.n_chunks} chunks, {s.computed} computed, {s.skipped} already "
-              f"finished (config {s.predict_hash[:12]})")
+              f"finished (config {s.predict_hash[:12]}); precision {s.precision}")
 
     p.set_defaults(func=run)
 

@@ -101,7 +101,10 @@ def _torch_reason(err: Exception) -> str:
 def _state_dict(model_pt: str, storage_options: Mapping | None) -> dict:
     import torch
 
-    data = _read_bytes(model_pt, storage_options)
+    try:
+        data = _read_bytes(model_pt, storage_options)
+    except FileNotFoundError:
+        raise _checkpoint_error(f"{model_pt}: no such model file") from None
     if not data.startswith((b"PK\x03\x04", b"\x80")):  # torch's zip, or its legacy pickle
         raise _checkpoint_error(f"{model_pt}: no PyTorch file at all (it begins "
                                 f"{data[:24]!r})")
