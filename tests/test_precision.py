@@ -309,3 +309,5 @@ def test_a_product_records_every_precision_and_the_largest_error():
     assert got["casm_precision"] == "bf16,fp32" and got["casm_precision_error"] == 2e-4
     assert got["casm_precision_samples"] == 20 and P.summary_attrs([]) == {}
     assert "bf16,fp32 (max |diff| vs fp32 0.0002 over 20 values" in P.summary_line(got)
+    exact = P.summary_attrs([P.Choice("fp32", "auto", 1e-3).attrs()])
+    assert P.summary_line(exact).startswith("fp32 (the reference; no faster precision")

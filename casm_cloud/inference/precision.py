@@ -455,6 +455,8 @@ def summary_line(attrs: Mapping) -> str:
     if PRECISION_ATTR not in attrs:
         return "not recorded"
     error = attrs.get(ERROR_ATTR)
+    if attrs[PRECISION_ATTR] == "fp32" and not attrs.get(SAMPLES_ATTR):
+        return "fp32 (the reference; no faster precision was a candidate here)"
     check = ("not checked against fp32" if error is None else
              f"max |diff| vs fp32 {error:.2g} over {attrs.get(SAMPLES_ATTR, 0)} values")
     return f"{attrs[PRECISION_ATTR]} ({check}; tolerance {attrs.get(TOLERANCE_ATTR)})"
