@@ -25,7 +25,7 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.errors import UserError
-from casm_cloud.inference.precision import Precision, numerics
+from casm_cloud.inference.precision import Precision, Sample, numerics
 from casm_cloud.seasonal import cycle_values
 
 __all__ = ["PredictError", "PRODUCT_VARIABLES", "PARAM_FIELDS", "PredictSummary",
@@ -294,21 +294,15 @@ def _chunk_inputs(spec: _Spec, piece: _Piece) -> dict:
         times=times, origin=(piece.region["y"].start, piece.region["x"].start))
 
 
-class ChunkSample:
-    """``sample(device, precision)`` for the precision check: the ``sm`` of one chunk (the
-    run's first) in a precision; its inputs are read once per process."""
+def _chunk_sm(spec: _Spec, inputs: dict, device: str, precision: str) -> np.ndarray:
+    """``sm`` of one region from :func:`_chunk_inputs` in ``precision`` (the precision check)."""
+    return _predict_arrays(dataclasses.replace(spec, precision=precision), device=device,
+                           **inputs)["sm"]
 
-    def __init__(self, spec: _Spec, piece: _Piece):
-        self.spec, self.piece, self._inputs = spec, piece, None
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_inputs": None}
-
-    def __call__(self, device: str, precision: str) -> np.ndarray:
-        if self._inputs is None:
-            self._inputs = _chunk_inputs(self.spec, self.piece)
-        spec = dataclasses.replace(self.spec, precision=precision)
-        return _predict_arrays(spec, device=device, **self._inputs)["sm"]
+def chunk_sample(spec: _Spec, piece: _Piece) -> Sample:
+    """The precision check's sample: ``piece``'s ``sm`` in a precision."""
+    return Sample(functools.partial(_chunk_inputs, spec, piece), functools.partial(_chunk_sm, spec))
 
 
 def _run_chunk(spec: _Spec, piece: _Piece) -> dict:

@@ -58,12 +58,12 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 __all__ = ["PRECISION_ATTR", "REQUESTED_ATTR", "TOLERANCE", "Choice", "Precision", "Probe",
-           "bf16_time_ratio", "choose_precision", "cpu_has_amx", "numerics", "pinned_precision",
+           "Sample", "bf16_time_ratio", "choose_precision", "cpu_has_amx", "numerics", "pinned_precision",
            "resolve_for_run", "resolve_precision", "summary_attrs", "summary_line"]
 
 Precision = Literal["auto", "fp32", "bf16", "tf32"]
@@ -318,15 +318,22 @@ class Choice:
                 TOLERANCE_ATTR: self.tolerance, ERROR_ATTR: self.error,
                 SAMPLES_ATTR: self.samples, CHECKED_ATTR: json.dumps(dict(self.checked))}
 
-    def describe(self) -> str:
-        """For the stage's line: ``bf16 (max |diff| vs fp32 3.1e-05 over 40960 values)``."""
-        if self.precision == "fp32":
-            rejected = ", ".join(f"{k} off by {v:.2g}" for k, v in self.checked)
-            return f"fp32{f' ({rejected} > tolerance {self.tolerance:g})' if rejected else ''}"
-        if self.error is None:
-            return f"{self.precision} (as asked; not checked against fp32)"
-        return (f"{self.precision} (max |diff| vs fp32 {self.error:.2g} over {self.samples} "
-                f"values; tolerance {self.tolerance:g})")
+
+class Sample:
+    """``sample(device, precision)`` for :func:`resolve_for_run`: the run's first chunk in a
+    precision, ``compute(inputs, device, precision)`` on inputs ``read()`` once per process
+    (the task that chooses ships it to a worker without them)."""
+
+    def __init__(self, read: Callable[[], Any], compute: Callable[..., np.ndarray]):
+        self.read, self.compute, self._inputs = read, compute, None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_inputs": None}
+
+    def __call__(self, device: str, precision: str) -> np.ndarray:
+        if self._inputs is None:
+            self._inputs = self.read()
+        return self.compute(self._inputs, device, precision)
 
 
 def _candidates(device: str, probe: Probe) -> list[str]:
@@ -451,12 +458,17 @@ def summary_attrs(stores: list[Mapping]) -> dict:
 
 
 def summary_line(attrs: Mapping) -> str:
-    """:func:`summary_attrs` in words, for a stage's line."""
+    """A store's or a product's precision record in words, for the stage's line:
+    ``bf16 (max |diff| vs fp32 3.1e-05 over 40960 values; tolerance 0.001)``."""
     if PRECISION_ATTR not in attrs:
         return "not recorded"
-    error = attrs.get(ERROR_ATTR)
-    if attrs[PRECISION_ATTR] == "fp32" and not attrs.get(SAMPLES_ATTR):
-        return "fp32 (the reference; no faster precision was a candidate here)"
-    check = ("not checked against fp32" if error is None else
-             f"max |diff| vs fp32 {error:.2g} over {attrs.get(SAMPLES_ATTR, 0)} values")
-    return f"{attrs[PRECISION_ATTR]} ({check}; tolerance {attrs.get(TOLERANCE_ATTR)})"
+    prec, tol = attrs[PRECISION_ATTR], attrs.get(TOLERANCE_ATTR, TOLERANCE)
+    error, samples = attrs.get(ERROR_ATTR), attrs.get(SAMPLES_ATTR, 0)
+    if prec == "fp32":
+        rejected = ", ".join(f"{k} off by {v:.2g}"
+                             for k, v in json.loads(attrs.get(CHECKED_ATTR) or "{}").items())
+        return (f"fp32 ({rejected} > tolerance {tol:g})" if rejected
+                else "fp32 (the reference; no faster precision was a candidate here)")
+    if error is None:
+        return f"{prec} (not checked against fp32)"
+    return f"{prec} (max |diff| vs fp32 {error:.2g} over {samples} values; tolerance {tol:g})"

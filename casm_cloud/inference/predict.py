@@ -29,7 +29,6 @@ from casm_cloud.inference.kernel import (
     PARAM_FIELDS,
     PREDICT_HASH_ATTR,
     PRODUCT_VARIABLES,
-    ChunkSample,
     Device,
     Precision,
     PredictError,
@@ -40,6 +39,7 @@ from casm_cloud.inference.kernel import (
     _Piece,
     _run_chunk,
     _Spec,
+    chunk_sample,
 )
 from casm_cloud.inference.precision import (
     PRECISIONS,
@@ -48,6 +48,7 @@ from casm_cloud.inference.precision import (
     cpu_has_amx,
     pinned_precision,
     resolve_for_run,
+    summary_line,
 )
 from casm_cloud.schema import apply_attrs
 
@@ -223,7 +224,8 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
                     params: xr.Dataset | Mapping[str, xr.Dataset] | str, out: str, *,
                     n_noise: int = 10, noise_scale: float = 0.1, batch_size: int | None = None,
                     device: Device = "auto", precision: Precision = "auto",
-                    tolerance: float = TOLERANCE, resume: bool = True, overwrite: bool = False, append: bool = False,
+                    tolerance: float = TOLERANCE, resume: bool = True, overwrite: bool = False,
+                    append: bool = False,
                     chunks: Mapping[str, int] | None = None, seed: int = 0,
                     storage_options: Mapping | None = None, client=None,
                     config_hash: str | None = None,
@@ -333,15 +335,14 @@ def predict_to_zarr(inputs: xr.Dataset | str, ensemble: Sequence[str] | str,
                  device=device, precision="fp32", out=out, storage_options=so)
     pieces, n_total = _pieces(inputs, params, features, sizes, chunk_sizes,
                               storage.ChunkRecord(out, so), resume)
-    prec = pinned_precision(stored, precision)
-    said = f"{prec} (recorded in the store)"
+    prec, said = pinned_precision(stored, precision), summary_line(stored or {})
     if prec is None:  # a new store: choose on the run's first chunk
         choice = resolve_for_run(precision, device, _probe(meta, batch_size, device),
                                  tolerance=tolerance,
-                                 sample=ChunkSample(spec, pieces[0]) if pieces else None,
+                                 sample=chunk_sample(spec, pieces[0]) if pieces else None,
                                  client=client, resources=resources)
         set_attrs(out, so, choice.attrs())
-        prec, said = choice.precision, choice.describe()
+        prec, said = choice.precision, summary_line(choice.attrs())
     _warn_slow_bf16(prec, device, client)
     spec = dataclasses.replace(spec, precision=prec)
     skipped = n_total - len(pieces)

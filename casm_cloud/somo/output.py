@@ -54,12 +54,13 @@ from casm_cloud.inference.precision import (
     Precision,
     pinned_precision,
     resolve_for_run,
+    summary_line,
 )
 from casm_cloud.somo.predict import (
     ModelSpec,
     Plan,
-    RegionSample,
     make_plan,
+    region_sample,
     run_region,
     spec_probe,
 )
@@ -213,17 +214,16 @@ def predict_to_zarr(checkpoint: str, features: xr.Dataset | str, statics: xr.Dat
                            append=append, what="SoMo.ml prediction")
     resources = task_resources(client, device)
     pieces, n_total = _pieces(plan, storage.ChunkRecord(out, so), resume)
-    prec = pinned_precision(stored, precision)
-    said = f"{prec} (recorded in the store)"
+    prec, said = pinned_precision(stored, precision), summary_line(stored or {})
     if prec is None:  # a new store: choose on the run's first chunk
         first = pieces[0] if pieces else None
-        sample = first and RegionSample(plan.spec, plan.dims, first.dynamic, first.static,
-                                        batch_size)
+        sample = first and region_sample(plan.spec, plan.dims, first.dynamic, first.static,
+                                         batch_size)
         choice = resolve_for_run(precision, device, spec_probe(plan.spec, batch_size, device),
                                  tolerance=tolerance, sample=sample, client=client,
                                  resources=resources)
         set_attrs(out, so, choice.attrs())
-        prec, said = choice.precision, choice.describe()
+        prec, said = choice.precision, summary_line(choice.attrs())
         log.info("somo predict %s: precision %s", out, said)
     task = _Task(plan.spec, plan.dims, out, so, device, prec, batch_size)
     skipped = n_total - len(pieces)

@@ -24,7 +24,14 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud.inference.chunked import regions
-from casm_cloud.inference.precision import TOLERANCE, Precision, Probe, numerics, resolve_for_run
+from casm_cloud.inference.precision import (
+    TOLERANCE,
+    Precision,
+    Probe,
+    Sample,
+    numerics,
+    resolve_for_run,
+)
 from casm_cloud.somo.features import FeatureError
 from casm_cloud.somo.windowed import WINDOW, WindowedModel, default_batch
 
@@ -278,37 +285,30 @@ def run_region(plan_spec: ModelSpec, dims: tuple[str, ...], dynamic: xr.Dataset,
                static: xr.Dataset, device: str, precision: str,
                batch: int | None) -> tuple[np.ndarray, str, str]:
     """Task body: compute the inputs, resolve the device here, run the block in ``precision``
-    (a resolved one: chosen once per run, :func:`casm_cloud.inference.choose_precision`)."""
+    (a resolved one: chosen once per run, :func:`casm_cloud.inference.precision.choose_precision`)."""
     from casm_cloud.inference import resolve_device
 
     if precision == "auto":
         raise ValueError("run_region runs a chosen precision; 'auto' is chosen once per run")
     dev = resolve_device(device)
-    dyn = dynamic.compute(scheduler="sync")
-    sta = static.compute(scheduler="sync")
-    return (block_values(plan_spec, dyn, sta, dims, device=dev, precision=precision,
-                         batch=batch), dev, precision)
+    values = _region_values(plan_spec, dims, batch, _computed(dynamic, static), dev, precision)
+    return values, dev, precision
 
 
-class RegionSample:
-    """``sample(device, precision)`` for the precision check: one region's values (the
-    run's first chunk) in a precision; its inputs are read once per process."""
+def _computed(*parts: xr.Dataset) -> tuple[xr.Dataset, ...]:
+    return tuple(p.compute(scheduler="sync") for p in parts)
 
-    def __init__(self, spec: ModelSpec, dims: tuple[str, ...], dynamic: xr.Dataset,
-                 static: xr.Dataset, batch: int | None):
-        self.spec, self.dims, self.batch = spec, tuple(dims), batch
-        self.dynamic, self.static = dynamic, static
-        self._inputs = None
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_inputs": None}
+def _region_values(spec: ModelSpec, dims: tuple[str, ...], batch: int | None, inputs: tuple,
+                   device: str, precision: str) -> np.ndarray:
+    return block_values(spec, *inputs, dims, device=device, precision=precision, batch=batch)
 
-    def __call__(self, device: str, precision: str) -> np.ndarray:
-        if self._inputs is None:
-            self._inputs = (self.dynamic.compute(scheduler="sync"),
-                            self.static.compute(scheduler="sync"))
-        return block_values(self.spec, *self._inputs, self.dims, device=device,
-                            precision=precision, batch=self.batch)
+
+def region_sample(spec: ModelSpec, dims: tuple[str, ...], dynamic: xr.Dataset,
+                  static: xr.Dataset, batch: int | None) -> Sample:
+    """The precision check's sample: one region's values (the run's first chunk)."""
+    return Sample(functools.partial(_computed, dynamic, static),
+                  functools.partial(_region_values, spec, tuple(dims), batch))
 
 
 def _lazy_block(spec, dims, dynamic, static, device, precision, batch):
@@ -372,8 +372,8 @@ def predict(checkpoint: str, features: xr.Dataset, statics: xr.Dataset, start=No
         if choice is None:  # the run's first chunk decides, in this process
             choice = resolve_for_run(precision, device, spec_probe(plan.spec, batch_size, device),
                                      tolerance=tolerance,
-                                     sample=RegionSample(plan.spec, plan.dims, dyn, sta,
-                                                         batch_size))
+                                     sample=region_sample(plan.spec, plan.dims, dyn, sta,
+                                                          batch_size))
         shape = tuple(r.stop - r.start for r in region.values())
         blocks[index] = dsa.from_delayed(task(plan.spec, plan.dims, dyn, sta, device,
                                               choice.precision, batch_size),
