@@ -333,10 +333,11 @@ def _run_predict(ctx: Context, p: dict, net: str, kind: str, members_stage: str)
     kw = {k: p[k] for k in ("n_noise", "noise_scale", "batch_size", "device", "precision",
                             "tolerance")}
     with ctx.chunk_bar(net) as progress:
-        done = predict_to_zarr(inputs, _members(ctx, members_stage, net), params, out, resume=True,
-                        overwrite=state["exists"] and state["config_hash"] != ctx.config_hash,
-                        append=True, storage_options=ctx.so, client=ctx.client,
-                        config_hash=ctx.config_hash, progress=progress, **kw)
+        done = predict_to_zarr(inputs, _members(ctx, members_stage, net), params, out,
+                               resume=True, append=True,
+                               overwrite=state["exists"] and state["config_hash"] != ctx.config_hash,
+                               storage_options=ctx.so, client=ctx.client,
+                               config_hash=ctx.config_hash, progress=progress, **kw)
     ctx.say(f"precision {done.precision}")
 
 

@@ -349,11 +349,11 @@ def validate_names(stages: Sequence[Stage], *names: str | None) -> None:
 
 
 def _execute(ctx: Context, s: Stage, fn: Callable, recipe, h: str, what: str) -> None:
+    from distributed import KilledWorker
+
     _say(ctx, s.name, what)
     ctx.stage, ctx.config_hash = s.name, h
     t0 = time.perf_counter()
-    from distributed import KilledWorker
-
     try:
         with ctx.tasks_bar():
             fn(ctx, s.params(recipe))

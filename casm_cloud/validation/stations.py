@@ -149,7 +149,8 @@ def _refuse_skipped_files(path: Path, chatter: str) -> None:
 
     ismn logs a file it cannot read (a damaged archive member, a malformed .stm)
     and reads on without it; a validation that silently lost stations would
-    report scores over a different network than the one downloaded.
+    report scores over a different network than the one downloaded.  ismn hands back
+    no list of those files: its printed note names the log that lists them.
     """
     found = _SKIPPED.search(chatter)
     if not found:
