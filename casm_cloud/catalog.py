@@ -245,6 +245,23 @@ def list_sources(catalog) -> list[str]:
     return list(_as_catalog(catalog).entries)
 
 
+def check_login(catalog, name: str, key: str) -> None:
+    """Raise :class:`casm_cloud.credentials.LoginError` (naming ``key`` and the entry) if
+    entry ``name`` names a login that is set nowhere here; a pre-flight check, so a run
+    without its Earthdata or CATDS login stops before a cluster starts."""
+    from casm_cloud.credentials import LoginError, find_login
+
+    kw = _as_catalog(catalog).entries[name].kwargs
+    login = dict(kw.get("storage_options") or {}).get("login")
+    url = str(kw.get("urlpath", ""))
+    if login is None or "://" not in url or url.startswith("file://"):
+        return  # no login, or the archives unpacked into a folder
+    try:
+        find_login(login, url)
+    except LoginError as err:
+        raise LoginError(f"{key}: catalog entry {name!r} needs a login: {err}") from None
+
+
 def describe_sources(catalog) -> dict[str, dict]:
     """``{name: {"adapter", "urlpath", "kind", "description"}}`` of every entry."""
     cat = _as_catalog(catalog)

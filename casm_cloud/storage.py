@@ -49,6 +49,7 @@ import xarray as xr
 import zarr
 import zarr.storage
 
+from casm_cloud.credentials import is_login_name
 from casm_cloud.errors import StoreError, StoreUnreachableError, UserError
 
 __all__ = [
@@ -99,6 +100,8 @@ def secret_keys(options: Mapping, prefix: str = "") -> list[str]:
         if k == "token" and (isinstance(v, bool) or (
                 (v is None or isinstance(v, str)) and v in _TOKEN_MODES)):
             continue  # a credential mechanism; a dict token is the key itself
+        if k == "login" and is_login_name(v):
+            continue  # the name of a login looked up at read time (casm_cloud.credentials)
         if str(k).lower() in _SECRET_KEYS:
             found.append(prefix + str(k))
         elif isinstance(v, Mapping):

@@ -442,7 +442,8 @@ def _literal_secrets(values, where="") -> list[str]:
             elif (_SECRET_WORDS.search(str(key)) or re.search(r"(token|password)", str(key),
                                                               re.I)) \
                     and value not in (None, "") and not re.search(r"(FromSecret|SecretName|"
-                                                                  r"SecretKey)", str(key)):
+                                                                  r"SecretKey)", str(key),
+                                                                  re.I):  # names a Secret
                 out.append(at)
     elif isinstance(values, list):
         for i, value in enumerate(values):

@@ -540,17 +540,19 @@ STAGES: tuple[Stage, ...] = (
 def check(r) -> None:
     """Everything cheap to check before a cluster starts: the catalog and its entries,
     the station folder (the run root is checked by the caller)."""
-    from casm_cloud.catalog import CatalogError, list_sources, open_catalog
+    from casm_cloud.catalog import CatalogError, check_login, list_sources, open_catalog
 
     s = r.sources
     if not storage.exists(s.catalog, s.storage_options):
         raise CatalogError(f"sources.catalog: no catalog at {s.catalog}")
-    entries = set(list_sources(open_catalog(s.catalog, storage_options=s.storage_options)))
+    cat = open_catalog(s.catalog, storage_options=s.storage_options)
+    entries = set(list_sources(cat))
     named = {f"sources.{k}": getattr(s, k) for k in (*_kinds(r), "era5") if getattr(s, k)}
     for key, entry in named.items():
         if entry not in entries:
             raise CatalogError(f"{key}: catalog {s.catalog} has no entry {entry!r}; "
                                f"it has {sorted(entries)}")
+        check_login(cat, entry, key)
     if s.stations and not storage.exists(s.stations, s.storage_options):
         raise CatalogError(f"sources.stations: no ISMN folder or zip at {s.stations}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping, Sequence
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from casm_cloud import schema
+from casm_cloud import credentials, schema
 from casm_cloud.grid import EASE2Grid, GridWindow
 
 
@@ -153,7 +154,8 @@ def local_file(urlpath: str, storage_options: Mapping | None = None) -> str:
     """A local path for readers that need one (HDF5 via h5py, GRIB via eccodes).
 
     Local paths are returned unchanged; remote URLs are fetched once into
-    fsspec's ``simplecache`` (credentials stay in ``storage_options``).
+    fsspec's ``simplecache``, with the entry's ``login`` looked up here, in the process
+    that reads (:mod:`casm_cloud.credentials`).
     """
     import fsspec
 
@@ -161,7 +163,9 @@ def local_file(urlpath: str, storage_options: Mapping | None = None) -> str:
     if "://" not in u or u.startswith("file://"):
         return u[len("file://"):] if u.startswith("file://") else u
     proto = u.split("://", 1)[0]
-    return fsspec.open_local(f"simplecache::{u}", **{proto: dict(storage_options or {})})
+    with _login_refusals(u, storage_options):
+        return fsspec.open_local(f"simplecache::{u}",
+                                 **{proto: credentials.fsspec_options(u, storage_options)})
 
 
 def expand_paths(urlpath, storage_options: Mapping | None = None) -> list[str]:
@@ -172,19 +176,43 @@ def expand_paths(urlpath, storage_options: Mapping | None = None) -> list[str]:
     out: list[str] = []
     for p in paths:
         if any(c in str(p) for c in "*?["):
-            fs, _, found = fsspec.get_fs_token_paths(str(p), storage_options=dict(storage_options or {}))
+            with _login_refusals(str(p), storage_options):
+                fs, _, found = fsspec.get_fs_token_paths(
+                    str(p), storage_options=credentials.fsspec_options(str(p), storage_options))
             if not found:
                 if len(paths) > 1:  # one day of a date template: the archive has a gap
                     continue
                 raise source_error(f"no file matches {p}", missing=True)
-            proto = str(p).split("://", 1)[0] + "://" if "://" in str(p) else ""
-            out += [proto + f if proto and not f.startswith(proto) else f for f in sorted(found)]
+            out += [_as_url(str(p), f) for f in sorted(found)]
         else:
             out.append(str(p))
     if not out:
         raise source_error(f"no file matches {paths[0]} (nor any of {len(paths)} patterns)",
                            missing=True)
     return out
+
+
+def _as_url(pattern: str, found: str) -> str:
+    """A path fsspec's glob found, as a URL like ``pattern`` (FTP paths lose their host)."""
+    if "://" not in pattern or "://" in found:
+        return found
+    proto, rest = pattern.split("://", 1)
+    if proto in ("ftp", "sftp"):
+        return f"{proto}://{rest.split('/', 1)[0]}/{found.lstrip('/')}"
+    return f"{proto}://{found}"
+
+
+@contextlib.contextmanager
+def _login_refusals(url: str, storage_options: Mapping | None):
+    """A server refusing the entry's login raises :class:`casm_cloud.credentials.LoginError`
+    naming the login and where it came from (never the secret)."""
+    try:
+        yield
+    except Exception as err:
+        refusal = credentials.refused(err, url, storage_options)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 # --------------------------------------------------------------------------- push-down
