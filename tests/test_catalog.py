@@ -82,6 +82,11 @@ def test_errors_are_clear(tmp_path, smos_store):
                            storage_options={"client_kwargs": {"headers": {"Authorization": "b"}}})
     assert catalog.make_entry("canonical_zarr", "https://h/x.zarr", kind="smos",
                               storage_options={"client_kwargs": {"trust_env": True}})
+    assert catalog.make_entry("canonical_zarr", "https://h/x.zarr", kind="smos",
+                              storage_options={"login": "earthdata"})  # a name, not a secret
+    with pytest.raises(catalog.CatalogError, match="login"):
+        catalog.make_entry("canonical_zarr", "https://h/x.zarr", kind="smos",
+                           storage_options={"login": "alice"})
     with pytest.raises(catalog.CatalogError, match="password"):
         catalog.make_entry("canonical_zarr", "https://me:pw@host/x.zarr", kind="smos")
     assert catalog.make_entry("canonical_zarr", "gs://b/x.zarr", kind="smos",
