@@ -249,15 +249,11 @@ def check_login(catalog, name: str, key: str) -> None:
     """Raise :class:`casm_cloud.credentials.LoginError` (naming ``key`` and the entry) if
     entry ``name`` names a login that is set nowhere here; a pre-flight check, so a run
     without its Earthdata or CATDS login stops before a cluster starts."""
-    from casm_cloud.credentials import LoginError, find_login
+    from casm_cloud.credentials import LoginError, fsspec_options
 
     kw = _as_catalog(catalog).entries[name].kwargs
-    login = dict(kw.get("storage_options") or {}).get("login")
-    url = str(kw.get("urlpath", ""))
-    if login is None or "://" not in url or url.startswith("file://"):
-        return  # no login, or the archives unpacked into a folder
-    try:
-        find_login(login, url)
+    try:  # looks the login up where the entry's files are opened with one
+        fsspec_options(str(kw.get("urlpath", "")), kw.get("storage_options"))
     except LoginError as err:
         raise LoginError(f"{key}: catalog entry {name!r} needs a login: {err}") from None
 

@@ -32,6 +32,7 @@ carries only the login's name, the lookup happens where the file is opened, and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -39,11 +40,12 @@ import netrc
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from casm_cloud.errors import UserError
 
 __all__ = ["LOGINS", "SECRETS_DIR", "LoginError", "Login", "find_login", "fsspec_options",
-           "is_login_name", "refused"]
+           "is_login_name", "refusals"]
 
 #: Where ``deploy/`` mounts the Kubernetes Secret (override: ``CASM_CREDENTIALS_DIR``).
 SECRETS_DIR = "/var/run/secrets/casm-cloud"
@@ -114,8 +116,6 @@ def _spec(value, url: str) -> tuple[str, str]:
                          f"{sorted(LOGINS)} (or {{provider: …, host: …}})")
     name, host = (value, None) if isinstance(value, str) else (value["provider"],
                                                                value.get("host"))
-    from urllib.parse import urlsplit
-
     return name, host or LOGINS[name].login_host or (urlsplit(url).hostname or "")
 
 
@@ -204,8 +204,6 @@ def fsspec_options(url: str, storage_options: Mapping | None) -> dict:
     if proto == "file":  # the archives unpacked into a folder: nothing to log in to
         return so
     login = find_login(spec, url)
-    from urllib.parse import urlsplit
-
     if proto == "ftp":  # host and port too: a chained (simplecache::) URL does not pass them
         where = urlsplit(str(url))
         return {**so, "host": where.hostname, "port": where.port or 21,
@@ -219,9 +217,20 @@ def fsspec_options(url: str, storage_options: Mapping | None) -> dict:
                      f"for the CATDS FTP server or the Earthdata HTTPS archives")
 
 
-def refused(err: BaseException, url: str, storage_options: Mapping | None) -> LoginError | None:
-    """A :class:`LoginError` naming the login if ``err`` is a server refusing it (FTP 530,
-    HTTP 401/403 on a URL opened with a login), else None."""
+@contextlib.contextmanager
+def refusals(url: str, storage_options: Mapping | None):
+    """Around an open of ``url``: a server refusing the entry's login (FTP 530, HTTP 401/403)
+    raises :class:`LoginError` naming the login and where it came from (never the secret)."""
+    try:
+        yield
+    except Exception as err:
+        refusal = _refused(err, url, storage_options)
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
+def _refused(err: BaseException, url: str, storage_options: Mapping | None) -> LoginError | None:
     so = dict(storage_options or {})
     if "login" not in so:
         return None

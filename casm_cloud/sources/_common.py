@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Mapping, Sequence
 
@@ -163,7 +162,7 @@ def local_file(urlpath: str, storage_options: Mapping | None = None) -> str:
     if "://" not in u or u.startswith("file://"):
         return u[len("file://"):] if u.startswith("file://") else u
     proto = u.split("://", 1)[0]
-    with _login_refusals(u, storage_options):
+    with credentials.refusals(u, storage_options):
         return fsspec.open_local(f"simplecache::{u}",
                                  **{proto: credentials.fsspec_options(u, storage_options)})
 
@@ -176,7 +175,7 @@ def expand_paths(urlpath, storage_options: Mapping | None = None) -> list[str]:
     out: list[str] = []
     for p in paths:
         if any(c in str(p) for c in "*?["):
-            with _login_refusals(str(p), storage_options):
+            with credentials.refusals(str(p), storage_options):
                 fs, _, found = fsspec.get_fs_token_paths(
                     str(p), storage_options=credentials.fsspec_options(str(p), storage_options))
             if not found:
@@ -200,19 +199,6 @@ def _as_url(pattern: str, found: str) -> str:
     if proto in ("ftp", "sftp"):
         return f"{proto}://{rest.split('/', 1)[0]}/{found.lstrip('/')}"
     return f"{proto}://{found}"
-
-
-@contextlib.contextmanager
-def _login_refusals(url: str, storage_options: Mapping | None):
-    """A server refusing the entry's login raises :class:`casm_cloud.credentials.LoginError`
-    naming the login and where it came from (never the secret)."""
-    try:
-        yield
-    except Exception as err:
-        refusal = credentials.refused(err, url, storage_options)
-        if refusal is None:
-            raise
-        raise refusal from None
 
 
 # --------------------------------------------------------------------------- push-down
