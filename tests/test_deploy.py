@@ -838,3 +838,5 @@ def test_dockerfile_holds_no_secrets_and_copies_only_what_exists():
                 assert (REPO / src).exists(), src
                 assert f"!{src}" in ignore or f"!{src}/**" in ignore, f"{src} is not in the context"
     assert ignore[0] == "**"  # a whitelist: .venv, .git, data and keys stay out
+    copied = {w for k, a in ins if k == "COPY" for w in a.split()}
+    assert {"notebooks", "catalogs"} <= copied  # the hub image ships both (issue 28)

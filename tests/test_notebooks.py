@@ -12,6 +12,7 @@ it explores the product.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -153,3 +154,14 @@ def test_03_runs_the_missing_stages_of_a_somo_run_then_explores_it(somo_referenc
             "somo_stations.png"} <= figures
     assert any(name.startswith("somo_station_") for name in figures - {"somo_stations.png"})
     assert _images(nb) >= 6  # each figure shown in the notebook
+
+
+def test_02_runs_on_a_run_without_truth(casm_reference, tmp_path, monkeypatch):
+    """A real run has no truth store: the notebook shows the checks from the data instead."""
+    recipe = copy_run(casm_reference[0], tmp_path / "copy")
+    shutil.rmtree(Path(recipe.run_root) / "aggregate" / "truth.zarr")
+    monkeypatch.setenv("CASM_RECIPE", str(_recipe_file(recipe, tmp_path / "recipe.yaml")))
+    monkeypatch.setenv("CASM_FIGURES", str(tmp_path / "figures"))
+    text = _text(_execute(NAMES[1], tmp_path / "no-demo", tmp_path, monkeypatch))
+    assert "product vs SMAP: residual_R" in text and "nn_amsre vs nn_smos" in text
+    assert "global_ubRMSE" not in text  # no scores against a truth

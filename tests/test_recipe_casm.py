@@ -202,3 +202,28 @@ def test_cli_update_errors_are_one_line_and_a_failure_code(casm_sources, tmp_pat
     assert err.count("\n") == 0 and "already ends on 2015-12-31" in err
     assert main(["update", str(path), "--until", UNTIL]) == 2
     assert "run the recipe first" in capsys.readouterr().err
+
+
+def test_report_of_a_run_without_truth_has_the_checks_from_the_data(casm_reference, client,
+                                                                      tmp_path):
+    """A real run has no truth: the report still scores the product against SMAP, the two
+    networks over their overlap, the steps at the sensor changes and the uncertainty per era."""
+    recipe = _copy_run(casm_reference[0], tmp_path)
+    shutil.rmtree(Path(recipe.run_root) / "aggregate" / "truth.zarr")
+    recipe = recipe.model_copy(update={"sources": recipe.sources.model_copy(
+        update={"truth": None})})
+    ctx = run_recipe(recipe, start_from="report", until="report", client=client, progress=False)
+    assert "scores" not in ctx.summary
+    checks = ctx.summary["checks"]
+    assert 0.3 < checks["vs_smap"]["R"] <= 1 and np.isfinite(checks["vs_smap"]["residual_R"])
+    assert checks["networks"]["names"] == "nn_amsre vs nn_smos"
+    assert 0.3 < checks["networks"]["R"] <= 1 and np.isfinite(checks["networks"]["residual_R"])
+    assert set(checks["steps"]) == {"AMSR-E → AMSR-E + SMOS", "AMSR-E + SMOS → SMOS"}
+    # the record starts after SMOS joined: no window before the first change, so no step
+    assert np.isfinite(checks["steps"]["AMSR-E + SMOS → SMOS"])
+    assert {"AMSR-E", "SMOS"} <= set(checks["uncertainty"])
+    report = Path(recipe.output("report"))
+    page = (report / "index.html").read_text()
+    assert "Consistency checks from the data" in page and "Scores against the truth" not in page
+    table = pd.read_csv(report / "checks.csv")
+    assert "product vs SMAP: residual_R" in set(table["check"])

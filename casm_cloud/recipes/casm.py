@@ -485,11 +485,28 @@ def run_report(ctx: Context, p: dict) -> None:
     scores = ctx.summary.get("scores")
     if ctx.summary.get("station_eras"):
         scores = {**(scores or {}), "station_eras": ctx.summary["station_eras"]}
+    ctx.summary["checks"] = _data_checks(ctx, p, product)
     out = ctx.output(p["report"], DEFAULT_OUTPUTS["report"])
     ctx.summary["report"] = write_report(
         out, product=product, truth=truth, validation=_validation_table(ctx),
         sensor_changes=p["sensor_changes"], scores=scores, title=p["title"],
-        min_obs=p["min_obs"])
+        min_obs=p["min_obs"], checks=ctx.summary["checks"])
+
+
+def _data_checks(ctx: Context, p: dict, product: xr.Dataset) -> dict:
+    """The report's checks from the run's SMAP means and the two networks' stores."""
+    from casm_cloud.report.checks import data_checks
+
+    def opened(stage, name):
+        url = ctx.url(stage, name)
+        return storage.open_zarr(url, ctx.so) if storage.store_state(url, ctx.so)["complete"] \
+            else None
+
+    nets = {net: opened(stage, f"{net}.zarr")
+            for net, stage in (("nn_amsre", "predict_amsre"), ("nn_smos", "predict_smos"))}
+    return data_checks(product, smap=opened("aggregate", "smap.zarr"),
+                       networks={k: v for k, v in nets.items() if v is not None},
+                       sensor_changes=p["sensor_changes"], eras=p["eras"], min_obs=p["min_obs"])
 
 
 # --------------------------------------------------------------------------- export

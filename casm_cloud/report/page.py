@@ -80,7 +80,25 @@ def _summary_section(work: Path, sm: xr.DataArray, agg: Mapping, times: pd.Datet
 
 
 def _scores_section(work: Path, scores: Mapping) -> str:
-    """The scores against the truth (written as ``scores_vs_truth.csv``)."""
+    """The scores against the truth (``scores_vs_truth.csv``, if any) and per era."""
+    if "R" not in scores:  # no truth: only the scores against the stations per era
+        out = "<h2>Scores per era</h2>"
+    else:
+        out = _truth_table(work, scores)
+    for key, head, csv in _ERA_TABLES:
+        if scores.get(key):
+            eras = pd.DataFrame([{"era": k, **v} for k, v in scores[key].items()])
+            eras.to_csv(work / csv, index=False)
+            out += f"<h3>{html.escape(head)}</h3>" + _table_html(eras, csv)
+    return out
+
+
+_ERA_TABLES = (("eras", "Per era, against the truth (median cell)", "scores_by_era.csv"),
+               ("station_eras", "Per era, against the stations (median station)",
+                "station_scores_by_era.csv"))
+
+
+def _truth_table(work: Path, scores: Mapping) -> str:
     flat = {k: v for k, v in scores.items() if not isinstance(v, dict)}
     st = pd.DataFrame({"score": list(flat), "value": list(flat.values())})
     steps = scores.get("bias_steps") or {}
@@ -92,15 +110,28 @@ def _scores_section(work: Path, scores: Mapping) -> str:
            "fitted as for the networks' training residuals), global scores of the "
            "spatial-mean series, and the step in the global mean bias (product − truth) "
            "across each sensor change.</p>" + _table_html(st, "scores_vs_truth.csv"))
-    for key, head, csv in (("eras", "Per era, against the truth (median cell)",
-                            "scores_by_era.csv"),
-                           ("station_eras", "Per era, against the stations (median station)",
-                            "station_scores_by_era.csv")):
-        if scores.get(key):
-            eras = pd.DataFrame([{"era": k, **v} for k, v in scores[key].items()])
-            eras.to_csv(work / csv, index=False)
-            out += f"<h3>{html.escape(head)}</h3>" + _table_html(eras, csv)
     return out
+
+
+def _checks_section(work: Path, checks: Mapping) -> str:
+    """The consistency checks from the data (written as ``checks.csv``)."""
+    rows = [{"check": f"product vs SMAP: {k}", "value": v}
+            for k, v in checks.get("vs_smap", {}).items()]
+    nets = checks.get("networks", {})
+    rows += [{"check": f"{nets.get('names', 'networks')} ({nets.get('start')} – "
+              f"{nets.get('end')}): {k}", "value": v}
+             for k, v in nets.items() if k not in ("names", "start", "end")]
+    rows += [{"check": f"step of the mean residual: {k}", "value": v}
+             for k, v in checks.get("steps", {}).items()]
+    rows += [{"check": f"median structural uncertainty: {k}", "value": v}
+             for k, v in checks.get("uncertainty", {}).items()]
+    table = pd.DataFrame(rows, columns=["check", "value"])
+    table.to_csv(work / "checks.csv", index=False)
+    return ("<h2>Consistency checks from the data</h2><p class='note'>No truth needed: "
+            "median cell R and residual R of the product against SMAP over their overlap, "
+            "of the two networks over the times both predicted, the step in the product's "
+            "mean residual from its seasonal cycle at each sensor change, and the median "
+            "structural uncertainty per era.</p>" + _table_html(table, "checks.csv"))
 
 
 def _consistency_section(work: Path, consistency: pd.DataFrame) -> str:
@@ -135,7 +166,8 @@ def write_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
                  validation_pairs: Mapping[str, xr.Dataset] | None = None,
                  variable: str = "sm", truth_variable: str = "sm_l1",
                  min_obs: int = 40,
-                 storage_options: Mapping | None = None) -> Path | str:
+                 storage_options: Mapping | None = None,
+                 checks: Mapping | None = None) -> Path | str:
     """Write ``index.html`` with its figures and tables into ``out_dir``.
 
     Parameters
@@ -158,6 +190,9 @@ def write_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
     sensor_changes : mapping of label -> date, optional
         Marked on time axes; default: from ``source``
         (:func:`sensor_changes_from_source`).
+    checks : mapping, optional
+        The consistency checks from the data
+        (:func:`casm_cloud.report.checks.data_checks`): adds their section.
     scores : dict, optional
         Scores against the truth if already computed (else computed when
         ``truth`` is given).
@@ -192,7 +227,7 @@ def write_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
     args = dict(product=product, sm=sm, truth=truth, validation=validation,
                 consistency=consistency, sensor_changes=sensor_changes, scores=scores,
                 title=title, validation_pairs=validation_pairs, variable=variable,
-                truth_variable=truth_variable, min_obs=min_obs)
+                truth_variable=truth_variable, min_obs=min_obs, checks=checks)
     url = str(out_dir)
     if "://" in url and not url.startswith("file://"):
         with tempfile.TemporaryDirectory(prefix="casm-report-") as tmp:
@@ -229,7 +264,8 @@ def _write_local(out: Path, **args) -> Path:
 
 
 def _sections(work: Path, *, product, sm, truth, validation, consistency, sensor_changes,
-              scores, title, validation_pairs, variable, truth_variable, min_obs) -> list[str]:
+              scores, title, validation_pairs, variable, truth_variable, min_obs,
+              checks=None) -> list[str]:
     """Draw every figure and table into ``work``; the page's sections, in order."""
     changes = dict(sensor_changes) if sensor_changes is not None else (
         sensor_changes_from_source(product) if "source" in product.data_vars else {})
@@ -247,6 +283,8 @@ def _sections(work: Path, *, product, sm, truth, validation, consistency, sensor
                                       sensor_changes=changes or None, min_obs=min_obs)
     if scores is not None:
         sections.append(_scores_section(work, scores))
+    if checks is not None:
+        sections.append(_checks_section(work, checks))
     if consistency is not None:
         sections.append(_consistency_section(work, consistency))
     if validation is not None:
