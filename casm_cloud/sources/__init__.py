@@ -33,6 +33,8 @@ ADAPTERS: dict[str, str] = {
     "era5_arco": "casm_cloud.sources.era5:open_era5_arco",
     "era5_cds": "casm_cloud.sources.era5:open_era5_cds",
     "tuw_ts": "casm_cloud.sources.tuw_ts:open_tuw_ts",
+    "etopo1": "casm_cloud.sources.statics:open_etopo1",
+    "gldas_static": "casm_cloud.sources.statics:open_gldas_static",
 }
 
 
