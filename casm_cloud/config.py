@@ -454,7 +454,9 @@ class SomoSources(_Section):
 
     catalog: str
     era5: str = "era5"           # ERA5 forcing (daily or hourly) with swvl1..3
-    static: str = "static"       # canonical static maps
+    # the static maps: one entry with every one (canonical ``static``), or several whose
+    # variables together make them (``[etopo1, gldas_static]``: the providers' files)
+    static: str | tuple[str, ...] = "static"
     stations: str                # ISMN folder or zip: the training targets
     truth: str | None = None     # the simulator's truth (scores against it)
     storage_options: dict[str, Any] = {}

@@ -24,7 +24,11 @@ swath gaps do not spread NaN.
 Public API::
 
     out = regrid_to_window(era5_native, window)                       # bilinear
-    out = regrid_to_window(ds, window, methods={"vegetation_class": "nearest"})
+    out = regrid_to_window(ds, window, methods={"sand": "nearest"})   # an override
+
+Class codes (the schema's categorical variables, e.g. ``vegetation_class``) are
+regridded by nearest neighbour unless ``methods`` says otherwise: an average
+of two vegetation classes is no class.
 """
 
 from __future__ import annotations
@@ -38,11 +42,15 @@ import xarray as xr
 
 from casm_cloud.errors import UserError
 from casm_cloud.grid import GridWindow
+from casm_cloud.schema import KINDS
 
 __all__ = ["Method", "RegridError", "regrid_to_window", "on_window", "source_box", "EASE1_GLOBAL",
            "ease1_latlon"]
 
 Method = Literal["bilinear", "nearest"]
+#: Class-code variables of the data model: nearest neighbour by default.
+_CATEGORICAL = frozenset(n for specs in KINDS.values() for part in specs
+                         for n, v in part.items() if v.categorical)
 _METHODS = ("bilinear", "nearest")
 
 # Share of the bilinear weight that must fall on valid neighbours.
@@ -252,11 +260,11 @@ def regrid_to_window(ds: xr.Dataset, window: GridWindow, *, method: Method = "bi
     window : GridWindow
         Target window of a named EASE2 grid.
     method : {"bilinear", "nearest"}
-        Default method: bilinear for continuous fields (NaN neighbours
-        dropped, weights renormalised), nearest for categorical maps (values
-        kept exactly).
+        Method of the continuous fields: bilinear (NaN neighbours dropped,
+        weights renormalised) or nearest (values kept exactly).  The schema's
+        categorical variables (class codes) are always nearest.
     methods : dict of str to str, optional
-        Per-variable overrides, e.g. ``{"vegetation_class": "nearest"}``.
+        Per-variable overrides, e.g. ``{"sand": "nearest"}``.
 
     Returns
     -------
@@ -288,7 +296,7 @@ def regrid_to_window(ds: xr.Dataset, window: GridWindow, *, method: Method = "bi
         if not {ydim, xdim} <= set(da.dims):
             out[name] = da.drop_vars([c for c in da.coords if c in src.drop], errors="ignore")
             continue
-        m = methods.get(name, method)
+        m = methods.get(name, "nearest" if name in _CATEGORICAL else method)
         index, weight, ys_, xs_ = _weights(src, window, m)
         sub = da.drop_vars([c for c in da.coords if set(ds[c].dims) & {ydim, xdim}])
         sub = sub.isel({ydim: ys_, xdim: xs_}).transpose(..., ydim, xdim)

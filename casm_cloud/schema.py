@@ -37,6 +37,7 @@ class VarSpec:
     valid_range: tuple[float, float]
     standard_name: str | None = None
     dims: tuple[str, ...] = ("time", "y", "x")
+    categorical: bool = False  # class codes: regridded by nearest neighbour, never averaged
 
     def attrs(self) -> dict:
         a = {"units": self.units, "long_name": self.long_name,
@@ -96,13 +97,13 @@ _STATIC = {
     "elevation_std": VarSpec("m", "standard deviation of elevation", (0.0, 3000.0),
                              dims=_STATIC_DIMS),
     "vegetation_class": VarSpec("1", "dominant vegetation class (IGBP)", (0.0, 17.0),
-                                dims=_STATIC_DIMS),
+                                dims=_STATIC_DIMS, categorical=True),
     "mean_precip": VarSpec("mm yr-1", "mean annual precipitation", (0.0, 15000.0),
                            dims=_STATIC_DIMS),
     # Budyko's radiative dryness index: net radiation as mm of evaporation / precipitation
     "aridity": VarSpec("1", "aridity index (Rn / (lambda P))", (0.0, 200.0), dims=_STATIC_DIMS),
     "land_mask": VarSpec("1", "land mask (1 land, 0 water)", (0.0, 1.0), "land_binary_mask",
-                         dims=_STATIC_DIMS),
+                         dims=_STATIC_DIMS, categorical=True),
 }
 
 #: kind -> (required variables, optional variables)

@@ -264,9 +264,6 @@ def test_deployed_recipes_are_valid_recipes():
 
 
 CLOUD_CATALOG = REPO / "catalogs" / "cloud.yaml"
-#: Deployed recipes that cannot pass yet, and why (strict: each fails the day it passes).
-NOT_YET = {"somo-europe.yaml": "catalogs/cloud.yaml has no static-maps entry (issue 28: "
-                               "static maps from ETOPO1/GLDAS/ERA5 are not built yet)"}
 
 
 def _stand_in(raw: dict, root: Path) -> dict:
@@ -292,9 +289,7 @@ def _stand_in(raw: dict, root: Path) -> dict:
     return recipe
 
 
-@pytest.mark.parametrize("key", [
-    pytest.param(k, marks=pytest.mark.xfail(reason=NOT_YET[k], strict=True)) if k in NOT_YET
-    else k for k in sorted(_by_kind(CRONJOB)["ConfigMap"]["data"])])
+@pytest.mark.parametrize("key", sorted(_by_kind(CRONJOB)["ConfigMap"]["data"]))
 def test_deployed_recipe_passes_its_check_against_the_shipped_catalog(key, tmp_path):
     """Each CronJob recipe passes the run's own pre-flight check (the entries it names are
     in the catalog, its stations exist, its run root can be written) against a stand-in
@@ -306,14 +301,21 @@ def test_deployed_recipe_passes_its_check_against_the_shipped_catalog(key, tmp_p
     check_recipe(config.recipe_from_dict(_stand_in(raw, tmp_path)))
 
 
-def test_a_deployed_recipe_naming_an_entry_the_catalog_lacks_fails_the_check(tmp_path):
+@pytest.mark.parametrize("key, where, name, match", [
+    # the default name; the catalog's are era5_arco_*
+    ("casm-europe.yaml", "era5", "era5", "sources.era5: .* no entry 'era5'"),
+    # one of several static entries missing (the default 'static' is the simulator's)
+    ("somo-europe.yaml", "static", ["etopo1", "gldas"], "sources.static: .* no entry 'gldas'"),
+])
+def test_a_deployed_recipe_naming_an_entry_the_catalog_lacks_fails_the_check(key, where, name,
+                                                                             match, tmp_path):
     config = pytest.importorskip("casm_cloud.config")
     from casm_cloud.catalog import CatalogError
     from casm_cloud.recipes import check_recipe
 
-    raw = yaml.safe_load(_by_kind(CRONJOB)["ConfigMap"]["data"]["casm-europe.yaml"])
-    raw["sources"]["era5"] = "era5"  # the default name; the catalog's are era5_arco_*
-    with pytest.raises(CatalogError, match="sources.era5: .* no entry 'era5'"):
+    raw = yaml.safe_load(_by_kind(CRONJOB)["ConfigMap"]["data"][key])
+    raw["sources"][where] = name
+    with pytest.raises(CatalogError, match=match):
         check_recipe(config.recipe_from_dict(_stand_in(raw, tmp_path)))
 
 

@@ -224,6 +224,27 @@ def test_era5_hourly_files_give_the_daily_world_back(somo_world, casm_world, rea
         np.testing.assert_allclose(prov[v].values, expect[v].values, atol=2e-3)
 
 
+def test_static_files_give_the_simulated_maps_back(somo_world):
+    """ETOPO1's one-minute nodes reduce to the simulated elevation and its spread on ERA5's
+    cells; GLDAS's cells (half a cell off ERA5's) give the soil maps back smoothed, the
+    vegetation class exactly."""
+    cat = open_catalog(str(somo_world / "catalog.yaml"))
+    can = open_source(cat, "static", window=LL).compute()
+    etopo = open_source(cat, "etopo1", window=LL).compute()
+    gldas = open_source(cat, "gldas_static", window=LL).compute()
+    np.testing.assert_allclose(etopo.elevation.values, can.elevation.values, atol=0.5)
+    np.testing.assert_allclose(etopo.elevation_std.values, can.elevation_std.values, atol=0.5)
+    nodes = xr.open_dataset(somo_world / "etopo1" / "ETOPO1_Ice_g_gmt4.grd")
+    assert nodes.z.dtype == np.int32 and np.allclose(np.diff(nodes.y), 1 / 60)
+    for v in ("sand", "silt", "clay"):
+        diff = abs(gldas[v] - can[v])
+        assert float(diff.max()) < 0.05 and float(diff.mean()) < 0.5 * float(can[v].std()), v
+    np.testing.assert_array_equal(gldas.vegetation_class.values, can.vegetation_class.values)
+    assert gldas.vegetation_class.attrs.get("regrid_method") == "nearest"
+    # GLDAS has one porosity, the topsoil's: both layers get it
+    np.testing.assert_allclose(gldas.porosity_mid.values, gldas.porosity_top.values)
+
+
 def test_era5_arco_layout(tmp_path):
     write_simulation(str(tmp_path), region="tiny", grid="ERA5_0p25", start="2012-01-30",
                      end="2012-02-02", sources=["truth", "era5", "static"], n_stations=2,
@@ -288,7 +309,9 @@ def test_cli_writes_the_provider_layout(tmp_path, capsys):
     assert (tmp_path / "era5" / "ERA5_201203.nc").is_file()
     assert len(list((tmp_path / "smos" / "L3TB" / "2012").glob("06?/*.DBL.nc"))) == 2
     assert sorted(open_catalog(str(tmp_path / "catalog.yaml")).entries) == [
-        "era5_cds", "smos", "static", "truth"]  # the sensors flying in March 2012
+        "era5_cds", "etopo1", "gldas_static", "smos", "static", "truth"]
+    # the sensors flying in March 2012, and the static maps' files
+    assert (tmp_path / "etopo1" / "ETOPO1_Ice_g_gmt4.grd").is_file()
     assert not (tmp_path / "canonical").exists() and not (tmp_path / "era5.zarr").exists()
     assert main(["simulate", "--out", str(tmp_path / "x"), "--start", "2012-03-01", "--end",
                  "2012-03-02", "--layout", "provider", "--era5-formats", "grib2"]) == 2
@@ -333,14 +356,18 @@ def test_casm_recipe_from_provider_files_scores_as_on_canonical_stores(casm_worl
 def _somo(catalog: Path, stations: Path, root: Path) -> dict:
     """The tiny SoMo.ml recipe (tests/_tiny.py) on the provider or the canonical world."""
     raw = somo_raw(catalog.parent, root)
+    canonical = "canonical" in str(catalog)
     raw["sources"].update(catalog=str(catalog), stations=str(stations),
-                          era5="era5" if "canonical" in str(catalog) else "era5_cds")
+                          era5="era5" if canonical else "era5_cds",
+                          static="static" if canonical else ["etopo1", "gldas_static"])
     return raw
 
 
 @pytest.mark.slow  # two SoMo.ml runs: about 6.5 minutes on 2 cores
 def test_somo_recipe_from_provider_files_scores_as_on_canonical_stores(somo_world, client,
                                                                        tmp_path):
+    """Hourly ERA5 netCDF and static maps built from the ETOPO1 and GLDAS files against
+    the canonical daily ERA5 and static stores: within 0.02 in every layer's median R."""
     scores = {}
     for layout, catalog in (("canonical", somo_world / "canonical" / "catalog.yaml"),
                             ("provider", somo_world / "catalog.yaml")):

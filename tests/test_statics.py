@@ -49,6 +49,32 @@ def test_window_edges_widen_to_whole_cells_and_read_lazily(tmp_path):
     np.testing.assert_allclose(ds.lon.values, [-156.875, -156.625])
 
 
+def test_on_an_era5_window_the_blocks_are_the_windows_own_cells(tmp_path):
+    """ERA5's 0.25° cells are centred on multiples of 0.25° (edges half a cell off GLDAS's):
+    the statics of a SoMo.ml window are the statistics of each window cell's own 15 x 15
+    one-minute nodes, on the window, not GLDAS-cell blocks interpolated."""
+    from casm_cloud.catalog import make_entry, open_source, write_catalog
+    from casm_cloud.grid import LatLonGrid
+
+    src = _etopo(tmp_path / "e.grd", lat0=18.0, lon0=-157.0, ny=75, nx=90)
+    window = LatLonGrid("ERA5_0p25").window(lat=(18.5, 19.0), lon=(-156.75, -156.25))
+    cat = write_catalog({"etopo1": make_entry("etopo1", str(tmp_path / "e.grd"))},
+                        str(tmp_path / "catalog.yaml"))
+    out = open_source(cat, "etopo1", window=window).compute()
+    assert out.sizes == {"y": 3, "x": 3} and out.attrs["latlon_grid"] == "ERA5_0p25"
+    np.testing.assert_allclose(out.lat.values, [19.0, 18.75, 18.5])
+    z = src.z.values.astype(float)          # rows: 18.0 + k/60, columns: -157.0 + k/60
+    for i, j in ((0, 0), (2, 1), (1, 2)):
+        lat, lon = float(out.lat[i]), float(out.lon[j])
+        r0, c0 = round((lat - 18.0) * 60) - 7, round((lon + 157.0) * 60) - 7
+        block = z[r0:r0 + 15, c0:c0 + 15]  # nodes lat-7'..lat+7': no node on a cell edge
+        assert float(out.elevation[i, j]) == pytest.approx(block.mean(), rel=1e-6)
+        assert float(out.elevation_std[i, j]) == pytest.approx(block.std(), rel=1e-5)
+    with pytest.raises(Exception, match="does not cover the request lat 18.375..19.625"):
+        far = LatLonGrid("ERA5_0p25").window(lat=(18.5, 19.5), lon=(-156.75, -156.25))
+        open_source(cat, "etopo1", window=far)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(units="feet"), "has units 'feet', expected metres"),
 ])

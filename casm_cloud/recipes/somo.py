@@ -150,20 +150,28 @@ def update_forcing(ctx: Context, p: dict) -> None:
 
 
 # --------------------------------------------------------------------------- statics
+def _entries(static) -> list[str]:
+    """``sources.static`` as a list of catalog entries."""
+    return [static] if isinstance(static, str) else list(static)
+
+
 def statics_params(r) -> dict:
     s, c = r.sources, r.periods.climatology
-    return dict(catalog=s.catalog, catalog_options=dict(s.storage_options), static=s.static,
-                window=r.grid.window(), start=c.start, end=c.end)
+    return dict(catalog=s.catalog, catalog_options=dict(s.storage_options),
+                static=_entries(s.static), window=r.grid.window(), start=c.start, end=c.end)
 
 
 def run_statics(ctx: Context, p: dict) -> None:
-    """The ten static features on the window (mean precipitation and aridity from ERA5)."""
+    """The ten static features on the window (mean precipitation and aridity from ERA5).
+
+    The static maps are the variables of the entries ``sources.static`` names, each opened
+    on the window (the providers' ETOPO1 and GLDAS files, or one canonical store)."""
     from casm_cloud.catalog import open_source
-    from casm_cloud.regrid import on_window
     from casm_cloud.somo.features import static_features
 
-    static = on_window(open_source(_catalog(p), p["static"]), p["window"],
-                       name=f"catalog entry {p['static']!r}")
+    cat = _catalog(p)
+    static = xr.merge([open_source(cat, name, window=p["window"]) for name in p["static"]],
+                      compat="override", join="exact", combine_attrs="drop_conflicts")
     feats = _open(ctx, "forcing", "features.zarr")
     out = static_features(static, feats, start=str(p["start"]), end=str(p["end"]))
     out = out.assign_coords({c: feats[c] for c in ("lat", "lon") if c in feats.coords})
@@ -543,11 +551,11 @@ def check(r) -> None:
     if not storage.exists(s.catalog, s.storage_options):
         raise CatalogError(f"sources.catalog: no catalog at {s.catalog}")
     entries = set(list_sources(open_catalog(s.catalog, storage_options=s.storage_options)))
-    for key in ("era5", "static", "truth"):
-        entry = getattr(s, key)
-        if entry and entry not in entries:
-            raise CatalogError(f"sources.{key}: catalog {s.catalog} has no entry {entry!r}; "
-                               f"it has {sorted(entries)}")
+    for key, names in (("era5", [s.era5]), ("static", _entries(s.static)), ("truth", [s.truth])):
+        for entry in names:
+            if entry and entry not in entries:
+                raise CatalogError(f"sources.{key}: catalog {s.catalog} has no entry "
+                                   f"{entry!r}; it has {sorted(entries)}")
     if not storage.exists(s.stations, s.storage_options):
         raise CatalogError(f"sources.stations: no ISMN folder or zip at {s.stations}")
     bad = [n for n in r.model.dynamic if n not in DYNAMIC_FEATURES]

@@ -1,10 +1,18 @@
 """Adapters for the SoMo.ml static maps: ETOPO1 elevation and the GLDAS static files.
 
-Both return a 0.25° dataset on the GLDAS cell grid (cell edges at multiples of
-0.25°, centres at ``k * 0.25 + 0.125``), dims ``(lat, lon)`` (latitude
-decreasing, longitude increasing; a regular lat/lon grid that
-``casm_cloud.regrid.regrid_to_window`` reads), cut to ``bbox`` before any value is
-read (docs/real_data.md, "Static maps").
+Both cut their file to the request (``window``, or a ``bbox``) before any value
+is read (docs/real_data.md, "Static maps"):
+
+* ETOPO1 is reduced in 15 × 15 blocks onto the cells of the recipe's window
+  when the window is on a 0.25° lat/lon grid (ERA5's: centres at multiples of
+  0.25°), and returned on that window (``y``, ``x``): block statistics of the
+  window's own cells, no interpolation.  Otherwise (an EASE2 window, or none)
+  onto the GLDAS cells (edges at multiples of 0.25°);
+* GLDAS is returned on its own cells, a margin around the window, for
+  :func:`casm_cloud.regrid.on_window` (bilinear; nearest for the vegetation class).
+
+A lat/lon result has dims ``(lat, lon)``, latitude decreasing, longitude
+increasing (a regular grid ``casm_cloud.regrid.regrid_to_window`` reads).
 
 * :func:`open_etopo1` -- NOAA NCEI's ETOPO1 netCDF (``ETOPO1_Ice_g_gmt4.grd``:
   variables ``x``, ``y``, ``z``; or the CF form ``lon``, ``lat``, ``z``).  The
@@ -64,45 +72,65 @@ def _axes(ds: xr.Dataset, where: str) -> tuple[str, str]:
     raise StaticSourceError(f"{where}: expected dimensions lat/lon or y/x, found {sorted(ds.dims)}")
 
 
-def _cut(da: xr.DataArray, lat: str, lon: str, bbox, tol: float) -> xr.DataArray:
-    """``da`` sorted ascending and cut to the whole 0.25° cells covering ``bbox``."""
+def _cut(da: xr.DataArray, lat: str, lon: str, bbox, tol: float,
+         origin: tuple[float, float] = (0.0, 0.0)) -> xr.DataArray:
+    """``da`` sorted ascending and cut to the whole 0.25° cells covering ``bbox`` (cell
+    edges at ``origin + k * 0.25`` in latitude and longitude)."""
     da = da.sortby(lat).sortby(lon)
     if bbox is None:
         s, n = float(da[lat].min()), float(da[lat].max())
         w, e = float(da[lon].min()), float(da[lon].max())
     else:
         s, n, w, e = bbox
-    s, w = np.floor(s / CELL) * CELL, np.floor(w / CELL) * CELL
-    n, e = np.ceil(n / CELL) * CELL, np.ceil(e / CELL) * CELL
+    (o_lat, o_lon) = origin
+    s, w = _edge(s, o_lat, np.floor), _edge(w, o_lon, np.floor)
+    n, e = _edge(n, o_lat, np.ceil), _edge(e, o_lon, np.ceil)
     # half-open [edge, edge + 0.25): a node on a cell's north/east edge belongs to the next cell
     keep_lat = (da[lat] >= s - tol) & (da[lat] < n - tol)
     keep_lon = (da[lon] >= w - tol) & (da[lon] < e - tol)
     return da.isel({lat: np.flatnonzero(keep_lat.values), lon: np.flatnonzero(keep_lon.values)})
 
 
-def _on_cells(da, lat: str, lon: str):
+def _edge(v: float, origin: float, rounding) -> float:
+    """The cell edge at or beyond ``v`` (``np.floor``: below, ``np.ceil``: above), to 1e-9°."""
+    return float(rounding(round((v - origin) / CELL, 9)) * CELL + origin)
+
+
+def _on_cells(da, lat: str, lon: str, origin: tuple[float, float] = (0.0, 0.0)):
     """Dims ``(lat, lon)``, latitude decreasing, centres snapped to the 0.25° cells."""
-    lat_c = np.floor(da[lat].values / CELL) * CELL + CELL / 2
-    lon_c = np.floor(da[lon].values / CELL) * CELL + CELL / 2
+    (o_lat, o_lon) = origin
+    lat_c = np.floor((da[lat].values - o_lat) / CELL) * CELL + o_lat + CELL / 2
+    lon_c = np.floor((da[lon].values - o_lon) / CELL) * CELL + o_lon + CELL / 2
     out = da.rename({lat: "_lat", lon: "_lon"}).assign_coords(_lat=lat_c, _lon=lon_c)
     out = out.rename({"_lat": "lat", "_lon": "lon"})
     return out.isel(lat=slice(None, None, -1))
 
 
-def block_reduce(z: xr.DataArray, lat: str, lon: str, bbox=None) -> xr.Dataset:
+def block_reduce(z: xr.DataArray, lat: str, lon: str, bbox=None,
+                 origin: tuple[float, float] = (0.0, 0.0)) -> xr.Dataset:
     """Mean and standard deviation of 1-arc-minute ``z`` in each 0.25° cell (15 × 15 blocks).
 
-    Nodes are assigned to the cell that contains them (edges at multiples of
-    0.25°, half-open), so cell- and grid-registered ETOPO1 both give whole
-    blocks; a window edge that is not a multiple of 0.25° is widened to one.
+    Nodes are assigned to the cell that contains them (edges at ``origin``
+    plus multiples of 0.25°, half-open), so cell- and grid-registered ETOPO1
+    both give whole blocks on either cell grid (GLDAS's, origin 0; ERA5's,
+    origin 0.125°); a window edge between cell edges is widened to one.
 
     Returns
     -------
     xarray.Dataset
         ``elevation`` and ``elevation_std`` (population std, ``ddof=0``), float32, lazy.
     """
-    z = _cut(z, lat, lon, bbox, tol=1e-6)
+    held = (float(z[lat].min()), float(z[lat].max()), float(z[lon].min()), float(z[lon].max()))
+    z = _cut(z, lat, lon, bbox, tol=1e-6, origin=origin)
     ny, nx = z.sizes[lat], z.sizes[lon]
+    if bbox is not None:
+        s, n, w, e = bbox
+        want = (round((_edge(n, origin[0], np.ceil) - _edge(s, origin[0], np.floor)) / CELL),
+                round((_edge(e, origin[1], np.ceil) - _edge(w, origin[1], np.floor)) / CELL))
+        if (ny, nx) != (want[0] * _BLOCK, want[1] * _BLOCK):
+            raise StaticSourceError(
+                f"ETOPO1: the file (lat {held[0]:g}..{held[1]:g}, lon {held[2]:g}..{held[3]:g}) "
+                f"does not cover the request lat {s:g}..{n:g}, lon {w:g}..{e:g}")
     if ny % _BLOCK or nx % _BLOCK or not ny or not nx:
         raise StaticSourceError(f"ETOPO1: the window holds {ny} x {nx} nodes, expected whole "
                                 f"{_BLOCK} x {_BLOCK} blocks of the 1-arc-minute grid")
@@ -111,15 +139,48 @@ def block_reduce(z: xr.DataArray, lat: str, lon: str, bbox=None) -> xr.Dataset:
     # coarsen labels a block by its mean coordinate: the cell centre
     ds = xr.Dataset({"elevation": mean.astype(np.float32),
                      "elevation_std": std.astype(np.float32)})
-    ds = _on_cells(ds, lat, lon)
+    ds = _on_cells(ds, lat, lon, origin)
     for n in ds.data_vars:
         ds[n].attrs = schema.spec("static", n).attrs()
     return ds
 
 
+def _aligned(window) -> tuple[float, float] | None:
+    """The cell-edge origin of ``window`` when it is on a 0.25° lat/lon grid, else None."""
+    from casm_cloud.grid import LATLON_GRIDS
+
+    if window is None or window.name not in LATLON_GRIDS or LATLON_GRIDS[window.name][2] != CELL:
+        return None
+    return (float((window.lat[0] - CELL / 2) % CELL), float((window.lon[0] - CELL / 2) % CELL))
+
+
+def _bbox(window, bbox, margin: float):
+    """The (south, north, west, east) of ``window`` with ``margin`` degrees, or ``bbox``."""
+    if window is None:
+        return bbox
+    half = CELL / 2 + margin
+    return (float(window.lat.min()) - half, float(window.lat.max()) + half,
+            float(window.lon.min()) - half, float(window.lon.max()) + half)
+
+
+def _on_window(ds: xr.Dataset, window, urlpath: str) -> xr.Dataset:
+    """A dataset on the 0.25° cells of a lat/lon ``window`` as that window (``y``, ``x``)."""
+    got = (ds.sizes["lat"], ds.sizes["lon"])
+    if got != window.shape or not (np.allclose(ds["lat"], window.lat)
+                                   and np.allclose(ds["lon"], window.lon)):
+        raise StaticSourceError(f"{urlpath}: covers {got[0]} x {got[1]} cells of the window "
+                                f"{window!r}, expected {window.shape[0]} x {window.shape[1]} "
+                                f"(lat {window.lat.min()}..{window.lat.max()}, lon "
+                                f"{window.lon.min()}..{window.lon.max()})")
+    out = ds.drop_vars(["lat", "lon"]).rename({"lat": "y", "lon": "x"})
+    out = out.assign_coords(window.coords())
+    out.attrs.update(window.identity())
+    return out
+
+
 def open_etopo1(urlpath: str, *, storage_options: Mapping | None = None,
                 bbox: Sequence[float] | None = None, variable: str = "z",
-                chunk: int = 600) -> xr.Dataset:
+                chunk: int = 600, window=None) -> xr.Dataset:
     """ETOPO1 elevations reduced to 0.25° ``elevation`` / ``elevation_std`` (lazy).
 
     Parameters
@@ -132,6 +193,10 @@ def open_etopo1(urlpath: str, *, storage_options: Mapping | None = None,
         Elevation variable (``z`` in NCEI's files), metres.
     chunk : int
         Dask chunk in nodes per side (a multiple of 15).
+    window : casm_cloud.grid.GridWindow, optional
+        The recipe's window (the catalog passes it).  On a 0.25° lat/lon grid
+        the blocks are the window's own cells and the result is on the window;
+        otherwise GLDAS cells around it, for regridding.
 
     Raises
     ------
@@ -147,8 +212,11 @@ def open_etopo1(urlpath: str, *, storage_options: Mapping | None = None,
     if units not in ("m", "meters", "metres", "meter", "metre"):
         raise StaticSourceError(f"{urlpath}: {variable!r} has units {units!r}, expected metres")
     lat, lon = _axes(ds, urlpath)
-    out = block_reduce(z, lat, lon, bbox)
-    return out.chunk({"lat": max(1, chunk // _BLOCK), "lon": max(1, chunk // _BLOCK)})
+    origin = _aligned(window)
+    out = block_reduce(z, lat, lon, _bbox(window, bbox, 0.0 if origin else 2 * CELL),
+                       origin or (0.0, 0.0))
+    out = out.chunk({"lat": max(1, chunk // _BLOCK), "lon": max(1, chunk // _BLOCK)})
+    return _on_window(out, window, urlpath) if origin else out
 
 
 def _gldas_var(ds: xr.Dataset, urlpath: str, name: str, variable: str,
@@ -170,18 +238,22 @@ def _gldas_var(ds: xr.Dataset, urlpath: str, name: str, variable: str,
 
 def open_gldas_static(urlpath: str | Sequence[str], *, storage_options: Mapping | None = None,
                       bbox: Sequence[float] | None = None,
-                      variables: Mapping[str, str] | None = None) -> xr.Dataset:
+                      names: Mapping[str, str] | None = None, window=None) -> xr.Dataset:
     """The GLDAS 0.25° static fields as canonical ``static`` variables (lazy).
 
     Parameters
     ----------
     urlpath : str or sequence of str
-        The GLDAS static netCDF files (soil fractions, porosity, dominant
+        The GLDAS static netCDF files (paths or globs) (soil fractions, porosity, dominant
         vegetation); each canonical variable is taken from the first file that has it.
     bbox : (south, north, west, east), optional
         Degrees; cut before reading.
-    variables : mapping, optional
-        Canonical name -> GLDAS variable, replacing :data:`GLDAS_VARIABLES`' names.
+    names : mapping, optional
+        Canonical name -> GLDAS variable, replacing :data:`GLDAS_VARIABLES`' names
+        (a catalog entry option).
+    window : casm_cloud.grid.GridWindow, optional
+        The recipe's window (the catalog passes it): the files are cut to its
+        cells and a margin of two cells, which the regridding needs.
 
     Returns
     -------
@@ -189,11 +261,14 @@ def open_gldas_static(urlpath: str | Sequence[str], *, storage_options: Mapping 
         ``sand``, ``silt``, ``clay``, ``porosity`` (``porosity_top`` and
         ``porosity_mid`` both, GLDAS having one porosity) and ``vegetation_class``.
     """
-    paths = [urlpath] if isinstance(urlpath, str) else list(urlpath)
+    from casm_cloud.sources._common import expand_paths
+
+    paths = expand_paths(urlpath, storage_options)
+    bbox = _bbox(window, bbox, 2 * CELL)
     opened = [(p, _open(p, storage_options)) for p in paths]
-    names = {k: (variables or {}).get(k, v[0]) for k, v in GLDAS_VARIABLES.items()}
+    wanted = {k: (names or {}).get(k, v[0]) for k, v in GLDAS_VARIABLES.items()}
     out = {}
-    for name, variable in names.items():
+    for name, variable in wanted.items():
         found = [(p, ds) for p, ds in opened if variable in ds]
         p, ds = found[0] if found else opened[0]
         da = _gldas_var(ds, p, name, variable, GLDAS_VARIABLES[name][1], bbox)

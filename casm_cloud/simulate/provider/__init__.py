@@ -14,10 +14,13 @@ amsre   NSIDC-0301 daily flat binaries, EASE-Grid v1        ``amsre`` (``amsre_n
 amsr2   CETB NSIDC-0630 daily netCDF, M25 (:mod:`.amsr`)    ``amsr2`` (``amsr2_cetb``)
 era5    ARCO Zarr v3 and CDS netCDF, hourly 0.25°           ``era5`` (``era5_arco``),
         (:mod:`.era5`)                                      ``era5_cds`` (``era5_cds``)
+static  ETOPO1 GMT4 netCDF (1-arc-minute) and the GLDAS     ``etopo1`` (``etopo1``),
+        static netCDF files, 0.25° (:mod:`.statics`)        ``gldas_static`` (``gldas_static``)
 ======  ==================================================  ==================================
 
-Truth and static maps have no provider product and stay canonical Zarr
-stores; the stations are an ISMN download folder in both layouts.  The
+The truth has no provider product and stays a canonical Zarr store, as do the
+static maps beside their provider files (the canonical ``static`` entry has
+every static variable; the provider files have what ETOPO1 and GLDAS give); the stations are an ISMN download folder in both layouts.  The
 entries use the adapters and options of ``catalogs/*.yaml``; only the paths
 differ (and the ERA5 entries store the simulation's window, which an open
 without one returns).  docs/real_data.md maps each layout onto the real
@@ -36,6 +39,7 @@ from casm_cloud.simulate.provider.era5 import FORMATS as ERA5_FORMATS
 from casm_cloud.simulate.provider.era5 import write_era5
 from casm_cloud.simulate.provider.smap import write_smap
 from casm_cloud.simulate.provider.smos import write_smos
+from casm_cloud.simulate.provider.statics import write_statics
 
 __all__ = ["WRITERS", "ERA5_FORMATS", "write_provider_files"]
 
@@ -53,7 +57,8 @@ def write_provider_files(stores: Mapping[str, str], out: str,
                          storage_options: Mapping | None = None, *, static: xr.Dataset,
                          seed: int = 0, era5_formats: Sequence[str] = ERA5_FORMATS,
                          window_options: Mapping | None = None) -> dict[str, tuple]:
-    """Write the provider files of every finished canonical store in ``stores``.
+    """Write the provider files of every finished canonical store in ``stores``, and the
+    static maps' ETOPO1 and GLDAS files.
 
     Parameters
     ----------
@@ -63,7 +68,8 @@ def write_provider_files(stores: Mapping[str, str], out: str,
     out : str
         Output folder or URL (the files go into per-product folders under it).
     static : xarray.Dataset
-        The simulation's static maps (ERA5's surface pressure needs the elevation).
+        The simulation's static maps (their provider files; ERA5's surface
+        pressure needs the elevation).
     seed : int
         Seeds the providers' flags (quality, RFI, sample counts).
     era5_formats : sequence of str
@@ -77,7 +83,7 @@ def write_provider_files(stores: Mapping[str, str], out: str,
         Entry name -> ``(adapter, relative URL, options, description)``.
     """
     so = dict(storage_options or {})
-    entries: dict[str, tuple] = {}
+    entries: dict[str, tuple] = write_statics(static, out, so)
     for kind, url in stores.items():
         if kind not in WRITERS:
             continue
