@@ -171,12 +171,14 @@ def _print_summary(ctx) -> None:
 _VALIDATE_TABLES = (
     ("cv", "cross validation at held-out station cells (median cell per fold; 'mean' over "
            "folds)"),
+    ("era5", "the product against ERA5's own layers (median cell of the window)"),
     ("truth", "scores against the simulated truth at cells no fold trained on (median cell)"),
 )
 
 
 def _print_validate_tables(ctx) -> None:
-    """Print the validate stage's ``cv.csv`` and ``truth.csv`` as the run root holds them.
+    """Print the validate stage's ``cv.csv``, ``era5.csv`` and ``truth.csv`` as the run root
+    holds them.
 
     Read from the stage's outputs, so a run that found validate up to date prints
     them too.  Printed only when they are current: the stage's marker is there and

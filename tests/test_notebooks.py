@@ -165,3 +165,22 @@ def test_02_runs_on_a_run_without_truth(casm_reference, tmp_path, monkeypatch):
     text = _text(_execute(NAMES[1], tmp_path / "no-demo", tmp_path, monkeypatch))
     assert "product vs SMAP: residual_R" in text and "nn_amsre vs nn_smos" in text
     assert "global_ubRMSE" not in text  # no scores against a truth
+
+
+def test_03_runs_on_a_run_without_truth(somo_reference, tmp_path, monkeypatch):
+    """A real SoMo.ml run names no truth: validate and report run without it, and the notebook
+    shows the CV table, the comparison with ERA5's own layers and the stations instead."""
+    recipe = copy_run(somo_reference[0], tmp_path / "copy", **{"sources.truth": None})
+    run = Path(recipe.run_root)
+    for name in ("truth.csv", "truth_cells.csv"):
+        (run / "validate" / name).unlink()
+    monkeypatch.setenv("CASM_RECIPE", str(_recipe_file(recipe, tmp_path / "recipe.yaml")))
+    monkeypatch.setenv("CASM_FIGURES", str(tmp_path / "figures"))
+    text = _text(_execute(NAMES[2], tmp_path / "no-demo", tmp_path, monkeypatch))
+    assert "to run: validate, report\n" in text  # the recipe's truth is read by validate
+    assert not (run / "validate" / "truth.csv").exists()
+    era5 = pd.read_csv(run / "validate" / "era5.csv")
+    assert list(era5["layer"]) == ["sm_l1", "sm_l2", "sm_l3"] and (era5["n_cells"] == 49).all()
+    assert f"{era5['R'].iloc[0]:.6f}" in text and "no truth: a real run" in text
+    page = Path(recipe.output("report"), "index.html").read_text()
+    assert "Against ERA5" in page and "simulated truth" not in page

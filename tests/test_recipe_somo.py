@@ -50,6 +50,10 @@ def test_recipe_end_to_end(somo_reference):
     assert np.isfinite(cv[cv["fold"] == "mean"][["R", "NRMSE", "anomaly_R"]].values).all()
     truth = ctx.summary["truth"].set_index("layer")
     assert (truth["n_cells"] > 10).all()
+    # the paper's comparison with ERA5's own layers: every cell of the window, each layer
+    era5 = ctx.summary["era5"].set_index("layer")
+    assert list(era5.index) == list(LAYERS) and (era5["n_cells"] == 49).all()
+    assert ((era5["R"] > 0) & (era5["R"] <= 1)).all(), era5
     files = sorted(p.name for p in Path(recipe.run_root, "somo").glob("*.nc"))
     assert files == [f"SoMo.ml_v1_{n}_2012.nc" for n in LAYERS]
     nc = xr.open_dataset(Path(recipe.run_root, "somo", "SoMo.ml_v1_sm_l2_2012.nc"))
@@ -60,6 +64,7 @@ def test_recipe_end_to_end(somo_reference):
         assert attrs["casm_precision_error"] <= 1e-3
     page = (Path(recipe.output("report")) / "index.html").read_text()
     assert "Cross validation" in page and "somo_maps.png" in page
+    assert "Against ERA5&#x27;s own layers" in page or "Against ERA5's own layers" in page
     # the trained networks are SoMo.ml checkpoints the library predicts with
     from casm_cloud.somo.predict import load_spec
 

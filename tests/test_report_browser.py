@@ -143,9 +143,10 @@ def _page_target(address: str) -> str:
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """A report of a small simulated product, with every section the page has."""
+@pytest.fixture(scope="module", params=["truth", "no-truth"])
+def report(request, tmp_path_factory):
+    """A report of a small simulated product: with every section the page has, and as a real
+    run's (no truth: the consistency checks from SMAP and the two networks instead)."""
     import numpy as np
 
     truth = make_truth(WINDOW, TIMES, seed=4, time_chunk=50)
@@ -161,8 +162,24 @@ def report(tmp_path_factory):
         "bias": rng.normal(0, 0.02, n),
     })
     changes = sensor_changes_from_source(product)
-    scores = scores_against_truth(product, truth, sensor_changes=changes)
     out = tmp_path_factory.mktemp("browser") / "report"
+    if request.param == "no-truth":
+        from casm_cloud.report.checks import data_checks
+
+        smap = truth[["sm_l1"]].rename(sm_l1="sm").sel(time=slice("2010-06-01", None))
+        nets = {f"nn_{k}": make_product(WINDOW, TIMES, seed=i, truth=truth, time_chunk=50)
+                for i, k in enumerate(("amsre", "smos"))}
+        checks = data_checks(product, smap=smap, networks=nets, sensor_changes=changes,
+                             eras={"AMSR-E": None, "SMOS": changes[list(changes)[-1]]},
+                             min_obs=20)
+        assert checks["vs_smap"] and checks["networks"]
+        index = write_report(out, product=product, validation=validation,
+                             sensor_changes=changes, checks=checks,
+                             title="casm_cloud browser test")
+        page = Path(index).read_text()
+        assert "Consistency checks from the data" in page and "against the truth" not in page
+        return Path(index)
+    scores = scores_against_truth(product, truth, sensor_changes=changes)
     index = write_report(out, product=product, truth=truth, validation=validation,
                          sensor_changes=changes, scores=scores, title="casm_cloud browser test")
     return Path(index)

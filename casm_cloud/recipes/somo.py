@@ -15,8 +15,9 @@ SoMo.ml recipe".
 * ``predict``: per layer and seed, windowed prediction over the window; the
   product is the seeds' mean (``sm_l1..3``) and standard deviation
   (``structural_uncertainty_l1..3``);
-* ``validate``: the CV table, the product at the station cells, and (on the
-  simulator) the scores against the truth at cells no fold trained on;
+* ``validate``: the CV table, the product at the station cells, the product
+  against ERA5's own layers (every cell), and (on the simulator) the scores
+  against the truth at cells no fold trained on;
 * ``report``: the SoMo.ml page; ``export``: one netCDF per year and layer.
 
 Layer k's predictions start ``(3 − k) · (window − 1)`` days before the
@@ -386,7 +387,8 @@ def _scores_table(pred: xr.DataArray, obs: xr.DataArray, min_obs: int, **cols) -
 
 
 def run_validate(ctx: Context, p: dict) -> None:
-    """The CV table, the product at the station cells, and scores against the truth."""
+    """The CV table, the product at the station cells and against ERA5's own layers, and
+    (on the simulator) scores against the truth."""
     from casm_cloud.somo.cv import SCORES, cv_scores
 
     targets = _open(ctx, "targets", "targets.zarr")
@@ -421,30 +423,43 @@ def run_validate(ctx: Context, p: dict) -> None:
     stations = pd.concat(rows, ignore_index=True)
     _write_csv(ctx.out("stations.csv"), stations, ctx.so)
 
+    # the paper's comparison with ERA5's own layers (the targets' rescaling reference), every cell
+    era5 = _open(ctx, "forcing", "era5_layers.zarr")
+    every = np.ones(p["window"].shape, bool)
+    _, ctx.summary["era5"] = _against(ctx, p, product, era5, every, "era5")
+
     if p["truth"]:
         from casm_cloud.catalog import open_source
         from casm_cloud.regrid import on_window
 
         truth = on_window(open_source(_catalog(p), p["truth"]), p["window"], name="truth")
-        trained = np.zeros(p["window"].shape, bool)
-        trained[targets["cell_y"].values, targets["cell_x"].values] = True
-        ys, xs = np.nonzero(~trained)
-        yy, xx = xr.DataArray(ys, dims="cell"), xr.DataArray(xs, dims="cell")
-        rows = []
-        for layer in LAYERS:
-            pred = product[layer].isel(y=yy, x=xx)
-            ref = truth[layer].reindex(time=pred["time"]).isel(y=yy, x=xx)
-            drop = ["y", "x", "lat", "lon", "crs"]
-            df = _scores_table(pred.drop_vars(drop, errors="ignore").transpose("cell", "time"),
-                               ref.drop_vars(drop, errors="ignore").transpose("cell", "time"),
-                               p["min_obs"], layer=layer)
-            rows.append(df)
-        cells = pd.concat(rows, ignore_index=True)
+        untrained = np.ones(p["window"].shape, bool)
+        untrained[targets["cell_y"].values, targets["cell_x"].values] = False
+        cells, ctx.summary["truth"] = _against(ctx, p, product, truth, untrained, "truth")
         _write_csv(ctx.out("truth_cells.csv"), cells, ctx.so)
-        summary = cells.groupby("layer")[list(SCORES)].median().reset_index()
-        summary.insert(1, "n_cells", cells.groupby("layer").size().values)
-        _write_csv(ctx.out("truth.csv"), summary, ctx.so)
-        ctx.summary["truth"] = summary
+
+
+def _against(ctx: Context, p: dict, product: xr.Dataset, ref: xr.Dataset, cells: np.ndarray,
+             name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-cell scores of the product against ``ref`` at ``cells`` (a mask of the window) over
+    the product's days, and their medians per layer (written as ``<name>.csv``)."""
+    from casm_cloud.somo.cv import SCORES
+
+    ys, xs = np.nonzero(cells)
+    yy, xx = xr.DataArray(ys, dims="cell"), xr.DataArray(xs, dims="cell")
+    drop = ["y", "x", "lat", "lon", "crs"]
+    rows = []
+    for layer in LAYERS:
+        pred = product[layer].isel(y=yy, x=xx)
+        obs = ref[layer].reindex(time=pred["time"]).isel(y=yy, x=xx)
+        rows.append(_scores_table(pred.drop_vars(drop, errors="ignore").transpose("cell", "time"),
+                                  obs.drop_vars(drop, errors="ignore").transpose("cell", "time"),
+                                  p["min_obs"], layer=layer))
+    per_cell = pd.concat(rows, ignore_index=True)
+    summary = per_cell.groupby("layer")[list(SCORES)].median().reset_index()
+    summary.insert(1, "n_cells", per_cell.groupby("layer").size().values)
+    _write_csv(ctx.out(f"{name}.csv"), summary, ctx.so)
+    return per_cell, summary
 
 
 # --------------------------------------------------------------------------- report
@@ -458,14 +473,14 @@ def run_report(ctx: Context, p: dict) -> None:
 
     product = storage.open_zarr(_product(ctx, p), ctx.so, require_complete=True)
     tables = {n: _read_csv(ctx.url("validate", f"{n}.csv"), ctx.so)
-              for n in ("cv", "stations", "truth")}
+              for n in ("cv", "stations", "era5", "truth")}
     out = ctx.output(p["report"], DEFAULT_OUTPUTS["report"])
     ctx.summary["report"] = write_somo_report(out, product=product, cv=tables["cv"],
                                               stations=tables["stations"],
-                                              truth=tables["truth"],
+                                              era5=tables["era5"], truth=tables["truth"],
                                               targets=_open(ctx, "targets", "targets.zarr"),
                                               title=p["title"], storage_options=ctx.so)
-    for key in ("cv", "truth"):
+    for key in ("cv", "era5", "truth"):
         if key not in ctx.summary and tables[key] is not None:
             ctx.summary[key] = tables[key]
 

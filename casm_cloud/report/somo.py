@@ -6,8 +6,8 @@ standard deviation), a Hovmöller diagram of zonal means per layer, the
 window-mean series with its structural uncertainty, the cross validation per
 fold and layer, the station cells' R on a map and, given the targets, one
 station cell's series against the product; and the tables of the cross
-validation, of the product at the station cells and, on simulated data, of
-the scores against the truth.
+validation, of the product at the station cells, of the product against
+ERA5's own layers and, on simulated data, of the scores against the truth.
 
 One function per figure, as in :mod:`casm_cloud.report.figures` (whose
 helpers they use): :func:`aggregates` asks dask for every small aggregate in
@@ -254,6 +254,10 @@ def _write(out: Path, csv: Mapping[str, pd.DataFrame | None], product, title,
                "its cells. Median over the fold's held-out station cells (training period); "
                "'mean' averages the folds. Anomaly R: anomalies of each series on its own "
                "(value − mean of a 35-day window with ≥ 10 values)."),
+        "era5": ("Against ERA5's own layers", "The product against ERA5's soil water of the "
+                 "same layers (depth-weighted swvl1..3, the reference the targets were "
+                 "rescaled to), median over every cell of the window, over the product "
+                 "period: how far the network departs from the reanalysis it was forced by."),
         "truth": ("Scores against the simulated truth", "Median over the cells no fold "
                   "trained on (no station), over the product period."),
         "stations": ("Station validation", "The product at the station cells against the "
@@ -277,7 +281,8 @@ def _write(out: Path, csv: Mapping[str, pd.DataFrame | None], product, title,
 
 def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
                       cv: pd.DataFrame | None = None, stations: pd.DataFrame | None = None,
-                      truth: pd.DataFrame | None = None, targets: xr.Dataset | None = None,
+                      era5: pd.DataFrame | None = None, truth: pd.DataFrame | None = None,
+                      targets: xr.Dataset | None = None,
                       title: str = "casm_cloud SoMo.ml",
                       storage_options: Mapping | None = None) -> Path | str:
     """Write the SoMo.ml page (``index.html``, figures, CSV tables) into ``out_dir``.
@@ -288,9 +293,10 @@ def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
         Local folder or fsspec URL (drawn locally, then uploaded).
     product : xarray.Dataset
         ``sm_l1..3`` (time, y, x) and ``structural_uncertainty_l1..3``.
-    cv, stations, truth : pandas.DataFrame, optional
+    cv, stations, era5, truth : pandas.DataFrame, optional
         The validate stage's tables (CV per fold and layer, per-cell scores at
-        the station cells with ``cell_y``/``cell_x``, scores against the truth).
+        the station cells with ``cell_y``/``cell_x``, medians against ERA5's own
+        layers, scores against the truth).
     targets : xarray.Dataset, optional
         The targets stage's ``targets.zarr``: adds the series of the station
         cell with the most layer-1 target days against the product.
@@ -300,7 +306,7 @@ def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
     pathlib.Path or str
         Where ``index.html`` is.
     """
-    csv = {"cv": cv, "stations": stations, "truth": truth}
+    csv = {"cv": cv, "stations": stations, "era5": era5, "truth": truth}
     url = str(out_dir)
     remote = "://" in url and not url.startswith("file://")
     with tempfile.TemporaryDirectory(prefix="casm-somo-report-") as tmp:
