@@ -502,6 +502,11 @@ class SomoTraining(_Section):
 
 
 class SomoTargets(_Section):
+    # O & Orth (2021): a sensor's daily (UTC) mean needs at least min_subdaily good
+    # sub-daily values that day; a sensor with fewer than min_days such days (two months)
+    # over the targets' days is dropped; both before the rescaling to ERA5.
+    min_subdaily: int = Field(6, ge=1)
+    min_days: int = Field(60, ge=1)
     min_overlap: int = Field(30, ge=2)  # fewest common days of a station and its ERA5 cell
 
 

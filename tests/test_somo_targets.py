@@ -130,7 +130,7 @@ def test_station_targets_average_stations_of_a_cell_and_drop_those_outside():
                     ("C", 0.05, 0.05, 45.0, -80.0),          # outside the window
                     ("D", 0.0, 0.05, float(WINDOW.lat[0]), float(WINDOW.lon[4]))])
     era5 = _era5_sm()
-    targets, table = station_targets(ds, WINDOW, era5, min_overlap=10)
+    targets, table = station_targets(ds, WINDOW, era5, min_overlap=10, min_days=30)
     assert targets.sizes["cell"] == 2
     cells = {(int(y), int(x)): k for k, (y, x) in
              enumerate(zip(targets["cell_y"].values, targets["cell_x"].values, strict=True))}
@@ -152,7 +152,118 @@ def test_a_layer_without_a_station_cell_is_one_clear_error():
     ds = _stations([("A", 0.05, 0.05, lat, lon), ("A", 0.2, 0.2, lat, lon),
                     ("B", 0.4, 0.4, 45.0, -80.0)])           # layer 3 only outside
     with pytest.raises(TargetError, match="layer sm_l3 \\(30-50 cm\\) has no station cell"):
-        station_targets(ds, WINDOW, _era5_sm(), min_overlap=10)
+        station_targets(ds, WINDOW, _era5_sm(), min_overlap=10, min_days=30)
+
+
+def test_a_daily_mean_needs_six_good_sub_daily_values():
+    ds = _stations([("A", 0.05, 0.05, 37.5, -98.5)], days=3)
+    flags = ds["soil_moisture_flag"].values.copy()
+    flags[0, 6:24] = "D06"                   # day 1: six good values (00-05 h)
+    flags[0, 24 + 5:48] = "C03"              # day 2: five good values (00-04 h)
+    ds["soil_moisture_flag"] = (("station", "time"), flags)
+    ds["soil_moisture"][0, 48 + 6:] = np.nan  # day 3: six values, the others missing
+    sensor = ["NET/A/Probe/0.05-0.05"]
+    daily = daily_good(ds, sensor, min_subdaily=6)
+    v = ds["soil_moisture"].values[0].astype(np.float64)
+    assert float(daily[0, 0]) == pytest.approx(v[:6].mean(), rel=1e-12)
+    assert np.isnan(daily[0, 1])
+    assert float(daily[0, 2]) == pytest.approx(v[48:54].mean(), rel=1e-12)
+    assert np.isfinite(daily_good(ds, sensor, min_subdaily=5)[0, 1])
+
+
+def test_a_sensor_needs_two_months_of_daily_means_before_the_rescaling():
+    """60 days of six good values: used; 59 (the 60th day has five): dropped, and the station's
+    other sensor in the layer takes its place when it has the days."""
+    lat, lon = float(WINDOW.lat[2]), float(WINDOW.lon[1])
+    ds = _stations([("A", 0.05, 0.05, lat, lon), ("A", 0.2, 0.2, lat, lon),
+                    ("A", 0.4, 0.4, lat, lon),
+                    ("B", 0.05, 0.05, float(WINDOW.lat[0]), float(WINDOW.lon[4])),
+                    ("C", 0.05, 0.05, float(WINDOW.lat[4]), float(WINDOW.lon[0])),
+                    ("C", 0.0, 0.05, float(WINDOW.lat[4]), float(WINDOW.lon[0]))], days=80)
+    flags = ds["soil_moisture_flag"].values.copy()
+    hour = np.arange(ds.sizes["time"]) % 24
+    day = np.arange(ds.sizes["time"]) // 24
+    flags[3, day >= 60] = "C03"                           # B: days 0-59 good
+    flags[4, day >= 59] = "C03"                           # C at 5 cm: days 0-58 good ...
+    flags[4, (day == 59) & (hour < 5)] = "G"              # ... and day 59 has five values
+    flags[5, day >= 70] = "C03"                           # C at 0-5 cm: 70 days
+    ds["soil_moisture_flag"] = (("station", "time"), flags)
+    era5 = _era5_sm(days=80)
+    targets, table = station_targets(ds, WINDOW, era5, min_overlap=10)   # the paper's rules
+    t = table[table["layer"] == "sm_l1"].set_index("station_name")
+    assert t.loc["B", "n_days"] == 60 and t.loc["B", "used"] and t.loc["B", "reason"] == ""
+    assert t.loc["C", "sensor"] == "NET/C/Probe/0-0.05" and t.loc["C", "used"]
+    assert t.loc["C", "n_days"] == 70
+    assert int(targets["n_stations_sm_l1"].sum()) == 3
+    # C's mid-depth sensor alone: 59 days, dropped with its reason; 60 with five values a day
+    alone = ds.isel(station=[0, 1, 2, 4])
+    _, table = station_targets(alone, WINDOW, era5, min_overlap=10)
+    row = table[table["layer"] == "sm_l1"].set_index("station_name").loc["C"]
+    assert row["n_days"] == 59 and not row["used"] and row["reason"] == "min_days"
+    _, table = station_targets(alone, WINDOW, era5, min_overlap=10, min_subdaily=5)
+    row = table[table["layer"] == "sm_l1"].set_index("station_name").loc["C"]
+    assert row["n_days"] == 60 and row["used"]
+    with pytest.raises(TargetError, match=r"layer sm_l1 .* 3 have fewer than 81 days with at "
+                                          r"least 6 good values \(targets.min_days"):
+        station_targets(ds, WINDOW, era5, min_overlap=10, min_days=81)
+
+
+# ---- the rules on a real ISMN download (Hawaii, SCAN 5 cm probes, 2017-2018) ---------------
+@pytest.fixture(scope="module")
+def hawaii(real_data, tmp_path_factory):
+    from casm_cloud.sources.tuw_ts import open_tuw_ts
+    from casm_cloud.validation.stations import read_ismn
+
+    folder = real_data / "qa4sm_hawaii"
+    if not (folder / "ISMN_V20250617").is_dir() or not (folder / "ERA5").is_dir():
+        pytest.skip(f"{folder}: the Hawaii ISMN download and ERA5 series are absent")
+    ds = read_ismn(folder / "ISMN_V20250617", depth=(0.0, 0.5),
+                   meta_path=tmp_path_factory.mktemp("ismn-meta"))
+    era5 = open_tuw_ts(str(folder / "ERA5" / "ERA5_20190613"), variables=["swvl1"]).load()
+    window = LatLonGrid("ERA5_0p25").window(lat=(18.9, 21.6), lon=(-156.1, -154.8))
+    grid = np.full((era5.sizes["time"], *window.shape), np.nan, np.float32)
+    for k in range(era5.sizes["location"]):     # the real ERA5 series on their 0.25 deg cells
+        try:
+            r, c = window.to_rowcol(float(era5["lat"][k]), float(era5["lon"][k]))
+        except ValueError:                      # a cell off the Big Island
+            continue
+        grid[:, r, c] = era5["swvl1"].values[k]
+    days = era5["time"].values.astype("datetime64[D]").astype("datetime64[ns]")
+    sm = xr.Dataset({"sm_l1": (("time", "y", "x"), grid)}, coords={"time": days,
+                                                                   **window.coords()})
+    return ds, window, sm
+
+
+def _pandas_days(ds, sensor, days, min_subdaily):
+    """Days with at least ``min_subdaily`` G-flagged values: pandas, independently."""
+    s = ds.sel(station=sensor)
+    v = pd.Series(s["soil_moisture"].values, index=s["time"].values)
+    good = v.where(s["soil_moisture_flag"].values == "G").dropna()
+    count = good.groupby(good.index.floor("D")).count().reindex(days, fill_value=0)
+    return int((count >= min_subdaily).sum()), int(((count > 0) & (count < min_subdaily)).sum())
+
+
+def test_the_rules_on_real_ismn_stations(hawaii):
+    ds, window, sm = hawaii
+    layer = {"sm_l1": (0.0, 0.10)}
+    _, table = station_targets(ds, window, sm, layers=layer, min_overlap=30)
+    t = table.set_index("station_name")
+    assert set(t.index) == {"Kainaliu", "Kukuihaele", "PuaAkala", "SilverSword"}  # SCAN 5 cm
+    short_days = 0
+    for name, row in t.iterrows():
+        n, partial = _pandas_days(ds, row["sensor"], pd.DatetimeIndex(sm["time"].values), 6)
+        assert row["n_days"] == n, name
+        short_days += partial
+    assert short_days > 0                   # real days with 1-5 good values are left out
+    puaakala = int(t.loc["PuaAkala", "n_days"])
+    assert puaakala < 730                   # the record has gaps in 2017-2018
+    assert t.loc["PuaAkala", "used"]
+    assert t.loc["Kainaliu", "reason"] == "min_overlap"  # its coastal cell has no ERA5 series
+    # at the threshold: PuaAkala's own count keeps it, one more day drops it
+    for min_days, used in ((puaakala, True), (puaakala + 1, False)):
+        _, table = station_targets(ds, window, sm, layers=layer, min_days=min_days)
+        row = table.set_index("station_name").loc["PuaAkala"]
+        assert row["used"] == used and row["reason"] == ("" if used else "min_days")
 
 
 def test_spatial_folds_keep_blocks_whole_and_balance_cells():

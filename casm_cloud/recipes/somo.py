@@ -183,7 +183,8 @@ def run_statics(ctx: Context, p: dict) -> None:
 # --------------------------------------------------------------------------- targets
 def targets_params(r) -> dict:
     return dict(stations=r.sources.stations, window=r.grid.window(),
-                min_overlap=r.targets.min_overlap)
+                min_overlap=r.targets.min_overlap, min_subdaily=r.targets.min_subdaily,
+                min_days=r.targets.min_days)
 
 
 def run_targets(ctx: Context, p: dict) -> None:
@@ -197,8 +198,8 @@ def run_targets(ctx: Context, p: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="casm-somo-ismn-") as meta:
         stations = read_ismn(_local_stations(p["stations"], ctx.so), depth=(0.0, 0.5), meta_path=meta)
     era5_sm = _open(ctx, "forcing", "era5_layers.zarr")
-    targets, table = station_targets(stations, p["window"], era5_sm,
-                                     min_overlap=p["min_overlap"])
+    targets, table = station_targets(stations, p["window"], era5_sm, min_overlap=p["min_overlap"],
+                                     min_subdaily=p["min_subdaily"], min_days=p["min_days"])
     _write_csv(ctx.out("sensors.csv"), table, ctx.so)
     ctx.write(targets, ctx.out("targets.zarr"))
     ctx.summary["targets"] = {n: int((targets[f"n_stations_{n}"] > 0).sum()) for n in LAYERS}

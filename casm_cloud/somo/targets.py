@@ -3,12 +3,15 @@
 O & Orth (2021, Sci. Data 8, 170), "Training data":
 
 * stations are read with the ``ismn`` package (:func:`casm_cloud.validation.read_ismn`);
-  only values flagged ``G`` (good) are used; hourly values become daily means
-  (UTC days);
+  only values flagged ``G`` (good) are used; sub-daily values become daily means
+  (UTC days), on days with at least six good values only (``min_subdaily``);
+* a sensor with fewer than two months of such daily means over the targets'
+  days (``min_days``, 60) is dropped before the sensor choice below, so the
+  station's next sensor in the layer takes its place;
 * per layer (0–10, 10–30, 30–50 cm, :data:`LAYERS`) a station contributes
   one sensor: the one at the layer's mid-depth (5, 20, 40 cm), else the one
   whose mid-depth is closest to it among the sensors lying inside the layer
-  (ties: more good days, then the sensor id);
+  (ties: more good values, then the sensor id);
 * each station's daily series is rescaled to the mean and standard deviation
   of its ERA5 cell's layer soil moisture over their common days;
   ERA5's ``swvl1..3`` cover 0–7, 7–28 and 28–100 cm (:data:`ERA5_LAYERS`), so
@@ -88,8 +91,13 @@ def era5_layers(era5: xr.Dataset, layers: Mapping[str, tuple[float, float]] = LA
 
 
 def select_sensors(stations: xr.Dataset, layers: Mapping[str, tuple[float, float]] = LAYERS,
-                   *, source: str = "sources.stations") -> pd.DataFrame:
+                   *, source: str = "sources.stations", n_days: pd.Series | None = None,
+                   min_days: int = 0) -> pd.DataFrame:
     """One sensor per station and layer: the mid-depth one, else the closest inside the layer.
+
+    With ``n_days`` (daily means per sensor id, :func:`daily_good`), sensors
+    with at least ``min_days`` of them come first: a short sensor is chosen
+    only when its station has no other in the layer.
 
     Parameters
     ----------
@@ -98,13 +106,18 @@ def select_sensors(stations: xr.Dataset, layers: Mapping[str, tuple[float, float
         ``soil_moisture_flag`` over ``station`` (sensor rows) and ``time``).
     layers : mapping
         Layer name -> (top, bottom) in metres.
+    n_days : pandas.Series, optional
+        Days with a daily mean, indexed by sensor id (missing ids: 0).
+    min_days : int
+        Fewest of them for a sensor to rank before the station's short ones.
 
     Returns
     -------
     pandas.DataFrame
         One row per (layer, station): ``layer``, ``network``, ``station_name``,
         ``sensor`` (the row id), ``depth_from``, ``depth_to``, ``distance``
-        (m from the mid-depth), ``lat``, ``lon``, ``n_good``.
+        (m from the mid-depth), ``lat``, ``lon``, ``n_good`` (good values)
+        and ``n_days`` (-1 without ``n_days``).
 
     Raises
     ------
@@ -123,6 +136,9 @@ def select_sensors(stations: xr.Dataset, layers: Mapping[str, tuple[float, float
         "lat": stations["lat"].values.astype(float), "lon": stations["lon"].values.astype(float),
         "n_good": good.sum(axis=1),
     })
+    frame["n_days"] = (-1 if n_days is None else
+                       frame["sensor"].map(n_days).fillna(0).astype(int))
+    frame["short"] = False if n_days is None else frame["n_days"] < min_days
     mid_of = (frame["depth_from"] + frame["depth_to"]) / 2
     rows = []
     for name, (top, bottom) in layers.items():
@@ -136,27 +152,31 @@ def select_sensors(stations: xr.Dataset, layers: Mapping[str, tuple[float, float
                               f"layer {name} ({_cm(top)}-{_cm(bottom)} cm); the sensors are at "
                               f"{have}")
         inside["distance"] = (mid_of[inside.index] - mid).abs().round(6)
-        inside = inside.sort_values(["network", "station_name", "distance", "n_good", "sensor"],
-                                    ascending=[True, True, True, False, True])
+        inside = inside.sort_values(
+            ["network", "station_name", "short", "distance", "n_good", "sensor"],
+            ascending=[True, True, True, True, False, True])
         best = inside.groupby(["network", "station_name"], sort=True).head(1)
         rows.append(best.assign(layer=name))
     cols = ["layer", "network", "station_name", "sensor", "depth_from", "depth_to", "distance",
-            "lat", "lon", "n_good"]
+            "lat", "lon", "n_good", "n_days"]
     return pd.concat(rows, ignore_index=True)[cols]
 
 
-def daily_good(stations: xr.Dataset, sensors) -> xr.DataArray:
-    """Daily (UTC) means of the good-flagged (``G``) hourly values of ``sensors``.
+def daily_good(stations: xr.Dataset, sensors, min_subdaily: int = 1) -> xr.DataArray:
+    """Daily (UTC) means of the good-flagged (``G``) sub-daily values of ``sensors``.
+
+    A day needs at least ``min_subdaily`` good values (SoMo.ml: 6).
 
     Returns
     -------
     xarray.DataArray
-        ``(sensor, time)`` float64, NaN on days without a good value.
+        ``(sensor, time)`` float64, NaN on days with fewer good values.
     """
     sub = stations.sel(station=list(sensors))
-    v = sub["soil_moisture"].where(sub["soil_moisture_flag"] == "G")
-    daily = v.resample(time="1D").mean()
-    return daily.rename(station="sensor").astype(np.float64)
+    v = sub["soil_moisture"].where(sub["soil_moisture_flag"] == "G").astype(np.float64)
+    days = v.resample(time="1D")
+    daily = days.mean().where(days.count() >= int(min_subdaily))
+    return daily.rename(station="sensor")
 
 
 def rescale(series: np.ndarray, reference: np.ndarray, min_overlap: int) -> np.ndarray | None:
@@ -176,7 +196,7 @@ def rescale(series: np.ndarray, reference: np.ndarray, min_overlap: int) -> np.n
 
 
 def station_targets(stations: xr.Dataset, window, era5_sm: xr.Dataset, *,
-                    min_overlap: int = 30,
+                    min_overlap: int = 30, min_subdaily: int = 6, min_days: int = 60,
                     layers: Mapping[str, tuple[float, float]] = LAYERS,
                     source: str = "sources.stations") -> tuple[xr.Dataset, pd.DataFrame]:
     """SoMo.ml targets per cell and layer from ISMN stations.
@@ -192,6 +212,11 @@ def station_targets(stations: xr.Dataset, window, era5_sm: xr.Dataset, *,
         or lazy; its days are the targets' days.
     min_overlap : int
         Fewest common days of a station and its ERA5 cell for the rescaling.
+    min_subdaily : int
+        Fewest good sub-daily values of a day's mean (the paper: 6).
+    min_days : int
+        Fewest such days (over ``era5_sm``'s days) of a sensor (the paper: two
+        months, 60); shorter sensors are dropped before the rescaling.
     layers : mapping
 
     Returns
@@ -202,15 +227,21 @@ def station_targets(stations: xr.Dataset, window, era5_sm: xr.Dataset, *,
         ``lon`` of the cell and ``n_stations_<layer>``.
     table : pandas.DataFrame
         The selected sensors (:func:`select_sensors`) with ``cell_y``,
-        ``cell_x`` and ``used`` (rescaled and kept).
+        ``cell_x``, ``used`` (rescaled and kept) and ``reason`` (why not:
+        ``outside window``, ``min_days``, ``min_overlap``; empty when used).
 
     Raises
     ------
     TargetError
         A layer without any sensor, or without any station cell inside the
-        window with ``min_overlap`` days in common with ERA5.
+        window passing ``min_days`` and ``min_overlap`` (the message counts
+        the stations each rule dropped).
     """
-    table = select_sensors(stations, layers, source=source)
+    times = era5_sm["time"].values.astype("datetime64[D]")
+    daily = daily_good(stations, stations["station"].values, min_subdaily)
+    daily = daily.reindex(time=times.astype("datetime64[ns]"))
+    n_days = pd.Series(np.isfinite(daily.values).sum(axis=1), index=daily["sensor"].values)
+    table = select_sensors(stations, layers, source=source, n_days=n_days, min_days=min_days)
     ny, nx = window.shape
     inside = []
     for lat, lon in zip(table["lat"], table["lon"], strict=True):
@@ -222,9 +253,8 @@ def station_targets(stations: xr.Dataset, window, era5_sm: xr.Dataset, *,
     table["cell_y"] = [r for r, _ in inside]
     table["cell_x"] = [c for _, c in inside]
     table["used"] = False
-    times = era5_sm["time"].values.astype("datetime64[D]")
-    daily = daily_good(stations, sorted(set(table["sensor"])))
-    daily = daily.reindex(time=times.astype("datetime64[ns]"))
+    table["reason"] = np.where(table["cell_y"] < 0, "outside window",
+                               np.where(table["n_days"] < min_days, "min_days", ""))
     per_cell: dict[str, dict[tuple[int, int], list[np.ndarray]]] = {n: {} for n in layers}
     cells_needed = sorted({rc for rc in inside if rc[0] >= 0})
     ref = {}
@@ -236,21 +266,26 @@ def station_targets(stations: xr.Dataset, window, era5_sm: xr.Dataset, *,
             ref[rc] = {n: picked[n].values[:, k].astype(np.float64) for n in layers}
     for i, row in table.iterrows():
         rc = (row["cell_y"], row["cell_x"])
-        if rc[0] < 0:
+        if row["reason"]:
             continue
         series = daily.sel(sensor=row["sensor"]).values
         scaled = rescale(series, ref[rc][row["layer"]], min_overlap)
         if scaled is None:
+            table.loc[i, "reason"] = "min_overlap"
             continue
         table.loc[i, "used"] = True
         per_cell[row["layer"]].setdefault(rc, []).append(scaled)
     for name, (top, bottom) in layers.items():
         if not per_cell[name]:
-            n_in = int(((table["layer"] == name) & (table["cell_y"] >= 0)).sum())
+            why = table.loc[table["layer"] == name, "reason"].value_counts()
+            n_in = int(why.drop("outside window", errors="ignore").sum())
             raise TargetError(
                 f"{source}: layer {name} ({_cm(top)}-{_cm(bottom)} cm) has no station cell: "
                 f"{n_in} station(s) with a sensor in the layer lie inside the window "
-                f"{window!r}, none with {min_overlap} good days in common with ERA5")
+                f"{window!r}; {int(why.get('min_days', 0))} have fewer than {min_days} days "
+                f"with at least {min_subdaily} good values (targets.min_days, targets.min_subdaily), "
+                f"{int(why.get('min_overlap', 0))} fewer than {min_overlap} such days in "
+                f"common with ERA5 (targets.min_overlap)")
     cells = sorted(set().union(*[set(d) for d in per_cell.values()]))
     data, counts = {}, {}
     for name in layers:
