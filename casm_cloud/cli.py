@@ -172,6 +172,7 @@ _VALIDATE_TABLES = (
     ("cv", "cross validation at held-out station cells (median cell per fold; 'mean' over "
            "folds)"),
     ("era5", "the product against ERA5's own layers (median cell of the window)"),
+    ("references", "the products at the stations, ranked by anomaly R (median cell)"),
     ("truth", "scores against the simulated truth at cells no fold trained on (median cell)"),
 )
 

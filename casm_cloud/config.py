@@ -534,6 +534,9 @@ class SomoPredict(_Section):
 
 class SomoValidation(_Section):
     min_obs: int = Field(30, ge=2)     # fewest paired days of a cell's scores
+    # gridded products scored at the same stations and days as SoMo.ml and ERA5's layers:
+    # name -> catalog entry (layers sm_l1..3, or one surface sm: a CASM product, ESA CCI)
+    references: dict[str, str] = {}
 
 
 class SomoRecipe(_Recipe):

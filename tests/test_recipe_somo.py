@@ -156,3 +156,46 @@ def test_an_empty_cv_fold_stops_training_naming_it(somo_reference, client, tmp_p
         run_recipe(bad, client=client, progress=False, until="train")
     assert stage_state(bad.run_root, "train")["config_hash"] != ""  # the old marker stays
     assert stage_state(bad.run_root, "train") == stage_state(recipe.run_root, "train")
+
+
+def test_validate_ranks_products_at_the_stations_and_collocates(somo_reference, client,
+                                                                 tmp_path):
+    """The paper's Figs. 6-7 and S4: SoMo.ml, ERA5's layers and a product the recipe names
+    (here the simulated truth, which must rank above the tiny model: the stations measure it)
+    at the same
+    station cells and days, and the triple collocation of SoMo.ml, ERA5 and the stations."""
+    import pandas as pd
+
+    recipe = _copy(somo_reference[0], tmp_path,
+                   **{"validation.references": {"truth (simulated)": "truth"}})
+    ctx = run_recipe(recipe, start_from="validate", until="report", client=client,
+                     progress=False)
+    ranked = ctx.summary["references"]
+    for layer in LAYERS:
+        sub = ranked[ranked["layer"] == layer].set_index("product")
+        assert set(sub.index) == {"SoMo.ml", "ERA5", "truth (simulated)"}, sub
+        # the simulator's ERA5 is a linear map of the truth plus slow biases: the two tie
+        assert sub.loc["truth (simulated)", "rank"] < sub.loc["SoMo.ml", "rank"], sub
+        assert (sub["n_cells"] > 0).all()
+    top = ranked[(ranked["layer"] == "sm_l1")].set_index("product")
+    assert top.loc["truth (simulated)", "anomaly_R"] > 0.5, top  # deeper: issue 29 item 7
+    run = Path(recipe.run_root) / "validate"
+    cells = pd.read_csv(run / "references_cells.csv")
+    assert {"product", "layer", "cell", "NRMSE", "anomaly_R", "n"} <= set(cells)
+    tc = pd.read_csv(run / "tcol.csv")
+    assert set(tc["series"]) == {"SoMo.ml", "ERA5", "ISMN"} and set(tc["layer"]) == set(LAYERS)
+    assert np.isfinite(tc["snr"]).any()
+    ismn = tc[tc["series"] == "ISMN"]  # the reference: beta 1, its own error std
+    assert (ismn["beta"].dropna() == 1).all() and (ismn["err_std"].dropna() >= 0).all()
+    report = Path(recipe.output("report"))
+    page = (report / "index.html").read_text()
+    assert "somo_references.png" in page and "Triple collocation" in page
+    assert (report / "somo_references.png").stat().st_size > 5000
+    # a reference the catalog lacks stops the run in the pre-flight check
+    from casm_cloud.catalog import CatalogError
+    from casm_cloud.recipes import check_recipe
+
+    bad = _copy(somo_reference[0], tmp_path / "bad",
+                **{"validation.references": {"cci": "esa_cci"}})
+    with pytest.raises(CatalogError, match="validation.references: .* no entry 'esa_cci'"):
+        check_recipe(bad)

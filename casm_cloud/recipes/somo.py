@@ -373,7 +373,8 @@ def validate_params(r) -> dict:
     return dict(product=r.outputs.product, min_obs=r.validation.min_obs,
                 training=[r.periods.training.start, r.periods.training.end],
                 folds=r.cv.folds, catalog=s.catalog, catalog_options=dict(s.storage_options),
-                truth=s.truth, window=r.grid.window())
+                truth=s.truth, window=r.grid.window(),
+                references=dict(r.validation.references))
 
 
 def _scores_table(pred: xr.DataArray, obs: xr.DataArray, min_obs: int, **cols) -> pd.DataFrame:
@@ -428,6 +429,7 @@ def run_validate(ctx: Context, p: dict) -> None:
     era5 = _open(ctx, "forcing", "era5_layers.zarr")
     every = np.ones(p["window"].shape, bool)
     _, ctx.summary["era5"] = _against(ctx, p, product, era5, every, "era5")
+    _references(ctx, p, product, era5, targets)
 
     if p["truth"]:
         from casm_cloud.catalog import open_source
@@ -438,6 +440,25 @@ def run_validate(ctx: Context, p: dict) -> None:
         untrained[targets["cell_y"].values, targets["cell_x"].values] = False
         cells, ctx.summary["truth"] = _against(ctx, p, product, truth, untrained, "truth")
         _write_csv(ctx.out("truth_cells.csv"), cells, ctx.so)
+
+
+def _references(ctx: Context, p: dict, product: xr.Dataset, era5: xr.Dataset,
+                targets: xr.Dataset) -> None:
+    """The products at the stations, ranked (SoMo.ml, ERA5's layers, validation.references),
+    and the triple collocation of SoMo.ml, ERA5 and the stations."""
+    from casm_cloud.catalog import open_source
+    from casm_cloud.somo.references import collocation, ranked, reference_scores
+
+    products = {"SoMo.ml": product, "ERA5": era5}
+    products.update({name: open_source(_catalog(p), entry, window=p["window"])
+                     for name, entry in p["references"].items()})
+    times = product["time"].values
+    per_cell = reference_scores(products, targets, LAYERS, times, min_obs=p["min_obs"])
+    _write_csv(ctx.out("references_cells.csv"), per_cell, ctx.so)
+    ctx.summary["references"] = ranked(per_cell)
+    _write_csv(ctx.out("references.csv"), ctx.summary["references"], ctx.so)
+    _write_csv(ctx.out("tcol.csv"), collocation(product, era5, targets, LAYERS, times,
+                                                min_obs=p["min_obs"]), ctx.so)
 
 
 def _against(ctx: Context, p: dict, product: xr.Dataset, ref: xr.Dataset, cells: np.ndarray,
@@ -474,11 +495,15 @@ def run_report(ctx: Context, p: dict) -> None:
 
     product = storage.open_zarr(_product(ctx, p), ctx.so, require_complete=True)
     tables = {n: _read_csv(ctx.url("validate", f"{n}.csv"), ctx.so)
-              for n in ("cv", "stations", "era5", "truth")}
+              for n in ("cv", "stations", "era5", "references", "references_cells", "tcol",
+                        "truth")}
     out = ctx.output(p["report"], DEFAULT_OUTPUTS["report"])
     ctx.summary["report"] = write_somo_report(out, product=product, cv=tables["cv"],
                                               stations=tables["stations"],
                                               era5=tables["era5"], truth=tables["truth"],
+                                              references=tables["references"],
+                                              references_cells=tables["references_cells"],
+                                              tcol=tables["tcol"],
                                               targets=_open(ctx, "targets", "targets.zarr"),
                                               title=p["title"], storage_options=ctx.so)
     for key in ("cv", "era5", "truth"):
@@ -567,10 +592,12 @@ def check(r) -> None:
     if not storage.exists(s.catalog, s.storage_options):
         raise CatalogError(f"sources.catalog: no catalog at {s.catalog}")
     entries = set(list_sources(open_catalog(s.catalog, storage_options=s.storage_options)))
-    for key, names in (("era5", [s.era5]), ("static", _entries(s.static)), ("truth", [s.truth])):
+    for key, names in (("era5", [s.era5]), ("static", _entries(s.static)), ("truth", [s.truth]),
+                       ("validation.references", list(r.validation.references.values()))):
         for entry in names:
             if entry and entry not in entries:
-                raise CatalogError(f"sources.{key}: catalog {s.catalog} has no entry "
+                where = key if "." in key else f"sources.{key}"
+                raise CatalogError(f"{where}: catalog {s.catalog} has no entry "
                                    f"{entry!r}; it has {sorted(entries)}")
     if not storage.exists(s.stations, s.storage_options):
         raise CatalogError(f"sources.stations: no ISMN folder or zip at {s.stations}")

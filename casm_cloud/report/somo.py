@@ -37,7 +37,7 @@ from casm_cloud.report.page import _page, _table_html
 
 __all__ = ["write_somo_report", "SOMO_LAYERS", "layers_of", "aggregates", "maps_figure",
            "hovmoller_figure", "uncertainty_figure", "cv_figure", "station_map_figure",
-           "station_series_figure", "station_cell"]
+           "station_series_figure", "station_cell", "references_figure"]
 
 SOMO_LAYERS = ("sm_l1", "sm_l2", "sm_l3")
 _DEPTHS = {"sm_l1": "0–10 cm", "sm_l2": "10–30 cm", "sm_l3": "30–50 cm"}
@@ -160,6 +160,34 @@ def cv_figure(work: Path, cv: pd.DataFrame) -> str:
     return fg._save(fig, Path(work), "somo_cv.png")
 
 
+def references_figure(work: Path, per_cell: pd.DataFrame,
+                      scores: Sequence[str] = ("NRMSE", "anomaly_R")) -> str:
+    """The paper's Figs. 6-7: per layer and score, a box of the station cells per product,
+    the products ranked by their median (best on the left)."""
+    plt = fg._plt()
+    layers = sorted(per_cell["layer"].unique())
+    fig, axes = plt.subplots(len(scores), len(layers), figsize=(3.6 * len(layers),
+                                                                3.0 * len(scores)),
+                             squeeze=False)
+    colours = {n: f"C{i}" for i, n in enumerate(dict.fromkeys(per_cell["product"]))}
+    for r, score in enumerate(scores):
+        for c, layer in enumerate(layers):
+            ax = axes[r][c]
+            sub = per_cell[(per_cell["layer"] == layer)].dropna(subset=[score])
+            med = sub.groupby("product")[score].median().sort_values(
+                ascending=score == "NRMSE")
+            data = [sub.loc[sub["product"] == n, score].values for n in med.index]
+            if data:
+                box = ax.boxplot(data, patch_artist=True, widths=0.6)
+                for patch, name in zip(box["boxes"], med.index, strict=True):
+                    patch.set_facecolor(colours[name])
+                    patch.set_alpha(0.6)
+                ax.set_xticks(range(1, len(med) + 1), med.index, rotation=20)
+            ax.set(title=f"{layer} ({_DEPTHS.get(layer, '')}): {score}")
+    fig.tight_layout()
+    return fg._save(fig, Path(work), "somo_references.png")
+
+
 def station_map_figure(work: Path, product: xr.Dataset, agg: Mapping, stations: pd.DataFrame,
                        layer: str = "sm_l1") -> str:
     """The station cells on the layer's mean map, coloured by R against the targets."""
@@ -237,6 +265,9 @@ def _write(out: Path, csv: Mapping[str, pd.DataFrame | None], product, title,
     cv = csv.get("cv")
     if cv is not None and len(cv):
         figs.append(("Cross validation per fold", cv_figure(out, cv)))
+    references = csv.get("references_cells")
+    if references is not None and len(references):
+        figs.append(("Products at the stations, ranked", references_figure(out, references)))
     stations = csv.get("stations")
     if stations is not None and "R" in stations and len(stations):
         figs.append(("Station validation", station_map_figure(out, product, agg, stations)))
@@ -258,6 +289,15 @@ def _write(out: Path, csv: Mapping[str, pd.DataFrame | None], product, title,
                  "same layers (depth-weighted swvl1..3, the reference the targets were "
                  "rescaled to), median over every cell of the window, over the product "
                  "period: how far the network departs from the reanalysis it was forced by."),
+        "references": ("Products at the stations", "Each product's layers at the station "
+                       "cells against the stations' targets over the product period (the "
+                       "paper's Figs. 6-7): median over the cells, ranked by anomaly R. "
+                       "SoMo.ml's final models trained on these cells; the CV table is its "
+                       "independent score."),
+        "tcol": ("Triple collocation", "Error standard deviation (in the stations' units, "
+                 "m3 m-3) and signal-to-noise ratio (dB) of SoMo.ml, ERA5 and the stations "
+                 "from their covariances at the station cells (Gruber et al. 2016): median "
+                 "over the cells with enough common days."),
         "truth": ("Scores against the simulated truth", "Median over the cells no fold "
                   "trained on (no station), over the product period."),
         "stations": ("Station validation", "The product at the station cells against the "
@@ -282,6 +322,9 @@ def _write(out: Path, csv: Mapping[str, pd.DataFrame | None], product, title,
 def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
                       cv: pd.DataFrame | None = None, stations: pd.DataFrame | None = None,
                       era5: pd.DataFrame | None = None, truth: pd.DataFrame | None = None,
+                      references: pd.DataFrame | None = None,
+                      references_cells: pd.DataFrame | None = None,
+                      tcol: pd.DataFrame | None = None,
                       targets: xr.Dataset | None = None,
                       title: str = "casm_cloud SoMo.ml",
                       storage_options: Mapping | None = None) -> Path | str:
@@ -297,6 +340,9 @@ def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
         The validate stage's tables (CV per fold and layer, per-cell scores at
         the station cells with ``cell_y``/``cell_x``, medians against ERA5's own
         layers, scores against the truth).
+    references, references_cells, tcol : pandas.DataFrame, optional
+        The products at the stations (ranked medians; per cell, drawn as boxes)
+        and the triple collocation per cell (shown as medians).
     targets : xarray.Dataset, optional
         The targets stage's ``targets.zarr``: adds the series of the station
         cell with the most layer-1 target days against the product.
@@ -306,7 +352,10 @@ def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
     pathlib.Path or str
         Where ``index.html`` is.
     """
-    csv = {"cv": cv, "stations": stations, "era5": era5, "truth": truth}
+    if tcol is not None and len(tcol):
+        tcol = tcol.groupby(["layer", "series"])[["err_std", "snr"]].median().reset_index()
+    csv = {"cv": cv, "stations": stations, "era5": era5, "references": references,
+           "references_cells": references_cells, "tcol": tcol, "truth": truth}
     url = str(out_dir)
     remote = "://" in url and not url.startswith("file://")
     with tempfile.TemporaryDirectory(prefix="casm-somo-report-") as tmp:
