@@ -3,7 +3,9 @@
 (1) windowed EA-LSTM throughput (cell-days/s; every day its own 365-day window
     through the fused ``nn.LSTM``) against bare matmuls of the same shapes on
     the same threads (each LSTM call's input GEMM and 365 recurrent GEMMs per
-    batch, into preallocated outputs), fp32 and bf16; target ratio >= 0.5;
+    batch, into preallocated outputs), fp32 and bf16; target ratio >= 0.5; and a
+    split precision (bf16 input projection, fp32 recurrence) against fp32: time
+    ratio and error, kept only if both faster and within the tolerance;
 (2) ``predict_to_zarr`` end to end (Zarr in with the 364-day halo -> Zarr out,
     on a LocalCluster of one single-threaded worker) against bare forwards
     of the same windows in memory on one thread; target >= 0.85;
@@ -256,6 +258,57 @@ def _land_cells() -> tuple[int, str]:
     return n, f"ERA5 land mask > 0.5 at 90N-60S ({path.name})"
 
 
+def _split_precision_side_by_side(device: str, batch: int, reps: int) -> dict:
+    """Issue 27's candidate between bf16 and fp32: the input projection of every step in
+    one bf16 GEMM, the recurrence in fp32 (a step loop: the fused ``nn.LSTM`` takes one
+    dtype).  Against the fused fp32 LSTM of the same shapes (forget bias 5, as SoMo.ml):
+    time ratio, and the largest error of a linear head on the last state over the head's
+    spread (dimensionless: a random model has no units); fused bf16 autocast beside."""
+    import torch
+
+    torch.manual_seed(0)
+    n_in, h_dim = N_DYN + N_STA, HIDDEN
+    lstm = torch.nn.LSTM(n_in, h_dim).to(device)
+    head = torch.nn.Linear(h_dim, 1).to(device)
+    with torch.no_grad():
+        lstm.bias_ih_l0[h_dim:2 * h_dim] = 5.0
+    x = torch.randn(WINDOW, batch, n_in, device=device)
+    w_ih, w_hh_t = lstm.weight_ih_l0, lstm.weight_hh_l0.t().contiguous()
+    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
+
+    @torch.no_grad()
+    def fused():
+        return head(lstm(x)[0][-1]).float()
+
+    @torch.no_grad()
+    def split():
+        xp = (x.reshape(-1, n_in).bfloat16() @ w_ih.t().bfloat16()).float()
+        xp = xp.reshape(WINDOW, batch, 4 * h_dim) + bias
+        h = torch.zeros(batch, h_dim, device=device)
+        c = torch.zeros_like(h)
+        for t in range(WINDOW):
+            i, f, g, o = torch.addmm(xp[t], h, w_hh_t).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return head(h)
+
+    def autocast():
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return fused()
+
+    best, out = {}, {}
+    for _ in range(reps):
+        for name, fn in (("fp32", fused), ("split", split), ("bf16", autocast)):
+            _sync(device)
+            t0 = time.perf_counter()
+            out[name] = fn()
+            _sync(device)
+            best[name] = min(best.get(name, np.inf), time.perf_counter() - t0)
+    spread = float(out["fp32"].std())
+    return {k: (best[k] / best["fp32"], float((out[k] - out["fp32"]).abs().max()) / spread)
+            for k in ("split", "bf16")}
+
+
 def _section1(dev: str, quick: bool) -> dict:
     import torch
 
@@ -274,6 +327,13 @@ def _section1(dev: str, quick: bool) -> dict:
         rates[prec] = w
         print(f"  {prec}: windowed {w:8.1f} cell-days/s ({w * _flop_per_cell_day() / 1e9:5.1f} "
               f"GFLOP/s); bare matmul {m:8.1f} cell-days/s; ratio {w / m:.3f} (target >= 0.5)")
+    split = _split_precision_side_by_side(dev, batch, reps)
+    for name, what in (("split", "bf16 input projection + fp32 recurrence"),
+                       ("bf16", "fused bf16 (autocast)")):
+        ratio, err = split[name]
+        print(f"  {what}: time / fused fp32 {ratio:.2f}, largest error / output spread "
+              f"{err:.1e} -> {'kept' if ratio < 1 and err < 1e-3 else 'not kept'} "
+              f"(kept only if faster and within 1e-3 of the spread)")
     if dev == "cpu":
         r = _whole_window_side_by_side(dev, n_win, batch, reps)
         (seg, f_seg), (whole, f_whole) = r["segmented"], r["whole"]
