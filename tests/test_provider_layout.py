@@ -268,6 +268,52 @@ def test_era5_arco_layout(tmp_path):
     assert open_source(cat, "era5").sizes["y"] == LL.shape[0]
 
 
+def test_somo_forcing_and_statics_from_the_cloud_catalogs_entries(tmp_path, client):
+    """The SoMo.ml recipe as deployed names catalogs/cloud.yaml's entries: Google's ARCO-ERA5
+    (no region stored: the recipe's window, days and variables are pushed down) and the
+    ETOPO1/GLDAS files.  Against a stand-in of the same layout and names, its forcing and
+    statics stages give what the canonical stores give."""
+    import yaml
+
+    sim = tmp_path / "sim"
+    write_simulation(str(sim), region="tiny", grid="ERA5_0p25", start="2012-01-01",
+                     end="2012-01-31", sources=["truth", "era5", "static"], n_stations=2,
+                     layout="provider", era5_formats=["arco"], keep_canonical=True)
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "catalogs" / "cloud.yaml").read_text())
+    local = {"era5_arco_google": sim / "era5" / "full_37-1h-0p25deg-chunk-1.zarr-v3",
+             "etopo1": sim / "etopo1" / "ETOPO1_Ice_g_gmt4.grd",
+             "gldas_static": sim / "gldas" / "GLDASp4_*_025d.nc4"}
+    entries = {}
+    for name, path in local.items():
+        entry = shipped["entries"][name]
+        assert "region" not in entry["kwargs"] and "lat" not in entry["kwargs"], name
+        entry["kwargs"].update(urlpath=str(path), storage_options=None)
+        entries[name] = entry
+    stand_in = tmp_path / "cloud.yaml"
+    stand_in.write_text(yaml.safe_dump({**shipped, "entries": entries}))
+    periods = {k: {"start": "2012-01-12", "end": "2012-01-30"}
+               for k in ("product", "training", "climatology")}
+    out = {}
+    for name, catalog, era5, static in (
+            ("cloud", stand_in, "era5_arco_google", ["etopo1", "gldas_static"]),
+            ("canonical", sim / "canonical" / "catalog.yaml", "era5", "static")):
+        raw = somo_raw(sim, tmp_path / name, periods=periods, model={"hidden": 8, "window": 4})
+        raw["sources"].update(catalog=str(catalog), era5=era5, static=static, truth=None)
+        recipe = recipe_from_dict(raw)
+        run_recipe(recipe, until="statics", client=client, progress=False)
+        out[name] = {n: storage.open_zarr(f"{recipe.run_root}/{st}/{n}.zarr").load()
+                     for st, n in (("forcing", "features"), ("statics", "statics"))}
+    feats, can = out["cloud"]["features"], out["canonical"]["features"]
+    assert str(feats.time.values[0])[:10] == "2012-01-03"  # the 3 x 3-day lead-in
+    for v in can.data_vars:
+        np.testing.assert_allclose(feats[v].values, can[v].values, rtol=1e-4, atol=1e-5,
+                                   err_msg=v)
+    st, st_can = out["cloud"]["statics"], out["canonical"]["statics"]
+    for v in ("elevation", "elevation_std", "mean_precip", "aridity", "vegetation_class"):
+        np.testing.assert_allclose(st[v].values, st_can[v].values, rtol=1e-3, atol=0.5,
+                                   err_msg=v)
+
+
 # --------------------------------------------------------------------------- bad input
 def test_amsr2_window_outside_the_file_is_a_source_error(casm_world):
     f = next((casm_world / "amsr2" / "NSIDC-0630.002" / "2015.07.10").glob("*10.7V*.nc"))

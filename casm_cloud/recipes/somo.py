@@ -82,12 +82,17 @@ def forcing_params(r) -> dict:
                 climatology=[pr.climatology.start, pr.climatology.end])
 
 
-def _era5(p: dict):
+def _era5(p: dict, end) -> xr.Dataset:
+    """The ERA5 entry opened for the request: the window, the days from the lead-in to
+    ``end`` and the variables the features and the layers need (pushed down to the adapter,
+    so an ARCO store is cut before any dask array is built)."""
     from casm_cloud.catalog import open_source
-    from casm_cloud.regrid import on_window
+    from casm_cloud.somo.features import DYNAMIC_FEATURES
 
-    return on_window(open_source(_catalog(p), p["era5"]), p["window"],
-                     name=f"catalog entry {p['era5']!r}")
+    names = dict.fromkeys([*p["dynamic"], "tp", "snr"])
+    variables = dict.fromkeys(v for n in names for v in DYNAMIC_FEATURES[n][2])
+    return open_source(_catalog(p), p["era5"], window=p["window"], period=(p["start"], end),
+                       variables=[*variables, "swvl1", "swvl2", "swvl3"])
 
 
 def _forcing(p: dict, era5: xr.Dataset, start, end) -> tuple[xr.Dataset, xr.Dataset]:
@@ -120,7 +125,7 @@ def run_forcing(ctx: Context, p: dict) -> None:
     """ERA5 → daily dynamic features and ERA5 layer soil moisture on the window."""
     from casm_cloud.somo.features import FeatureError
 
-    era5 = _era5(p)
+    era5 = _era5(p, ctx.end(p["end"]))
     have = _days(era5)
     c0, c1 = p["climatology"]
     if c0 < have[0] or c1 > have[1]:
@@ -138,7 +143,7 @@ def run_forcing(ctx: Context, p: dict) -> None:
 
 def update_forcing(ctx: Context, p: dict) -> None:
     """Append the new days of the forcing (features and ERA5 layers)."""
-    era5 = _era5(p)
+    era5 = _era5(p, ctx.end(p["end"]))
     for name in ("features.zarr", "era5_layers.zarr"):
         url = ctx.out(name)
         last = pd.Timestamp(storage.open_zarr(url, ctx.so)["time"].values[-1]).date()
@@ -433,9 +438,11 @@ def run_validate(ctx: Context, p: dict) -> None:
 
     if p["truth"]:
         from casm_cloud.catalog import open_source
-        from casm_cloud.regrid import on_window
 
-        truth = on_window(open_source(_catalog(p), p["truth"]), p["window"], name="truth")
+        times = product["time"].values
+        truth = open_source(_catalog(p), p["truth"], window=p["window"],
+                            period=(str(times[0])[:10], str(times[-1])[:10]),
+                            variables=list(LAYERS))
         untrained = np.ones(p["window"].shape, bool)
         untrained[targets["cell_y"].values, targets["cell_x"].values] = False
         cells, ctx.summary["truth"] = _against(ctx, p, product, truth, untrained, "truth")

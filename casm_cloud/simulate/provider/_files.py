@@ -56,8 +56,15 @@ def pack(values: np.ndarray, scale: float, offset: float, fill: int, dtype) -> n
 
 
 def netcdf_bytes(ds: xr.Dataset, encoding: Mapping | None = None) -> bytes:
-    """``ds`` as netCDF-4 (HDF5) bytes (xarray's writer: for the few large files)."""
-    return bytes(ds.to_netcdf(engine="h5netcdf", encoding=dict(encoding or {})))
+    """``ds`` as netCDF-4 (HDF5) bytes (xarray's writer: for the few large files).
+
+    Computed in this process: with a dask-distributed client active (a notebook, a
+    test's cluster) xarray would otherwise take a distributed lock named after the
+    in-memory target, which the scheduler does not know."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return bytes(ds.to_netcdf(engine="h5netcdf", encoding=dict(encoding or {})))
 
 
 def netcdf4_bytes(dims: Mapping[str, tuple], variables: Mapping[str, tuple],
