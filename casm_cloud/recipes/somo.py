@@ -211,18 +211,14 @@ def run_targets(ctx: Context, p: dict) -> None:
 
 
 def _write_csv(url: str, df: pd.DataFrame, so: dict) -> None:
-    fs, path = storage.url_to_fs(url, so)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "w") as f:
-        df.to_csv(f, index=False)
+    storage.write_text(url, df.to_csv(index=False), so)
 
 
 def _read_csv(url: str, so: dict) -> pd.DataFrame | None:
-    fs, path = storage.url_to_fs(url, so)
-    if not fs.exists(path):
-        return None
-    with fs.open(path) as f:
-        return pd.read_csv(f)
+    import io
+
+    text = storage.read_text(url, so)
+    return None if text is None else pd.read_csv(io.StringIO(text))
 
 
 # --------------------------------------------------------------------------- train
@@ -382,113 +378,50 @@ def validate_params(r) -> dict:
                 references=dict(r.validation.references))
 
 
-def _scores_table(pred: xr.DataArray, obs: xr.DataArray, min_obs: int, **cols) -> pd.DataFrame:
-    from casm_cloud.somo.cv import SCORES, cell_scores
-
-    sc = cell_scores(pred, obs).compute()
-    df = sc.to_dataframe().reset_index()
-    df.loc[df["n"] < min_obs, list(SCORES)] = np.nan
-    for k, v in cols.items():
-        df.insert(0, k, v)
-    return df
-
-
 def run_validate(ctx: Context, p: dict) -> None:
-    """The CV table, the product at the station cells and against ERA5's own layers, and
-    (on the simulator) scores against the truth."""
+    """The CV table, the product at the station cells, against ERA5's own layers and the
+    other products there, the triple collocation, and (simulator) against the truth."""
+    from casm_cloud.catalog import open_source
+    from casm_cloud.somo import evaluate as ev
     from casm_cloud.somo.cv import SCORES, cv_scores
 
     targets = _open(ctx, "targets", "targets.zarr")
     folds = _read_csv(ctx.url("train", "folds.csv"), ctx.so)["fold"].values
-    t0, t1 = (str(d) for d in p["training"])
-    per_cell = []
-    for layer in LAYERS:
-        obs_all = targets[layer]
-        for f in range(p["folds"]):
-            held = np.flatnonzero((folds == f) & (targets[f"n_stations_{layer}"].values > 0))
-            pred = _open(ctx, "train", layer, f"fold_{f}", "cells.zarr")[layer]
-            pred = pred.isel(cell=held).sel(time=slice(t0, t1))
-            obs = obs_all.isel(cell=held).sel(time=slice(t0, t1))
-            per_cell.append(_scores_table(pred, obs, p["min_obs"], fold=f, layer=layer))
-    per_cell = pd.concat(per_cell, ignore_index=True)
+    per_cell = ev.cv_cells(
+        lambda layer, f: _open(ctx, "train", layer, f"fold_{f}", "cells.zarr")[layer],
+        targets, folds, LAYERS, p["folds"], p["training"], min_obs=p["min_obs"])
     _write_csv(ctx.out("cv_cells.csv"), per_cell, ctx.so)
-    table = cv_scores(per_cell.dropna(subset=list(SCORES), how="all"))
-    _write_csv(ctx.out("cv.csv"), table, ctx.so)
-    ctx.summary["cv"] = table
+    ctx.summary["cv"] = cv_scores(per_cell.dropna(subset=list(SCORES), how="all"))
+    _write_csv(ctx.out("cv.csv"), ctx.summary["cv"], ctx.so)
 
     product = storage.open_zarr(_product(ctx, p), ctx.so, require_complete=True)
-    cy = xr.DataArray(targets["cell_y"].values, dims="cell")
-    cx = xr.DataArray(targets["cell_x"].values, dims="cell")
-    rows = []
-    for layer in LAYERS:
-        pred = product[layer].isel(y=cy, x=cx).drop_vars(["y", "x", "lat", "lon", "crs"],
-                                                          errors="ignore")
-        obs = targets[layer].reindex(time=pred["time"])  # targets are not updated
-        df = _scores_table(pred.transpose("cell", "time"), obs, p["min_obs"], layer=layer)
-        df["cell_y"], df["cell_x"] = targets["cell_y"].values, targets["cell_x"].values
-        rows.append(df)
-    stations = pd.concat(rows, ignore_index=True)
-    _write_csv(ctx.out("stations.csv"), stations, ctx.so)
-
-    # the paper's comparison with ERA5's own layers (the targets' rescaling reference), every cell
+    times, n = product["time"].values, p["min_obs"]
+    _write_csv(ctx.out("stations.csv"), ev.station_scores(product, targets, LAYERS, min_obs=n),
+               ctx.so)
+    # the paper's comparison with ERA5's own layers (the targets' rescaling reference)
     era5 = _open(ctx, "forcing", "era5_layers.zarr")
-    every = np.ones(p["window"].shape, bool)
-    _, ctx.summary["era5"] = _against(ctx, p, product, era5, every, "era5")
-    _references(ctx, p, product, era5, targets)
-
+    _, ctx.summary["era5"] = ev.gridded_scores(product, era5, np.ones(p["window"].shape, bool),
+                                               LAYERS, min_obs=n)
+    _write_csv(ctx.out("era5.csv"), ctx.summary["era5"], ctx.so)
+    products = {"SoMo.ml": product, "ERA5": era5} | {
+        name: open_source(_catalog(p), entry, window=p["window"])
+        for name, entry in p["references"].items()}
+    at_stations = ev.reference_scores(products, targets, LAYERS, times, min_obs=n)
+    _write_csv(ctx.out("references_cells.csv"), at_stations, ctx.so)
+    ctx.summary["references"] = ev.ranked(at_stations)
+    _write_csv(ctx.out("references.csv"), ctx.summary["references"], ctx.so)
+    _write_csv(ctx.out("tcol.csv"), ev.collocation(product, era5, targets, LAYERS, times,
+                                                   min_obs=n), ctx.so)
     if p["truth"]:
-        from casm_cloud.catalog import open_source
-
-        times = product["time"].values
         truth = open_source(_catalog(p), p["truth"], window=p["window"],
                             period=(str(times[0])[:10], str(times[-1])[:10]),
                             variables=list(LAYERS))
         untrained = np.ones(p["window"].shape, bool)
         untrained[targets["cell_y"].values, targets["cell_x"].values] = False
-        cells, ctx.summary["truth"] = _against(ctx, p, product, truth, untrained, "truth")
+        cells, ctx.summary["truth"] = ev.gridded_scores(product, truth, untrained, LAYERS,
+                                                        min_obs=n)
         _write_csv(ctx.out("truth_cells.csv"), cells, ctx.so)
-
-
-def _references(ctx: Context, p: dict, product: xr.Dataset, era5: xr.Dataset,
-                targets: xr.Dataset) -> None:
-    """The products at the stations, ranked (SoMo.ml, ERA5's layers, validation.references),
-    and the triple collocation of SoMo.ml, ERA5 and the stations."""
-    from casm_cloud.catalog import open_source
-    from casm_cloud.somo.references import collocation, ranked, reference_scores
-
-    products = {"SoMo.ml": product, "ERA5": era5}
-    products.update({name: open_source(_catalog(p), entry, window=p["window"])
-                     for name, entry in p["references"].items()})
-    times = product["time"].values
-    per_cell = reference_scores(products, targets, LAYERS, times, min_obs=p["min_obs"])
-    _write_csv(ctx.out("references_cells.csv"), per_cell, ctx.so)
-    ctx.summary["references"] = ranked(per_cell)
-    _write_csv(ctx.out("references.csv"), ctx.summary["references"], ctx.so)
-    _write_csv(ctx.out("tcol.csv"), collocation(product, era5, targets, LAYERS, times,
-                                                min_obs=p["min_obs"]), ctx.so)
-
-
-def _against(ctx: Context, p: dict, product: xr.Dataset, ref: xr.Dataset, cells: np.ndarray,
-             name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-cell scores of the product against ``ref`` at ``cells`` (a mask of the window) over
-    the product's days, and their medians per layer (written as ``<name>.csv``)."""
-    from casm_cloud.somo.cv import SCORES
-
-    ys, xs = np.nonzero(cells)
-    yy, xx = xr.DataArray(ys, dims="cell"), xr.DataArray(xs, dims="cell")
-    drop = ["y", "x", "lat", "lon", "crs"]
-    rows = []
-    for layer in LAYERS:
-        pred = product[layer].isel(y=yy, x=xx)
-        obs = ref[layer].reindex(time=pred["time"]).isel(y=yy, x=xx)
-        rows.append(_scores_table(pred.drop_vars(drop, errors="ignore").transpose("cell", "time"),
-                                  obs.drop_vars(drop, errors="ignore").transpose("cell", "time"),
-                                  p["min_obs"], layer=layer))
-    per_cell = pd.concat(rows, ignore_index=True)
-    summary = per_cell.groupby("layer")[list(SCORES)].median().reset_index()
-    summary.insert(1, "n_cells", per_cell.groupby("layer").size().values)
-    _write_csv(ctx.out(f"{name}.csv"), summary, ctx.so)
-    return per_cell, summary
+        _write_csv(ctx.out("truth.csv"), ctx.summary["truth"], ctx.so)
 
 
 # --------------------------------------------------------------------------- report
@@ -527,49 +460,15 @@ def _export_url(ctx: Context, p: dict) -> str:
     return ctx.output(p["export"], "somo")
 
 
-def export_somo(product_url: str, out: str, storage_options=None, *, years=None) -> list[str]:
-    """One netCDF per year and layer: ``<out>/SoMo.ml_v1_<layer>_<year>.nc``, the
-    published files' names.
-
-    Each file holds the layer's soil moisture and its structural uncertainty,
-    written to a local scratch file first and then copied, so an interrupted
-    export never leaves a half-written file under its final name.
-    """
-    import os
-    import tempfile
-
-    so = dict(storage_options or {})
-    product = storage.open_zarr(product_url, so, require_complete=True)
-    fs, root = storage.url_to_fs(out, so)
-    fs.makedirs(root, exist_ok=True)
-    written = []
-    for year in np.unique(pd.DatetimeIndex(product["time"].values).year):
-        if years is not None and year not in years:
-            continue
-        for layer in LAYERS:
-            unc = f"structural_uncertainty_{layer[-2:]}"
-            part = product[[layer, unc]].sel(time=str(year)).load()
-            part.attrs = {k: v for k, v in product.attrs.items()
-                          if k != storage.COMPLETE_ATTR and not isinstance(v, bool)
-                          and v is not None}  # netCDF attributes have no bool and no null
-            for v in part.variables.values():
-                v.encoding = {}
-            enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in part.data_vars}
-            name = f"SoMo.ml_v1_{layer}_{year}.nc"
-            with tempfile.TemporaryDirectory(prefix="casm-somo-export-") as tmp:
-                local = os.path.join(tmp, name)
-                part.to_netcdf(local, encoding=enc, engine="netcdf4")
-                fs.put_file(local, f"{root.rstrip('/')}/{name}")
-            written.append(storage.join(out, name))
-    return written
-
-
 def run_export(ctx: Context, p: dict) -> None:
+    from casm_cloud.somo.output import export_somo
+
     ctx.summary["export"] = export_somo(_product(ctx, p), _export_url(ctx, p), ctx.so)
 
 
 def update_export(ctx: Context, p: dict) -> None:
     from casm_cloud.recipes.runner import stage_state
+    from casm_cloud.somo.output import export_somo
 
     done = stage_state(ctx.run_root, "export", ctx.so) or {}
     since = dt.date.fromisoformat(done.get("until", str(p["end"]))).year

@@ -1,4 +1,5 @@
-"""Windowed SoMo.ml prediction written chunk by chunk into Zarr, resumable and appendable.
+"""Windowed SoMo.ml prediction written chunk by chunk into Zarr, resumable and appendable;
+the product exported as the published files (:func:`export_somo`).
 
 The store follows the storage protocol (:mod:`casm_cloud.storage`): the
 template first (metadata, coordinates), then one region per output chunk,
@@ -37,6 +38,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import xarray as xr
 
 from casm_cloud import storage
@@ -65,7 +68,7 @@ from casm_cloud.somo.predict import (
     spec_probe,
 )
 
-__all__ = ["SOMO_HASH_ATTR", "predict_to_zarr"]
+__all__ = ["SOMO_HASH_ATTR", "predict_to_zarr", "export_somo"]
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +263,39 @@ def _pieces(plan: Plan, record: storage.ChunkRecord, resume: bool) -> tuple[list
             dyn, sta = plan.inputs(region)
             pieces.append(_Piece(key, region, culled(dyn), culled(sta)))
     return pieces, n_total
+
+
+def export_somo(product_url: str, out: str, storage_options=None, *, years=None) -> list[str]:
+    """One netCDF per year and layer: ``<out>/SoMo.ml_v1_<layer>_<year>.nc``, the
+    published files' names.
+
+    Each file holds the layer's soil moisture and its structural uncertainty,
+    written to a local scratch file first and then copied, so an interrupted
+    export never leaves a half-written file under its final name.
+    """
+    import tempfile
+
+    so = dict(storage_options or {})
+    product = storage.open_zarr(product_url, so, require_complete=True)
+    fs, root = storage.url_to_fs(out, so)
+    fs.makedirs(root, exist_ok=True)
+    written = []
+    for year in np.unique(pd.DatetimeIndex(product["time"].values).year):
+        if years is not None and year not in years:
+            continue
+        for layer in [v for v in product.data_vars if v.startswith("sm_l")]:
+            unc = f"structural_uncertainty_{layer[-2:]}"
+            part = product[[layer, unc]].sel(time=str(year)).load()
+            part.attrs = {k: v for k, v in product.attrs.items()
+                          if k != storage.COMPLETE_ATTR and not isinstance(v, bool)
+                          and v is not None}  # netCDF attributes have no bool and no null
+            for v in part.variables.values():
+                v.encoding = {}
+            enc = {v: {"zlib": True, "complevel": 4, "dtype": "float32"} for v in part.data_vars}
+            name = f"SoMo.ml_v1_{layer}_{year}.nc"
+            with tempfile.TemporaryDirectory(prefix="casm-somo-export-") as tmp:
+                local = os.path.join(tmp, name)
+                part.to_netcdf(local, encoding=enc, engine="netcdf4")
+                fs.put_file(local, f"{root.rstrip('/')}/{name}")
+            written.append(storage.join(out, name))
+    return written
