@@ -32,8 +32,11 @@ import xarray as xr
 from intake.readers.entry import Catalog
 from intake.readers.readers import BaseReader
 
-from casm_cloud.errors import UserError
+# The catalog's errors live in errors.py so that the source adapters raise them without
+# importing the catalog (which reads the adapters).
+from casm_cloud.errors import CatalogError, MissingFilesError, SourceError, UserError
 from casm_cloud.sources import ADAPTERS, get_adapter
+from casm_cloud.sources._common import time_slice
 from casm_cloud.storage import secret_keys
 
 __all__ = [
@@ -50,10 +53,6 @@ __all__ = [
 ]
 
 _DIR_TOKEN = "{CATALOG_DIR}"
-
-class CatalogError(UserError, ValueError):
-    """A catalog or entry that cannot be written or read as asked."""
-
 
 class CasmSource(BaseReader):
     """intake reader: call a casm_cloud source adapter, return a canonical dataset.
@@ -269,16 +268,6 @@ def describe_sources(catalog) -> dict[str, dict]:
     return out
 
 
-class SourceError(CatalogError):
-    """A catalog entry that cannot give what was asked: its files are missing, a file has
-    the wrong variables or grid, the period or window lies outside what it holds."""
-
-
-class MissingFilesError(SourceError, FileNotFoundError):
-    """A source whose files are not there (a path, glob or template matching nothing); also
-    a ``FileNotFoundError``."""
-
-
 #: The request keywords :func:`open_source` passes to the adapters that take them.
 _REQUEST = ("window", "start", "end", "variables", "channels")
 
@@ -353,8 +342,6 @@ def open_source(catalog, name: str, *, window=None, period=None,
         a window outside the source's grid; the message names the entry, its
         location and what was expected.  Raised before anything is written.
     """
-    from casm_cloud.errors import UserError
-    from casm_cloud.sources._common import time_slice
 
     cat = _as_catalog(catalog)
     if name not in cat.entries:

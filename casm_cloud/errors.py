@@ -15,7 +15,8 @@ raised in a dask worker's task reaches the client as the same type.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InputError", "StoreError", "StoreUnreachableError", "WorkersLostError"]
+__all__ = ["UserError", "InputError", "StoreError", "StoreUnreachableError", "WorkersLostError",
+           "CatalogError", "SourceError", "MissingFilesError"]
 
 
 class UserError(Exception):
@@ -44,3 +45,17 @@ class WorkersLostError(UserError, RuntimeError):
     with more memory per worker or smaller chunks.  The message names the stage, the
     task and the workers' memory; the stage is not marked finished, so the same command
     continues once the cluster is sized."""
+
+
+class CatalogError(UserError, ValueError):
+    """A catalog or entry that cannot be written or read as asked."""
+
+
+class SourceError(CatalogError):
+    """A catalog entry that cannot give what was asked: its files are missing, a file has
+    the wrong variables or grid, the period or window lies outside what it holds."""
+
+
+class MissingFilesError(SourceError, FileNotFoundError):
+    """A source whose files are not there (a path, glob or template matching nothing); also
+    a ``FileNotFoundError``."""

@@ -18,13 +18,12 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import xarray as xr
 
 from casm_cloud import storage
-from casm_cloud.errors import UserError
+from casm_cloud.inference.device import Device, PredictError, resolve_device
 from casm_cloud.inference.precision import Precision, Sample, numerics
 from casm_cloud.seasonal import cycle_values
 
@@ -33,7 +32,6 @@ __all__ = ["PredictError", "PRODUCT_VARIABLES", "PARAM_FIELDS", "PredictSummary"
 
 log = logging.getLogger(__name__)
 
-Device = Literal["auto", "cpu", "cuda"]
 
 #: Output variables, in the order they are written.
 PRODUCT_VARIABLES: tuple[str, ...] = ("sm", "sm_residual", "seasonal_cycle",
@@ -48,10 +46,6 @@ _DEFAULT_BATCH = {"cpu": 8192, "cuda": 1 << 16}
 
 
 # --------------------------------------------------------------------------- small types
-class PredictError(UserError, ValueError):
-    """Options, inputs, parameters or members that inference cannot use."""
-
-
 @dataclass(frozen=True)
 class PredictSummary:
     """What :func:`predict_to_zarr` did.
@@ -129,34 +123,6 @@ class _Piece:
 
 
 # --------------------------------------------------------------------------- device, models
-def resolve_device(device: Device) -> str:
-    """The torch device a process will use: ``"auto"`` → CUDA where available.
-
-    Parameters
-    ----------
-    device : {"auto", "cpu", "cuda"}
-
-    Returns
-    -------
-    str
-        ``"cuda"`` or ``"cpu"``.
-
-    Raises
-    ------
-    PredictError
-        For an unknown device, or ``"cuda"`` where torch sees no CUDA device.
-    """
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise PredictError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda'")
-    has_cuda = torch.cuda.is_available()
-    if device == "cuda" and not has_cuda:
-        raise PredictError("device='cuda' but torch sees no CUDA device in this process "
-                         f"(torch {torch.__version__}, pid {os.getpid()})")
-    return "cuda" if device == "cuda" or (device == "auto" and has_cuda) else "cpu"
-
-
 @functools.lru_cache(maxsize=32)
 def _cached_checkpoint(path: str, device: str, so_json: str):
     """Load a checkpoint once per process and device (the worker-side model cache)."""

@@ -390,7 +390,7 @@ def choose_precision(precision: Precision, device: str, probe: Probe, *,
 def _choose_here(precision: Precision, device: str, probe: Probe, tolerance: float,
                  sample) -> tuple[str, Choice]:
     """(device, choice) as made in this process (a worker, or the caller)."""
-    from casm_cloud.inference.kernel import resolve_device
+    from casm_cloud.inference.device import resolve_device
 
     dev = resolve_device(device)
     return dev, choose_precision(precision, dev, probe, tolerance=tolerance,

@@ -90,7 +90,7 @@ def source_error(message: str, *, missing: bool = False) -> Exception:
     The message names the file or URL and what was expected; :func:`casm_cloud.catalog.
     open_source` adds the entry.
     """
-    from casm_cloud.catalog import MissingFilesError, SourceError
+    from casm_cloud.errors import MissingFilesError, SourceError
 
     return (MissingFilesError if missing else SourceError)(message)
 
