@@ -13,8 +13,11 @@ import yaml
 from _tiny import copy_run, local_client, somo_raw
 
 from casm_cloud.errors import UserError
-from casm_cloud.somo.importance import (BASELINE, STATIC, permute_static, permute_time,
-                                        run_importance)
+from casm_cloud.somo import importance as imp
+
+BASELINE, STATIC, permute_time, permute_static = (imp.BASELINE, imp.STATIC, imp.permute_time,
+                                                  imp.permute_static)
+run_importance = imp.run_importance
 
 pytest.importorskip("torch")
 

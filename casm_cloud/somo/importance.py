@@ -95,7 +95,8 @@ def importance_task(job: Mapping) -> pd.DataFrame:
         t0, t1 = _index(times, job["period"][0]), _index(times, job["period"][1]) + 1
         pred = _predict_cells(ck.model, data, scaler, int(ck.meta["window"]),
                               _index(times, job["predict_from"]), t1)
-    da = {k: xr.DataArray(v[:, t0:t1], dims=("cell", "time"), coords={"cell": held})
+    da = {k: xr.DataArray(v[:, t0:t1], dims=("cell", "time"),
+                          coords={"cell": held, "time": times[t0:t1]})
           for k, v in (("pred", pred), ("obs", data["target"]))}
     df = cell_scores(da["pred"], da["obs"]).compute().to_dataframe().reset_index()
     df.loc[df["n"] < job["min_obs"], list(SCORES)] = np.nan
