@@ -160,6 +160,31 @@ def cv_figure(work: Path, cv: pd.DataFrame) -> str:
     return fg._save(fig, Path(work), "somo_cv.png")
 
 
+def importance_figure(work: Path, table: pd.DataFrame) -> str:
+    """Permutation importance as the paper's Fig. 4: per layer, the median over folds of
+    ΔNRMSE and ΔR per permuted feature (bars, sorted by ΔNRMSE), each fold a dot."""
+    plt = fg._plt()
+    t = table[table["feature"] != "baseline"]
+    layers = sorted(t["layer"].unique())
+    fig, axes = plt.subplots(len(layers), 2, figsize=(9, 2.6 * len(layers)), squeeze=False)
+    for row, layer in zip(axes, layers, strict=True):
+        sub = t[t["layer"] == layer]
+        med = sub[sub["fold"].astype(str) == "median"].sort_values("dNRMSE", ascending=False)
+        folds = sub[sub["fold"].astype(str) != "median"]
+        for ax, score in zip(row, ("dNRMSE", "dR"), strict=True):
+            y = np.arange(len(med))
+            ax.barh(y, med[score].values, color="C0" if score == "dNRMSE" else "C1", alpha=0.6)
+            for i, feat in enumerate(med["feature"]):
+                ax.plot(folds.loc[folds["feature"] == feat, score].values,
+                        np.full((folds["feature"] == feat).sum(), i), "k.", ms=3)
+            ax.set_yticks(y, med["feature"].values)
+            ax.invert_yaxis()
+            ax.axvline(0, color="grey", lw=0.6)
+            ax.set(title=f"{layer}: {'ΔNRMSE' if score == 'dNRMSE' else 'ΔR'} when permuted")
+    fig.tight_layout()
+    return fg._save(fig, Path(work), "importance.png")
+
+
 def references_figure(work: Path, per_cell: pd.DataFrame,
                       scores: Sequence[str] = ("NRMSE", "anomaly_R")) -> str:
     """The paper's Figs. 6-7: per layer and score, a box of the station cells per product,

@@ -9,6 +9,7 @@ registry); each handler imports its library function lazily::
     casm-cloud somo predict CKPT FEATURES.zarr STATICS.zarr --out SM.zarr \\
         [--start DAY] [--end DAY] [--precision auto|fp32|bf16|tf32] [--tolerance T] \\
         [--device auto|cpu|cuda]
+    casm-cloud somo importance RECIPE [--out DIR] [--seed N] [--cluster SPEC]
 """
 
 from __future__ import annotations
@@ -87,9 +88,43 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _add_importance(sub) -> None:
+    p = sub.add_parser("importance", help="permutation feature importance of a finished run's "
+                                          "CV fold models (O & Orth 2021, Fig. 4)")
+    p.add_argument("recipe", help="recipe YAML file of a finished SoMo.ml run")
+    p.add_argument("--out", default=None, help="output folder (default <run_root>/importance)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (0)")
+    p.add_argument("--cluster", default=None, help="'local', 'gateway' or tcp://host:port "
+                                                   "(overrides the recipe)")
+
+    def run(a):
+        from casm_cloud.cluster import get_client
+        from casm_cloud.config import load_recipe
+        from casm_cloud.somo.importance import check_finished, run_importance
+
+        recipe = load_recipe(a.recipe)
+        check_finished(recipe)  # before a cluster starts
+        c = recipe.cluster
+        with get_client(a.cluster or c.kind, n_workers=c.n_workers,
+                        threads_per_worker=c.threads_per_worker, memory_limit=c.memory_limit,
+                        gateway_options=dict(c.gateway)) as (client, _):
+            res = run_importance(recipe, a.out, client=client, seed=a.seed)
+        top = res["table"]
+        top = top[(top["fold"] == "median") & (top["feature"] != "baseline")]
+        for layer, sub in top.groupby("layer"):
+            best = sub.sort_values("dNRMSE", ascending=False).iloc[0]
+            print(f"{layer}: top feature {best['feature']} (median dNRMSE "
+                  f"{best['dNRMSE']:+.3f}, dR {best['dR']:+.3f})")
+        print(f"{res['csv']}\n{res['png']} ({res['n_tasks']} tasks)")
+
+    p.set_defaults(func=run)
+
+
 def add_commands(subparsers) -> None:
     """Add ``somo import-published`` and ``somo predict`` to ``casm-cloud``'s subparsers."""
-    p = subparsers.add_parser("somo", help="SoMo.ml: import the published model, predict")
+    p = subparsers.add_parser("somo", help="SoMo.ml: import the published model, predict, "
+                                                "permutation importance")
     sub = p.add_subparsers(dest="somo_command", required=True)
     _add_import(sub)
     _add_predict(sub)
+    _add_importance(sub)
