@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,31 +9,17 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from casm_cloud import storage  # noqa: E402
-from casm_cloud.errors import UserError  # noqa: E402
-from casm_cloud.somo.cli import add_commands  # noqa: E402
+from casm_cloud.cli import main  # noqa: E402
 from casm_cloud.somo.testing import make_features as _features  # noqa: E402
 from casm_cloud.somo.testing import make_statics as _statics  # noqa: E402
 from casm_cloud.somo.testing import published_state  # noqa: E402
 from casm_cloud.somo.testing import write_scalers as _scalers  # noqa: E402
 
 
-def _main(argv: list[str]) -> int:
-    """What ``casm_cloud.cli.main`` does with these commands: run, user errors exit 2."""
-    parser = argparse.ArgumentParser(prog="casm-cloud")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except UserError as err:
-        print(f"casm-cloud: error: {err}")
-        return 2
-    return 0
-
-
 def test_import_then_predict(tmp_path, capsys):
     torch.save(published_state(0), tmp_path / "model.pt")
     _scalers(tmp_path)
-    assert _main(["somo", "import-published", str(tmp_path / "model.pt"),
+    assert main(["somo", "import-published", str(tmp_path / "model.pt"),
                   "--forcing-scaler", str(tmp_path / "forcing_scaler.csv"),
                   "--static-scaler", str(tmp_path / "static_scaler.csv"),
                   "--out", str(tmp_path / "ckpt")]) == 0
@@ -48,19 +32,19 @@ def test_import_then_predict(tmp_path, capsys):
     args = ["somo", "predict", str(tmp_path / "ckpt"), str(tmp_path / "f.zarr"),
             str(tmp_path / "s.zarr"), "--out", str(tmp_path / "sm.zarr"), "--precision", "fp32",
             "--device", "cpu", "--time-chunk", "5"]
-    assert _main(args) == 0
+    assert main(args) == 0
     assert "3 chunks, 3 computed" in capsys.readouterr().out
     out = storage.open_zarr(str(tmp_path / "sm.zarr"), require_complete=True)
     assert out["sm"].shape == (11, 3) and np.isfinite(out["sm"].values).all()
-    said = capsys.readouterr().out if _main(args) == 0 else ""
+    said = capsys.readouterr().out if main(args) == 0 else ""
     assert "0 computed, 3 already finished" in said and "precision fp32" in said
     assert storage.open_zarr(str(tmp_path / "sm.zarr")).attrs["casm_precision_error"] == 0.0
     # bad statics: one line naming the variable, exit code 2
     stat.drop_vars("clay").to_zarr(tmp_path / "bad.zarr", zarr_format=3, consolidated=False)
     args[4] = str(tmp_path / "bad.zarr")
     args[6] = str(tmp_path / "sm2.zarr")
-    assert _main(args) == 2
-    assert "statics lack ['clay']" in capsys.readouterr().out
+    assert main(args) == 2
+    assert "statics lack ['clay']" in capsys.readouterr().err
     assert not (tmp_path / "sm2.zarr").exists()
 
 

@@ -4,37 +4,22 @@ has not trained."""
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from _tiny import copy_run, local_client, somo_raw
 
-from casm_cloud.errors import UserError
-from casm_cloud.somo import importance as imp
-
-BASELINE, STATIC, permute_time, permute_static = (imp.BASELINE, imp.STATIC, imp.permute_time,
-                                                  imp.permute_static)
-run_importance = imp.run_importance
+from casm_cloud.cli import main
+from casm_cloud.somo.importance import (
+    BASELINE,
+    STATIC,
+    permute_static,
+    permute_time,
+    run_importance,
+)
 
 pytest.importorskip("torch")
-
-
-def _main(argv: list[str]) -> int:
-    """What ``casm_cloud.cli.main`` does with the ``somo`` commands: user errors exit 2."""
-    from casm_cloud.somo.cli import add_commands
-
-    parser = argparse.ArgumentParser(prog="casm-cloud")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except UserError as err:
-        print(f"casm-cloud: error: {err}")
-        return 2
-    return 0
 
 
 def test_permutations_keep_values_and_rows():
@@ -91,6 +76,6 @@ def test_table_baseline_equals_cv_and_permutations_matter(importance):
 def test_cli_refuses_a_run_that_has_not_trained(somo_sources, tmp_path, capsys):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(somo_raw(somo_sources, tmp_path / "fresh")))
-    assert _main(["somo", "importance", str(path)]) == 2
-    out = capsys.readouterr().out.strip().splitlines()
+    assert main(["somo", "importance", str(path)]) == 2
+    out = capsys.readouterr().err.strip().splitlines()
     assert len(out) == 1 and "stage 'train' has not run" in out[0]
