@@ -68,7 +68,7 @@ def importance_task(job: Mapping) -> pd.DataFrame:
     import xarray as xr
 
     from casm_cloud.models.checkpoint import load_checkpoint
-    from casm_cloud.somo.cv import SCORES, cell_scores
+    from casm_cloud.somo.evaluate import scores_table
     from casm_cloud.somo.training import _index, _predict_cells, cell_inputs
     from casm_cloud.training.loop import worker_threads
 
@@ -98,12 +98,8 @@ def importance_task(job: Mapping) -> pd.DataFrame:
     da = {k: xr.DataArray(v[:, t0:t1], dims=("cell", "time"),
                           coords={"cell": held, "time": times[t0:t1]})
           for k, v in (("pred", pred), ("obs", data["target"]))}
-    df = cell_scores(da["pred"], da["obs"]).compute().to_dataframe().reset_index()
-    df.loc[df["n"] < job["min_obs"], list(SCORES)] = np.nan
-    df.insert(0, "feature", feature)
-    df.insert(0, "fold", int(job["fold"]))
-    df.insert(0, "layer", layer)
-    return df
+    return scores_table(da["pred"], da["obs"], job["min_obs"], feature=feature,
+                        fold=int(job["fold"]), layer=layer)
 
 
 def importance_jobs(run_root: str, *, layers: Sequence[str], dynamic: Sequence[str],
@@ -186,7 +182,7 @@ def run_importance(recipe, out: str | None = None, client=None, seed: int = 0) -
     ``out`` defaults to ``<run_root>/importance``.  Refuses (one line) a run whose
     ``train`` or ``validate`` stage has not run with this recipe.
     """
-    import io
+    import tempfile
     from pathlib import Path
 
     from casm_cloud import storage
@@ -211,16 +207,11 @@ def run_importance(recipe, out: str | None = None, client=None, seed: int = 0) -
                       for k, n in enumerate(rs.LAYERS)})
     table = permutation_importance(jobs, client)
     out = out or storage.join(root, "importance")
-    fs, path = storage.url_to_fs(out, so)
-    fs.makedirs(path, exist_ok=True)
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    fs.pipe(storage.join(path, "importance.csv"), buf.getvalue().encode())
+    storage.write_text(storage.join(out, "importance.csv"), table.to_csv(index=False), so)
     png = storage.join(out, "importance.png")
-    import tempfile
-
+    fs, path = storage.url_to_fs(png, so)
     with tempfile.TemporaryDirectory() as tmp:
         importance_figure(Path(tmp), table)
-        fs.put(str(Path(tmp) / "importance.png"), storage.join(path, "importance.png"))
+        fs.put(str(Path(tmp) / "importance.png"), path)
     return {"table": table, "csv": storage.join(out, "importance.csv"), "png": png,
             "n_tasks": len(jobs)}
