@@ -171,6 +171,7 @@ def test_validate_ranks_products_at_the_stations_and_collocates(somo_reference, 
     ctx = run_recipe(recipe, start_from="validate", until="report", client=client,
                      progress=False)
     ranked = ctx.summary["references"]
+    print(ranked[["layer", "product", "R", "anomaly_R", "NRMSE", "rank"]].round(3))
     for layer in LAYERS:
         sub = ranked[ranked["layer"] == layer].set_index("product")
         assert set(sub.index) == {"SoMo.ml", "ERA5", "truth (simulated)"}, sub

@@ -256,6 +256,8 @@ def test_the_rules_on_real_ismn_stations(hawaii):
         short_days += partial
     assert short_days > 0                   # real days with 1-5 good values are left out
     puaakala = int(t.loc["PuaAkala", "n_days"])
+    print("days with >= 6 good values:", t["n_days"].to_dict(), "; days with 1-5 dropped:",
+          short_days)
     assert puaakala < 730                   # the record has gaps in 2017-2018
     assert t.loc["PuaAkala", "used"]
     assert t.loc["Kainaliu", "reason"] == "min_overlap"  # its coastal cell has no ERA5 series

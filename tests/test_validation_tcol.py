@@ -45,7 +45,7 @@ def test_hawaii_triples_equal_pytesmo_station_by_station(hawaii, name, ref):
     got = triple_collocation(x, y, z, names=(name, "ERA5", "ISMN"), ref=ref)
     assert list(got["series"].values) == [name, "ERA5", "ISMN"]
     x, y, z = xr.align(x, y, z, join="inner")
-    checked = 0
+    checked, worst = 0, 0.0
     for sid in got["station"].values:
         a, b, c = (v.sel(station=sid).values.astype(np.float64) for v in (x, y, z))
         ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
@@ -59,7 +59,13 @@ def test_hawaii_triples_equal_pytesmo_station_by_station(hawaii, name, ref):
         np.testing.assert_allclose(at["snr"].values, snr, rtol=1e-10)
         np.testing.assert_allclose(at["err_std"].values, err_std, rtol=1e-10)
         np.testing.assert_allclose(at["beta"].values, beta, rtol=1e-10)
+        for mine, theirs in ((at["snr"], snr), (at["err_std"], err_std), (at["beta"], beta)):
+            fin = np.isfinite(theirs)
+            worst = max(worst, float(np.max(np.abs(mine.values[fin] / theirs[fin] - 1),
+                                            initial=0.0)))
         checked += 1
+    print(f"{name} (ref {ref}): {checked} stations, largest relative difference from "
+          f"pytesmo {worst:.1e}")
     assert checked >= 2  # SMAP: 3 stations (114..244 days), SMOS: 2 (Kainaliu's cell is empty)
 
 
