@@ -82,9 +82,10 @@ def simulate(out: Path, physics: str, region: str, start: str, end: str) -> Path
 
 def recipe_for(out: Path, src: Path, physics: str, variant: str, region: str, start: str,
                end: str, members: int | None, n_noise: int | None):
-    from casm_cloud.config import _DEMO_YAML, recipe_from_dict
+    from casm_cloud.config import recipe_from_dict
+    from casm_cloud.config.casm import DEMO_YAML
 
-    raw = yaml.safe_load(_DEMO_YAML)
+    raw = yaml.safe_load(DEMO_YAML)
     run = out / f"run-{physics}-{region}-{variant}"
     raw.update(name=f"{variant} ({physics} simulator)", run_root=str(run),
                period={"start": start, "end": end},
