@@ -690,3 +690,18 @@ def read_marker(url: str, storage_options: Mapping | None = None) -> dict | None
     """The JSON object at ``url``, or None where there is none."""
     text = read_text(url, storage_options)
     return None if text is None else json.loads(text)
+
+
+def copy_tree(src: str, dst: str, storage_options: Mapping | None = None) -> None:
+    """Copy the folder (or store) ``src`` to ``dst`` on the same filesystem, replacing it.
+
+    The old ``dst`` goes first, so a copy killed half-way leaves an incomplete store that
+    ``open_zarr(require_complete=True)`` refuses and the next run copies again.
+    """
+    fs, s = url_to_fs(src, storage_options)
+    _, d = url_to_fs(dst, storage_options)
+    with _reaching(dst, "copying into it"):
+        if fs.exists(d):
+            fs.rm(d, recursive=True)
+        fs.makedirs(posixpath.dirname(d.rstrip("/")), exist_ok=True)
+        fs.copy(s.rstrip("/"), d.rstrip("/"), recursive=True)

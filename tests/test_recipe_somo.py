@@ -27,7 +27,8 @@ from casm_cloud.errors import UserError
 from casm_cloud.recipes import run_recipe, update_recipe
 from casm_cloud.recipes.runner import stage_state
 
-STAGES = ("forcing", "statics", "targets", "train", "predict", "validate", "report", "export")
+STAGES = ("forcing", "statics", "targets", "train", "predict", "validate", "importance", "report",
+          "export")
 LAYERS, VARS, END, UNTIL = SOMO_LAYERS, SOMO_VARS, SOMO_END, SOMO_UNTIL
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from casm_cloud.config.base import (
     Cluster,
@@ -109,6 +109,48 @@ class SomoValidation(_Section):
     references: dict[str, str] = {}
 
 
+class SomoImportance(_Section):
+    """The paper's permutation importance (Fig. 4) as a stage: each (layer, fold,
+    permutation) one task over the CV folds' models; seeded, so a rerun gives the same table."""
+
+    enabled: bool = True
+    seed: int = 0
+
+
+#: Where each hyper-parameter of ``search.candidates`` lives in the recipe.
+SEARCHABLE = {"hidden": "model", "dropout": "model", "initial_forget_bias": "model",
+              "lr": "training", "epochs": "training", "batch_size": "training",
+              "samples_per_epoch": "training"}
+
+
+class SomoSearch(_Section):
+    """Hyper-parameter search by the spatial CV (O & Orth 2021): per layer, every
+    combination of the candidates trained on every fold; the combination with the best
+    CV ``metric`` (median over the held-out cells, mean over the folds) is the layer's."""
+
+    candidates: dict[Literal[tuple(SEARCHABLE)], tuple[float, ...]] = {}
+    metric: Literal["NRMSE", "R", "anomaly_R"] = "NRMSE"
+
+    @field_validator("candidates")
+    @classmethod
+    def _valid_values(cls, v: dict) -> dict:
+        """Each value passes the check of the key it stands for (model.*, training.*)."""
+        out = {}
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"{key}: give at least one candidate value")
+            section = SomoModel if SEARCHABLE[key] == "model" else SomoTraining
+            checked = []
+            for x in values:
+                try:
+                    checked.append(getattr(section(**{key: x}), key))
+                except ValidationError as err:
+                    raise ValueError(f"{key} candidate {x!r}: "
+                                     f"{err.errors()[0]['msg']}") from None
+            out[key] = tuple(checked)
+        return out
+
+
 class SomoRecipe(_Recipe):
     """A SoMo.ml recipe (``kind: somo``): ERA5 + statics + ISMN → one EA-LSTM per layer."""
 
@@ -126,6 +168,8 @@ class SomoRecipe(_Recipe):
     ensemble: SomoEnsemble = SomoEnsemble()
     predict: SomoPredict = SomoPredict()
     validation: SomoValidation = SomoValidation()
+    importance: SomoImportance = SomoImportance()
+    search: SomoSearch = SomoSearch()
     cluster: Cluster = Cluster()
     outputs: Outputs = Outputs()
 

@@ -4,7 +4,8 @@ Each stage is ``params(recipe) -> dict`` (exactly what it passes to library
 code) and ``run(ctx, p)``.  The stage table is in docs/architecture.md, "The
 SoMo.ml recipe".
 
-    forcing → statics → targets → train → predict → validate → report → export
+    forcing → statics → targets → train → predict → validate → importance → report
+    → export
 
 * ``forcing``: daily dynamic features and ERA5's layer soil moisture on the window;
 * ``statics``: the ten static features (climatology over ``periods.climatology``);
@@ -18,6 +19,7 @@ SoMo.ml recipe".
 * ``validate``: the CV table, the product at the station cells, the product
   against ERA5's own layers (every cell), and (on the simulator) the scores
   against the truth at cells no fold trained on;
+* ``importance``: permutation importance of the inputs over the CV folds' models;
 * ``report``: the SoMo.ml page; ``export``: one netCDF per year and layer.
 
 Layer k's predictions start ``(3 − k) · (window − 1)`` days before the
@@ -229,19 +231,24 @@ def _model(r) -> dict:
 
 
 def train_params(r) -> dict:
-    t, cv, e = r.training, r.cv, r.ensemble
+    from casm_cloud.config.somo import SEARCHABLE
+
+    t, cv, e, sr = r.training, r.cv, r.ensemble, r.search
     return dict(dynamic=list(r.model.dynamic), static=list(r.model.static), model=_model(r),
                 fit=dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                          samples_per_epoch=t.samples_per_epoch),
                 period=[r.periods.training.start, r.periods.training.end],
                 folds=cv.folds, block_size=cv.block_size, cv_seed=cv.seed,
-                members=e.members, seed=e.seed)
+                members=e.members, seed=e.seed,
+                search=dict(candidates={k: list(v) for k, v in sr.candidates.items()},
+                            metric=sr.metric, where={k: SEARCHABLE[k] for k in sr.candidates},
+                            min_obs=r.validation.min_obs if sr.candidates else None))
 
 
-def _variants(p: dict, folds: np.ndarray) -> list[tuple[str, np.ndarray, int]]:
+def _variants(p: dict, folds: np.ndarray, *, cv: bool = True) -> list[tuple[str, np.ndarray, int]]:
     """(name, training cells, seed) of every model of a layer: the CV folds, the final seeds."""
     out = [(f"fold_{f}", np.flatnonzero(folds != f), p["cv_seed"] + f)
-           for f in range(p["folds"])]
+           for f in range(p["folds"])] if cv else []
     out += [(f"seed_{k}", np.arange(folds.size), p["seed"] + k) for k in range(p["members"])]
     return out
 
@@ -255,42 +262,119 @@ def _folds(ctx: Context, p: dict, targets: xr.Dataset) -> np.ndarray:
     return folds
 
 
-def run_train(ctx: Context, p: dict) -> None:
-    """Per layer, in order: CV folds and final seeds as parallel tasks on the workers."""
+def _job(ctx: Context, p: dict, k: int, variant: tuple, model: dict, fit: dict,
+         out: str | None = None) -> dict:
+    """The worker task of one model of layer ``k`` (URLs and settings only)."""
+    name, cells, seed = variant
+    layer = LAYERS[k]
+    return {"features": ctx.url("forcing", "features.zarr"),
+            "statics": ctx.url("statics", "statics.zarr"),
+            "targets": ctx.url("targets", "targets.zarr"),
+            "previous": {LAYERS[j]: ctx.out(LAYERS[j], name, "cells.zarr") for j in range(k)},
+            "layer": layer, "dynamic": [*p["dynamic"], *LAYERS[:k]],
+            "static": list(p["static"]), "train_cells": cells.tolist(),
+            "period": [str(d) for d in p["period"]],
+            "predict_from": str(_layer_start(p["period"][0], p["model"]["window"], k)),
+            "model": dict(model), "fit": dict(fit), "seed": int(seed), "variant": name,
+            "out": out or ctx.out(layer, name), "storage_options": ctx.so,
+            "stage_hash": ctx.config_hash}
+
+
+def _train(ctx: Context, jobs: list[dict]) -> list[dict]:
+    """The jobs as parallel tasks on the workers (in this process without a cluster)."""
+    import zlib
+
     from casm_cloud.somo.training import train_variant
 
+    with ctx.tasks_bar():
+        if ctx.client is None:
+            return [train_variant(j) for j in jobs]
+        futures = [ctx.client.submit(train_variant, j, pure=False,
+                                     key=f"somo-train-{j['layer']}-{j['variant']}-"
+                                         f"{zlib.crc32(j['out'].encode()):08x}-"
+                                         f"{ctx.config_hash[:8]}") for j in jobs]
+        return ctx.client.gather(futures)
+
+
+def _search(ctx: Context, p: dict, k: int, folds: np.ndarray, targets: xr.Dataset
+            ) -> tuple[pd.DataFrame, dict, dict]:
+    """Every candidate combination on every fold of layer ``k``; the best one's folds
+    become the layer's CV folds.  Returns the scores table and the chosen settings."""
+    from casm_cloud.somo import evaluate as ev
+    from casm_cloud.somo import search
+    from casm_cloud.somo.cv import cv_scores
+
+    s, layer = p["search"], LAYERS[k]
+    combos = {search.combination_name(c): c for c in search.combinations(s["candidates"])}
+    jobs = [_job(ctx, p, k, v, *search.apply(p["model"], p["fit"], combo, s["where"]),
+                 out=ctx.out(layer, "search", name, v[0]))
+            for name, combo in combos.items() for v in _variants(p, folds)[:p["folds"]]]
+    _train(ctx, jobs)
+    rows = []
+    for name, combo in combos.items():
+        cells = ev.cv_cells(lambda n, f, name=name: _open(ctx, "train", n, "search", name,
+                                                          f"fold_{f}", "cells.zarr")[n],
+                            targets, folds, [layer], p["folds"], p["period"],
+                            min_obs=s["min_obs"])
+        mean = cv_scores(cells).query("fold == 'mean'").iloc[0]
+        rows.append({"layer": layer, "candidate": name, **combo,
+                     **mean.drop(["layer", "fold"]).to_dict()})
+    table = pd.DataFrame(rows)
+    best = search.choose(table, s["metric"])
+    table["chosen"] = table["candidate"] == best["candidate"]
+    for f in range(p["folds"]):
+        storage.copy_tree(ctx.out(layer, "search", best["candidate"], f"fold_{f}"),
+                          ctx.out(layer, f"fold_{f}"), ctx.so)
+    model, fit = search.apply(p["model"], p["fit"], combos[best["candidate"]], s["where"])
+    ctx.say(f"{layer}: chose {best['candidate']} (CV {s['metric']} {best[s['metric']]:.3f} "
+            f"of {len(combos)} candidates)")
+    return table, model, fit
+
+
+def _cost(ctx: Context, p: dict, targets: xr.Dataset) -> str:
+    """The trainings the stage will run and their estimated cost (printed before)."""
+    from casm_cloud import rates
+    from casm_cloud.somo import search
+
+    t = targets.sel(time=slice(*(str(d) for d in p["period"])))
+    s = p["search"]
+    n, steps, flop = search.stage_cost(
+        p["model"], p["fit"], s["candidates"], s["where"], folds=p["folds"],
+        members=p["members"], n_inputs=[len(p["dynamic"]) + k + len(p["static"])
+                                        for k in range(_K)],
+        samples=[int(t[n].notnull().sum()) * (p["folds"] - 1) // p["folds"] for n in LAYERS],
+        cells=targets.sizes["cell"], days=targets.sizes["time"])
+    (step_ms, source), (gflops, _) = (rates.rate("somo_train_step_ms"),
+                                      rates.rate("somo_train_gflops"))
+    workers = len(ctx.client.scheduler_info()["workers"]) if ctx.client is not None else 1
+    return search.cost_line(n, steps, flop, step_ms=step_ms, gflops=gflops, source=source,
+                            workers=workers)
+
+
+def run_train(ctx: Context, p: dict) -> None:
+    """Per layer, in order: the search's candidates × folds (if any), then the CV folds
+    and final seeds as parallel tasks on the workers."""
     targets = _open(ctx, "targets", "targets.zarr")
     folds = _folds(ctx, p, targets)
     _write_csv(ctx.out("folds.csv"), pd.DataFrame({
         "cell": targets["cell"].values, "cell_y": targets["cell_y"].values,
         "cell_x": targets["cell_x"].values, "fold": folds}), ctx.so)
-    variants = _variants(p, folds)
-    w = p["model"]["window"]
-    runs = {}
+    ctx.say(_cost(ctx, p, targets))
+    searching = bool(p["search"]["candidates"])
+    runs, tables, chosen = {}, [], {}
     for k, layer in enumerate(LAYERS):
-        jobs = [{"features": ctx.url("forcing", "features.zarr"),
-                 "statics": ctx.url("statics", "statics.zarr"),
-                 "targets": ctx.url("targets", "targets.zarr"),
-                 "previous": {LAYERS[j]: ctx.out(LAYERS[j], name, "cells.zarr")
-                              for j in range(k)},
-                 "layer": layer, "dynamic": [*p["dynamic"], *LAYERS[:k]],
-                 "static": list(p["static"]), "train_cells": cells.tolist(),
-                 "period": [str(d) for d in p["period"]],
-                 "predict_from": str(_layer_start(p["period"][0], w, k)),
-                 "model": dict(p["model"]), "fit": dict(p["fit"]), "seed": int(seed),
-                 "variant": name, "out": ctx.out(layer, name), "storage_options": ctx.so,
-                 "stage_hash": ctx.config_hash}
-                for name, cells, seed in variants]
-        with ctx.tasks_bar():
-            if ctx.client is None:
-                results = [train_variant(j) for j in jobs]
-            else:
-                futures = [ctx.client.submit(train_variant, j, pure=False,
-                                             key=f"somo-train-{layer}-{j['variant']}-"
-                                                 f"{ctx.config_hash[:8]}") for j in jobs]
-                results = ctx.client.gather(futures)
+        model, fit = p["model"], p["fit"]
+        if searching:
+            table, model, fit = _search(ctx, p, k, folds, targets)
+            tables.append(table)
+            chosen[layer] = {"model": model, "fit": fit}
+        jobs = [_job(ctx, p, k, v, model, fit) for v in _variants(p, folds, cv=not searching)]
+        results = _train(ctx, jobs)
         runs[layer] = {j["variant"]: res for j, res in zip(jobs, results, strict=True)}
-    storage.write_marker(ctx.out("runs.json"), {"runs": runs}, ctx.so)
+    if tables:
+        _write_csv(ctx.out("search.csv"), pd.concat(tables, ignore_index=True), ctx.so)
+        ctx.summary["search"] = pd.concat(tables, ignore_index=True)
+    storage.write_marker(ctx.out("runs.json"), {"runs": runs, "chosen": chosen}, ctx.so)
 
 
 # --------------------------------------------------------------------------- predict
@@ -424,6 +508,27 @@ def run_validate(ctx: Context, p: dict) -> None:
         _write_csv(ctx.out("truth.csv"), ctx.summary["truth"], ctx.so)
 
 
+# --------------------------------------------------------------------------- importance
+def importance_params(r) -> dict:
+    i = r.importance
+    return dict(enabled=i.enabled, seed=i.seed, dynamic=list(r.model.dynamic),
+                static=list(r.model.static), window=r.model.window, min_obs=r.validation.min_obs,
+                period=[r.periods.training.start, r.periods.training.end])
+
+
+def run_importance(ctx: Context, p: dict) -> None:
+    """Permutation importance over the CV folds' models (the paper's Fig. 4)."""
+    from casm_cloud.somo.importance import importance_of_run, top_features
+
+    if not p["enabled"]:
+        storage.remove(ctx.out("importance.csv"), ctx.so)
+        ctx.say("off (importance.enabled: false)")
+        return
+    table = importance_of_run(ctx.run_root, p, LAYERS, client=ctx.client, storage_options=ctx.so)
+    _write_csv(ctx.out("importance.csv"), table, ctx.so)
+    ctx.summary["importance"] = top_features(table)
+
+
 # --------------------------------------------------------------------------- report
 def report_params(r) -> dict:
     return dict(product=r.outputs.product, report=r.outputs.report,
@@ -437,6 +542,8 @@ def run_report(ctx: Context, p: dict) -> None:
     tables = {n: _read_csv(ctx.url("validate", f"{n}.csv"), ctx.so)
               for n in ("cv", "stations", "era5", "references", "references_cells", "tcol",
                         "truth")}
+    tables["importance"] = _read_csv(ctx.url("importance", "importance.csv"), ctx.so)
+    tables["search"] = _read_csv(ctx.url("train", "search.csv"), ctx.so)
     out = ctx.output(p["report"], DEFAULT_OUTPUTS["report"])
     ctx.summary["report"] = write_somo_report(out, product=product, cv=tables["cv"],
                                               stations=tables["stations"],
@@ -444,6 +551,8 @@ def run_report(ctx: Context, p: dict) -> None:
                                               references=tables["references"],
                                               references_cells=tables["references_cells"],
                                               tcol=tables["tcol"],
+                                              importance=tables["importance"],
+                                              search=tables["search"],
                                               targets=_open(ctx, "targets", "targets.zarr"),
                                               title=p["title"], storage_options=ctx.so)
     for key in ("cv", "era5", "truth"):
@@ -483,7 +592,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", ("forcing", "statics", "targets"), train_params, run_train),
     Stage("predict", ("forcing", "statics", "train"), predict_params, run_predict, "rerun"),
     Stage("validate", ("targets", "train", "predict"), validate_params, run_validate, "rerun"),
-    Stage("report", ("predict", "validate"), report_params, run_report, "rerun"),
+    Stage("importance", ("targets", "train"), importance_params, run_importance),
+    Stage("report", ("train", "predict", "validate", "importance"), report_params, run_report,
+          "rerun"),
     Stage("export", ("predict",), export_params, run_export, update_export),
 )
 

@@ -290,6 +290,9 @@ def _write(out: Path, csv: Mapping[str, pd.DataFrame | None], product, title,
     cv = csv.get("cv")
     if cv is not None and len(cv):
         figs.append(("Cross validation per fold", cv_figure(out, cv)))
+    importance = csv.get("importance_folds")
+    if importance is not None and len(importance):
+        figs.append(("Permutation importance", importance_figure(out, importance)))
     references = csv.get("references_cells")
     if references is not None and len(references):
         figs.append(("Products at the stations, ranked", references_figure(out, references)))
@@ -310,6 +313,14 @@ def _write(out: Path, csv: Mapping[str, pd.DataFrame | None], product, title,
                "its cells. Median over the fold's held-out station cells (training period); "
                "'mean' averages the folds. Anomaly R: anomalies of each series on its own "
                "(value − mean of a 35-day window with ≥ 10 values)."),
+        "search": ("Hyper-parameter search", "Per layer, every candidate combination "
+                   "trained on every CV fold, scored as the CV table (mean over the folds of "
+                   "the median over held-out cells); 'chosen' marks the layer's setting: its "
+                   "fold models are the CV folds above, the final seeds train with it."),
+        "importance": ("Permutation importance", "Per layer and input, the median over "
+                       "folds of the change in the held-out cells' median R and NRMSE when "
+                       "the input is permuted (each ERA5 feature in time, the statics "
+                       "together across cells; the paper's Fig. 4)."),
         "era5": ("Against ERA5's own layers", "The product against ERA5's soil water of the "
                  "same layers (depth-weighted swvl1..3, the reference the targets were "
                  "rescaled to), median over every cell of the window, over the product "
@@ -350,6 +361,8 @@ def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
                       references: pd.DataFrame | None = None,
                       references_cells: pd.DataFrame | None = None,
                       tcol: pd.DataFrame | None = None,
+                      importance: pd.DataFrame | None = None,
+                      search: pd.DataFrame | None = None,
                       targets: xr.Dataset | None = None,
                       title: str = "casm_cloud SoMo.ml",
                       storage_options: Mapping | None = None) -> Path | str:
@@ -368,6 +381,9 @@ def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
     references, references_cells, tcol : pandas.DataFrame, optional
         The products at the stations (ranked medians; per cell, drawn as boxes)
         and the triple collocation per cell (shown as medians).
+    importance, search : pandas.DataFrame, optional
+        The importance stage's table (drawn, medians over folds listed) and the
+        train stage's hyper-parameter search (when the recipe has one).
     targets : xarray.Dataset, optional
         The targets stage's ``targets.zarr``: adds the series of the station
         cell with the most layer-1 target days against the product.
@@ -379,8 +395,13 @@ def write_somo_report(out_dir: str | os.PathLike, *, product: xr.Dataset,
     """
     if tcol is not None and len(tcol):
         tcol = tcol.groupby(["layer", "series"])[["err_std", "snr"]].median().reset_index()
-    csv = {"cv": cv, "stations": stations, "era5": era5, "references": references,
-           "references_cells": references_cells, "tcol": tcol, "truth": truth}
+    folds = importance
+    if importance is not None and len(importance):
+        importance = importance[importance["fold"].astype(str) == "median"].drop(
+            columns="fold")
+    csv = {"cv": cv, "search": search, "stations": stations, "era5": era5,
+           "references": references, "references_cells": references_cells, "tcol": tcol,
+           "importance": importance, "importance_folds": folds, "truth": truth}
     url = str(out_dir)
     remote = "://" in url and not url.startswith("file://")
     with tempfile.TemporaryDirectory(prefix="casm-somo-report-") as tmp:

@@ -30,7 +30,7 @@ import pandas as pd
 
 __all__ = ["STATIC", "BASELINE", "permute_time", "permute_static", "importance_task",
            "importance_jobs", "permutation_importance", "importance_table", "check_finished",
-           "run_importance"]
+           "importance_of_run", "top_features", "run_importance"]
 
 #: The feature name of the static group and of the unpermuted baseline.
 STATIC, BASELINE = "static", "baseline"
@@ -176,6 +176,41 @@ def check_finished(recipe) -> None:
                              "first (casm-cloud run), then casm-cloud somo importance")
 
 
+def importance_of_run(run_root: str, p: Mapping, layers: Sequence[str], client=None,
+                      storage_options: Mapping | None = None) -> pd.DataFrame:
+    """The importance table of a run whose train stage has finished.
+
+    ``p``: ``dynamic``, ``static``, ``period`` (training), ``window``, ``seed``,
+    ``min_obs`` (the importance stage's params).
+    """
+    import io
+
+    from casm_cloud import storage
+
+    so = dict(storage_options or {})
+    folds = pd.read_csv(io.StringIO(storage.read_text(storage.join(run_root, "train",
+                                                                   "folds.csv"), so)))
+    targets = storage.open_zarr(storage.join(run_root, "targets", "targets.zarr"), so,
+                                require_complete=True)
+    start = pd.Timestamp(p["period"][0])
+    jobs = importance_jobs(
+        run_root, layers=layers, dynamic=p["dynamic"], static=p["static"],
+        folds=folds["fold"].to_numpy(), seed=p["seed"], min_obs=p["min_obs"],
+        has_target={n: targets[f"n_stations_{n}"].values > 0 for n in layers},
+        period=p["period"], storage_options=so,
+        predict_from={n: str((start - pd.Timedelta(days=(len(layers) - 1 - k)
+                                                   * (p["window"] - 1))).date())
+                      for k, n in enumerate(layers)})
+    return permutation_importance(jobs, client)
+
+
+def top_features(table: pd.DataFrame) -> dict[str, str]:
+    """Per layer, the feature whose permutation raises the median NRMSE most."""
+    med = table[(table["fold"].astype(str) == "median") & (table["feature"] != BASELINE)]
+    return {layer: sub.sort_values("dNRMSE", ascending=False)["feature"].iloc[0]
+            for layer, sub in med.groupby("layer")}
+
+
 def run_importance(recipe, out: str | None = None, client=None, seed: int = 0) -> dict:
     """The importance of a finished SoMo.ml run: ``<out>/importance.csv`` and ``.png``.
 
@@ -191,22 +226,9 @@ def run_importance(recipe, out: str | None = None, client=None, seed: int = 0) -
 
     so = dict(recipe.storage_options)
     check_finished(recipe)
-    tp, vp = rs.train_params(recipe), rs.validate_params(recipe)
-    root = recipe.run_root
-    fs, path = storage.url_to_fs(storage.join(root, "train", "folds.csv"), so)
-    with fs.open(path) as f:
-        folds = pd.read_csv(f)["fold"].to_numpy()
-    targets = storage.open_zarr(storage.join(root, "targets", "targets.zarr"), so,
-                                require_complete=True)
-    w = tp["model"]["window"]
-    jobs = importance_jobs(
-        root, layers=rs.LAYERS, dynamic=tp["dynamic"], static=tp["static"], folds=folds,
-        has_target={n: targets[f"n_stations_{n}"].values > 0 for n in rs.LAYERS},
-        period=tp["period"], seed=seed, min_obs=vp["min_obs"], storage_options=so,
-        predict_from={n: str(rs._layer_start(tp["period"][0], w, k))
-                      for k, n in enumerate(rs.LAYERS)})
-    table = permutation_importance(jobs, client)
-    out = out or storage.join(root, "importance")
+    p = {**rs.importance_params(recipe), "seed": seed}
+    table = importance_of_run(recipe.run_root, p, rs.LAYERS, client, so)
+    out = out or storage.join(recipe.run_root, "importance")
     storage.write_text(storage.join(out, "importance.csv"), table.to_csv(index=False), so)
     png = storage.join(out, "importance.png")
     fs, path = storage.url_to_fs(png, so)
@@ -214,4 +236,5 @@ def run_importance(recipe, out: str | None = None, client=None, seed: int = 0) -
         importance_figure(Path(tmp), table)
         fs.put(str(Path(tmp) / "importance.png"), path)
     return {"table": table, "csv": storage.join(out, "importance.csv"), "png": png,
-            "n_tasks": len(jobs)}
+            "n_tasks": len(table[table["fold"] != "median"].groupby(
+                ["layer", "feature", "fold"]))}
