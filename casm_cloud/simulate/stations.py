@@ -6,7 +6,8 @@ point-scale soil moisture for each (docs/science.md, "Simulator"):
     θ_point(t) = a·(θ_cell(t) - mean θ_cell) + mean_point + e(t),
 
 with a per-station scale ``a``, a per-station mean offset and an AR(1)
-representativeness error ``e`` (hourly, ten-day memory); ISMN quality flags
+representativeness error ``e`` (hourly, ten-day memory; below the surface
+scaled down by :func:`depth_error_scale`); ISMN quality flags
 are 'G' for good values and 'D06' (spike detected, ISMN quality control)
 for injected spikes; a few multi-day gaps are left out of the files.
 
@@ -180,6 +181,25 @@ def _depth_weights(depth: float) -> np.ndarray:
     return w
 
 
+def depth_error_scale(at_depth: xr.DataArray, surface: xr.DataArray) -> np.ndarray:
+    """Per sensor, how much smaller its short-term error is than a surface sensor's.
+
+    A point's representativeness error comes from the point answering the same
+    rain and drying differently from its cell, so its short-term part can only move
+    as fast as the soil water at that depth moves: the factor is the ratio of the
+    cell's 35-day anomaly standard deviation at the sensor's depth (``at_depth``,
+    station × day) to that of the surface layer (``surface``), at most 1 (1 at the
+    surface).  In-situ errors decrease with depth in the ISMN (Gruber et al. 2013,
+    Vadose Zone J. 12(2), doi:10.2136/vzj2012.0170, triple collocation of > 1400
+    stations); docs/science.md gives the figures this changes.
+    """
+    from casm_cloud.validation.metrics import anomaly
+
+    deep = anomaly(at_depth.load()).std("time").values
+    top = anomaly(surface.load()).std("time").values
+    return np.clip(np.where(top > 0, deep / np.where(top > 0, top, 1.0), 1.0), 0.0, 1.0)
+
+
 def _multi_depth(truth, n_stations, seed, depths, shared_cells, network, spike_fraction,
                  gaps_per_year, error_std, static) -> xr.Dataset:
     """Stations with several sensors each (see :func:`simulate_stations`, ``depths``)."""
@@ -225,6 +245,8 @@ def _multi_depth(truth, n_stations, seed, depths, shared_cells, network, spike_f
     err[:, 0] = rng.standard_normal(nr) * error_std
     for t in range(1, nh):
         err[:, t] = rho * err[:, t - 1] + eps[:, t]
+    err *= depth_error_scale(cell, truth["sm_l1"].isel(sel).drop_vars(drop, errors="ignore"))[
+        :, None]
     spikes = rng.random((nr, nh)) < spike_fraction
     spike_size = np.where(spikes, rng.uniform(0.10, 0.25, (nr, nh)), 0.0)
     gap_st = np.zeros((n_st, nh), dtype=bool)
