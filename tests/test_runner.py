@@ -26,7 +26,8 @@ TOGETHER = {"grid.lat": {"grid.lat": [10.0, 20.0], "grid.lon": [-100.0, -90.0]},
             "grid.lon": {"grid.lat": [10.0, 20.0], "grid.lon": [-100.0, -90.0]}}
 
 #: Keys whose other valid values are names, not arithmetic.
-SPECIAL = {"grid.region": "tiny", "validation.references": {"ESA CCI": "esa_cci"}}
+SPECIAL = {"grid.region": "tiny", "validation.references": {"ESA CCI": "esa_cci"},
+           "search.candidates": {"hidden": [8, 16]}}
 
 
 def _changed(value, annotation):
