@@ -81,7 +81,7 @@ def test_killed_run_resumes_to_the_same_bits(somo_reference, client, tmp_path):
     # a lost training task: its model is trained again, to the same weights
     weights = (run / "train" / "sm_l2" / "seed_1" / "model.safetensors").read_bytes()
     (run / "train" / "sm_l2" / "seed_1" / "_done.json").unlink()
-    for name in ("train", "predict", "validate", "report", "export"):
+    for name in ("train", "predict", "validate", "importance", "report", "export"):
         (run / name / "_stage.json").unlink()
     shutil.rmtree(run / "predict")
     path = tmp_path / "recipe.yaml"
