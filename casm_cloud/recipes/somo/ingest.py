@@ -8,11 +8,15 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud import storage
+from casm_cloud.pieces import write_pieces
 from casm_cloud.recipes.runner import Context
 from casm_cloud.recipes.somo._common import _K, LAYERS, _catalog, _open, _write_csv
 
-
 # --------------------------------------------------------------------------- forcing
+#: Days of one piece of the forcing stage (and the time chunk of its stores).
+PIECE_DAYS = 365
+
+
 def forcing_params(r) -> dict:
     s, pr, w = r.sources, r.periods, r.model.window
     first = min(pr.training.start, pr.product.start)
@@ -41,12 +45,14 @@ def _forcing(p: dict, era5: xr.Dataset, start, end) -> tuple[xr.Dataset, xr.Data
     from casm_cloud.somo.features import dynamic_features
     from casm_cloud.somo.targets import era5_layers
 
-    era5 = era5.sel(time=slice(str(start), str(end) + "T23:59:59"))
+    # the next day's first stamp closes the last day's accumulations (ERA5's convention)
+    era5 = era5.sel(time=slice(str(start), str(end + dt.timedelta(days=1)) + "T00:00:00"))
     names = list(dict.fromkeys([*p["dynamic"], "tp", "snr"]))
-    feats = dynamic_features(era5, variables=names)
-    layers = era5_layers(era5)
+    days = slice(str(start), str(end))
+    feats = dynamic_features(era5, variables=names).sel(time=days)
+    layers = era5_layers(era5).sel(time=days)
     ny, nx = p["window"].shape
-    ch = {"time": 365, "y": min(ny, 64), "x": min(nx, 64)}
+    ch = {"time": PIECE_DAYS, "y": min(ny, 64), "x": min(nx, 64)}
     out = []
     for ds in (feats, layers):
         ds = ds.chunk(ch)
@@ -78,9 +84,24 @@ def run_forcing(ctx: Context, p: dict) -> None:
         raise FeatureError(f"periods.product.start {p['product_start']}: the three layers' "
                            f"{p['lead_days']}-day lead-in needs forcing from {need}; ERA5 entry "
                            f"{p['era5']!r} starts {have[0]}")
-    feats, layers = _forcing(p, era5, max(p["start"], have[0]), ctx.end(p["end"]))
-    ctx.write(feats, ctx.out("features.zarr"))
-    ctx.write(layers, ctx.out("era5_layers.zarr"))
+    times = pd.date_range(max(p["start"], have[0]), ctx.end(p["end"]), freq="D").values
+
+    def build(s: slice) -> dict:
+        first, last = (pd.Timestamp(times[i]).date() for i in (s.start, s.stop - 1))
+        feats, layers = _forcing(p, era5, first, last)
+        if feats.sizes["time"] != s.stop - s.start:
+            raise FeatureError(f"ERA5 entry {p['era5']!r}: days {first}..{last} give "
+                               f"{feats.sizes['time']} daily values; expected "
+                               f"{s.stop - s.start} (missing hours?)")
+        return {"features": feats, "layers": layers}
+
+    with ctx.chunk_bar("pieces") as progress:
+        res = write_pieces(build, {"features": ctx.out("features.zarr"),
+                                   "layers": ctx.out("era5_layers.zarr")}, times,
+                           piece_days=PIECE_DAYS, config_hash=ctx.config_hash,
+                           storage_options=ctx.so, client=ctx.client, progress=progress)
+    ctx.say(f"{res['pieces']} pieces of {PIECE_DAYS} days ({res['skipped']} written before), "
+            f"largest graph {res['largest_graph']} tasks")
 
 
 def update_forcing(ctx: Context, p: dict) -> None:
