@@ -163,6 +163,10 @@ def _print_summary(ctx) -> None:
                 print(f"    {label:<18} {e['start']:<10}  {e['end']:<10}  {e['R']:6.3f} "
                       f"{e['ubRMSE']:7.4f} {e['bias']:+7.4f} {e[n]:>10}")
     _print_validate_tables(ctx)
+    top = ctx.summary.get("importance")
+    if top:
+        print("  permutation importance, the input whose permutation costs most (median NRMSE):")
+        print("    " + ", ".join(f"{layer} {feature}" for layer, feature in top.items()))
     if ctx.timings:
         print(f"  stages run: {', '.join(f'{k} {v:.0f}s' for k, v in ctx.timings.items())}")
 
