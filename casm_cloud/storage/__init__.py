@@ -23,8 +23,9 @@ This package is the only code that calls ``to_zarr``: a whole small dataset
 goes through :func:`write_dataset`, a lazy one template-first through
 :func:`write_template` and :func:`region_writes` (or :func:`write_region`
 per chunk), and the time axis grows only through :func:`grow_time` (used by
-:func:`append_time` and by inference's store).  See ``docs/architecture.md``
-("Storage").
+:func:`append_time` and by inference's store); a store in a provider's
+layout, outside this protocol (the simulator's ARCO-ERA5), is written as
+given by :func:`write_plain_zarr`.  See ``docs/architecture.md`` ("Storage").
 
 A store's server failing (a refused or dropped connection, a timeout, a
 server error after the client's retries, a full disk) while this package, or
@@ -33,11 +34,13 @@ reads or writes raises :class:`~casm_cloud.errors.StoreUnreachableError`
 naming the URL; the write it interrupted is not marked complete.
 
 Its modules, one concept each: :mod:`~casm_cloud.storage.files` (URLs, file
-systems, small objects: markers, recipes, bytes), :mod:`~casm_cloud.storage.stores`
-(the Zarr write protocol above), :mod:`~casm_cloud.storage.timeaxis` (a store's time
-axis growing), :mod:`~casm_cloud.storage.guard` (a store that cannot be reached) and
-:mod:`~casm_cloud.storage.secrets` (which options hold credentials).  Callers use the
-names here (``storage.write_dataset``), looked up on this package.
+systems, small objects: markers, recipes, a provider's files' bytes),
+:mod:`~casm_cloud.storage.stores` (the Zarr write protocol above, and a store
+written as given in a provider's layout), :mod:`~casm_cloud.storage.timeaxis` (a
+store's time axis growing), :mod:`~casm_cloud.storage.guard` (a store that cannot
+be reached) and :mod:`~casm_cloud.storage.secrets` (which options hold
+credentials).  Callers use the names here (``storage.write_dataset``), looked up
+on this package.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from casm_cloud.storage.files import (
     read_text,
     remove,
     url_to_fs,
+    write_bytes,
     write_marker,
     write_text,
 )
@@ -71,6 +75,7 @@ from casm_cloud.storage.stores import (
     region_writes,
     store_state,
     write_dataset,
+    write_plain_zarr,
     write_region,
     write_template,
     zarr_encoding,
@@ -88,6 +93,7 @@ __all__ = [
     "zarr_encoding",
     "open_zarr",
     "write_dataset",
+    "write_plain_zarr",
     "write_template",
     "write_region",
     "region_writes",
@@ -101,6 +107,7 @@ __all__ = [
     "store_state",
     "secret_keys",
     "check_writable",
+    "write_bytes",
     "write_text",
     "read_text",
     "write_marker",

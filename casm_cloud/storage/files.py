@@ -10,8 +10,8 @@ import fsspec
 
 from casm_cloud.storage.guard import _reaching
 
-__all__ = ["join", "url_to_fs", "exists", "remove", "check_writable", "write_text",
-           "read_text", "write_marker", "read_marker"]
+__all__ = ["join", "url_to_fs", "exists", "remove", "check_writable", "write_bytes",
+           "write_text", "read_text", "write_marker", "read_marker"]
 
 def join(root: str, *parts: str) -> str:
     """Join path parts onto a local path or URL with ``/``."""
@@ -58,12 +58,18 @@ def check_writable(url: str, storage_options: Mapping | None = None) -> None:
         fs.rm(probe)
 
 
-def write_text(url: str, text: str, storage_options: Mapping | None = None) -> None:
-    """Write a small text file (a marker, a recipe) at ``url`` in one put, creating its folder."""
+def write_bytes(url: str, data: bytes, storage_options: Mapping | None = None) -> None:
+    """Write a file (a provider's netCDF, HDF5 or binary file) at ``url`` in one put,
+    creating its folder."""
     fs, path = url_to_fs(url, storage_options)
     with _reaching(url, "writing it"):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        fs.pipe(path, text.encode())
+        fs.pipe(path, bytes(data))
+
+
+def write_text(url: str, text: str, storage_options: Mapping | None = None) -> None:
+    """Write a small text file (a marker, a recipe) at ``url`` in one put, creating its folder."""
+    write_bytes(url, text.encode(), storage_options)
 
 
 def read_text(url: str, storage_options: Mapping | None = None) -> str | None:

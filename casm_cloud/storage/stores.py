@@ -20,7 +20,7 @@ from casm_cloud.storage.files import exists, join, remove, url_to_fs
 from casm_cloud.storage.guard import _reaching, zarr_store
 
 __all__ = ["COMPLETE_ATTR", "HASH_ATTR", "zarr_encoding", "open_zarr", "write_dataset",
-           "write_template", "write_region", "region_writes", "ChunkRecord", "zarr_group",
+           "write_plain_zarr", "write_template", "write_region", "region_writes", "ChunkRecord", "zarr_group",
            "mark_complete", "consolidate", "store_state"]
 
 COMPLETE_ATTR = "casm_complete"
@@ -79,6 +79,32 @@ def write_dataset(ds: xr.Dataset, url: str, storage_options: Mapping | None = No
     ds.to_zarr(zarr_store(url, storage_options), mode="w", consolidated=False,
                encoding=zarr_encoding(ds), zarr_format=3)
     mark_complete(url, storage_options, config_hash=config_hash)
+
+
+def write_plain_zarr(ds: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
+                     encoding: Mapping | None = None, append_dim: str | None = None,
+                     consolidated: bool = False) -> None:
+    """Write ``ds`` as it is to a Zarr v3 store outside the protocol (someone else's layout).
+
+    For stores that imitate a provider's public store (the simulated ARCO-ERA5 of
+    :mod:`casm_cloud.simulate.provider.era5`): no completion mark, no config hash and no
+    encoding of ours, only ``encoding`` as given.  With ``append_dim`` the data are
+    appended along it to the store at ``url``; without, whatever is at ``url`` is
+    replaced.  ``consolidated`` writes Zarr's consolidated metadata, as such a store has.
+    """
+    import warnings
+
+    target = zarr_store(url, storage_options)
+    if append_dim is None:
+        remove(url, storage_options)
+    with warnings.catch_warnings():
+        # as in consolidate(): consolidated metadata is zarr-python's, not yet the v3 spec's
+        warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
+        if append_dim is None:
+            ds.to_zarr(target, mode="w", encoding=dict(encoding or {}), zarr_format=3,
+                       consolidated=consolidated)
+        else:
+            ds.to_zarr(target, append_dim=append_dim, zarr_format=3, consolidated=consolidated)
 
 
 def write_template(template: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
