@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import xarray as xr
 
 from casm_cloud import storage
@@ -26,39 +25,14 @@ def aggregate_params(r) -> dict:
 
 
 def _aggregated(p: dict, cat, kind: str, start, end) -> xr.Dataset | None:
-    """Lazy n-day means of one source on the window, complete bins only (None: no bin).
+    """Lazy n-day means of one source on the window, complete bins only (None: no bin)."""
+    from casm_cloud.aggregate import source_means
 
-    A partial last bin comes with the next update, so stored bins never change.
-    """
-    from casm_cloud.aggregate import nday_mean, screen_frozen
-    from casm_cloud.catalog import SourceError, open_source
-    from casm_cloud.regrid import on_window
-
-    entry = p["entries"][kind]
-    # window, period and variables pushed down: the adapter reads only what is asked
-    try:
-        ds = open_source(cat, entry, window=p["window"], period=(start, end),
-                         variables=p["channels"][kind])
-    except SourceError as err:
-        if "no data in the period" not in str(err) and "no time step" not in str(err):
-            raise
-        return None  # a source without data in these months (an update past its end)
-    ds = on_window(ds, p["window"], name=f"catalog entry {entry!r}")
-    ds = ds.sel(time=slice(str(start), str(end)))
-    if ds.sizes["time"] == 0:
-        return None
-    if kind != "truth" and p["era5"]:
-        era5 = open_source(cat, p["era5"], window=p["window"], period=(start, end),
-                           variables=["skt"])
-        ds = screen_frozen(ds, era5["skt"], p["frozen_skt_k"])
-    n = p["n_days"]
-    out = nday_mean(ds, n, anchor=str(p["anchor"]), min_count=p["min_count"])
-    out = out.sel(time=slice(None, np.datetime64(end) + np.timedelta64(1 - n, "D")))
-    if out.sizes["time"] == 0:
-        return None
-    out = out.chunk(p["chunks"])
-    out.attrs.update(p["window"].identity())
-    return out
+    return source_means(cat, p["entries"][kind], window=p["window"], start=start, end=end,
+                        variables=p["channels"][kind],
+                        era5=p["era5"] if kind != "truth" else None,
+                        frozen_skt_k=p["frozen_skt_k"], n_days=p["n_days"],
+                        anchor=p["anchor"], min_count=p["min_count"], chunks=p["chunks"])
 
 
 def _catalog(p: dict):
