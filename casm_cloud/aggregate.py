@@ -21,6 +21,7 @@ Public API::
     nday_mean(ds, n=3, anchor="2002-01-01", min_count=1)
     daily_mean(ds, min_count=6)
     bin_start(times, n=3, anchor="2002-01-01")
+    source_means(cat, "smos", window=w, start=..., end=..., variables=[...], n_days=3, ...)
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["DEFAULT_ANCHOR", "nday_mean", "daily_mean", "bin_index", "bin_start"]
+__all__ = ["DEFAULT_ANCHOR", "nday_mean", "daily_mean", "bin_index", "bin_start",
+           "screen_frozen", "source_means"]
 
 #: Anchor of the n-day bins of every CASM product (docs/science.md, "Data model").
 DEFAULT_ANCHOR = "2002-01-01"
@@ -269,3 +271,48 @@ def screen_frozen(ds: xr.Dataset, skt: xr.DataArray, threshold_k: float) -> xr.D
     days = ds["time"].dt.floor("D").values
     skt = skt.reindex(time=days).assign_coords(time=ds["time"].values)
     return ds.where(~(skt < threshold_k))  # NaN skt: not frozen
+
+
+def source_means(cat, entry: str, *, window, start, end, variables: list[str], n_days: int,
+                 anchor=DEFAULT_ANCHOR, min_count: int = 1, chunks: dict | None = None,
+                 era5: str | None = None, frozen_skt_k: float | None = None
+                 ) -> xr.Dataset | None:
+    """Lazy n-day means of one catalog source on ``window``, complete bins only.
+
+    The source is opened with the window, the period and the variables pushed
+    down (the adapter reads only what is asked), put on the window, screened
+    for frozen soil where ``era5`` names the catalog entry of its skin
+    temperature (:func:`screen_frozen` with ``frozen_skt_k``), and averaged
+    into anchored ``n_days`` bins (:func:`nday_mean`).  A partial last bin
+    (one ending after ``end``) is left out: it comes with the next update, so
+    stored bins never change.
+
+    Returns
+    -------
+    xarray.Dataset or None
+        Chunked as ``chunks``, with the window's identity attributes; None
+        where the source has no data in the period or no complete bin.
+    """
+    from casm_cloud.catalog import SourceError, open_source
+    from casm_cloud.regrid import on_window
+
+    try:
+        ds = open_source(cat, entry, window=window, period=(start, end), variables=variables)
+    except SourceError as err:
+        if "no data in the period" not in str(err) and "no time step" not in str(err):
+            raise
+        return None  # a source without data in these months (an update past its end)
+    ds = on_window(ds, window, name=f"catalog entry {entry!r}")
+    ds = ds.sel(time=slice(str(start), str(end)))
+    if ds.sizes["time"] == 0:
+        return None
+    if era5:
+        skt = open_source(cat, era5, window=window, period=(start, end), variables=["skt"])
+        ds = screen_frozen(ds, skt["skt"], frozen_skt_k)
+    out = nday_mean(ds, n_days, anchor=str(anchor), min_count=min_count)
+    out = out.sel(time=slice(None, np.datetime64(end) + np.timedelta64(1 - n_days, "D")))
+    if out.sizes["time"] == 0:
+        return None
+    out = out.chunk(dict(chunks or {}))
+    out.attrs.update(window.identity())
+    return out

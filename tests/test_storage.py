@@ -99,6 +99,31 @@ def test_write_dataset_replaces_and_marks_complete(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_plain_store_is_written_as_given_and_grows_along_time(tmp_path, where):
+    """A provider's layout (the simulated ARCO-ERA5): no completion mark, no encoding of ours,
+    consolidated when asked; an append grows it."""
+    import warnings
+
+    root = str(tmp_path) if where == "local" else "memory://casm-test/plain"
+    url = storage.join(root, "arco.zarr")
+    full = _template(n_time=6).astype("float32")
+    enc = {"sm": {"chunks": (1, 4, 5)}}
+    storage.write_plain_zarr(full.isel(time=slice(0, 4)), url, encoding=enc, consolidated=True)
+    storage.write_plain_zarr(full.isel(time=slice(4, 6)), url, append_dim="time",
+                             consolidated=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(url)
+    assert ds.sizes["time"] == 6 and ds.sm.encoding["chunks"] == (1, 4, 5)
+    assert storage.COMPLETE_ATTR not in ds.attrs and ds.attrs == {"title": "t"}
+    np.testing.assert_array_equal(ds.sm.values, full.sm.values)
+    storage.write_bytes(storage.join(root, "sub", "f.bin"), b"abc")  # its folder made
+    assert storage.read_text(storage.join(root, "sub", "f.bin")) == "abc"
+    if where == "memory":
+        storage.remove(root)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
 def test_a_finished_store_opens_with_plain_xarray_without_a_warning(tmp_path, where):
     """Consolidated once complete; an append drops the copy until it is complete again."""
     import warnings
@@ -241,6 +266,8 @@ def test_a_store_that_goes_away_raises_one_line_naming_it_then_the_write_complet
         "state": lambda: storage.store_state(url),
         "template": lambda: storage.write_template(tpl, url),
         "whole": lambda: storage.write_dataset(tpl.compute(), url),
+        "bytes": lambda: storage.write_bytes(storage.join(url, "file.nc"), b"CDF"),
+        "plain": lambda: storage.write_plain_zarr(tpl.compute(), storage.join(url, "plain")),
     }
     for what, attempt in attempts.items():
         with pytest.raises(storage.StoreUnreachableError) as caught:

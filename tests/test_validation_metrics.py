@@ -162,8 +162,10 @@ def test_metrics_stream_over_time_chunks_without_rechunking_the_record(monkeypat
         want = fn(x, y).values
         np.testing.assert_allclose(got.values, want, rtol=1e-11, atol=1e-13, err_msg=name)
         np.testing.assert_array_equal(np.isnan(got.values), np.isnan(want), err_msg=name)
-    seen, kernel = [], vm._call_block_moments
-    monkeypatch.setattr(vm, "_call_block_moments",
+    from casm_cloud.validation import moments
+
+    seen, kernel = [], moments._call_block_moments
+    monkeypatch.setattr(moments, "_call_block_moments",
                         lambda a, b: seen.append(a.shape[-1]) or kernel(a, b))
     vm.pair_moments(gx, gy)["n"].compute(scheduler="sync")
     assert seen and max(seen) <= 64, seen  # x's time chunks (y is aligned to them)

@@ -13,12 +13,14 @@ Public API::
                    "gs://bucket/run/validate", storage_options={...})
 
 Modules: :mod:`.stations` (ISMN ingest and selection), :mod:`.metrics`
-(vectorised pairwise metrics, equal to pytesmo), :mod:`.collocate` (station
-to cell or location), :mod:`.evaluate` (the per-station table and its
-aggregation), :mod:`.consistency` (steps at sensor changes),
-:mod:`.figures` (matplotlib, imported on use), :mod:`.workflow` (the
-validation run: tables, figures and summary into a folder URL) and
-:mod:`.exceptions` (the user errors; :class:`casm_cloud.errors.UserError`).
+(vectorised pairwise metrics, equal to pytesmo: closed forms of the pair
+moments of :mod:`.moments`), :mod:`.anomaly` (short-term anomalies and
+their R), :mod:`.collocate` (station to cell or location), :mod:`.evaluate`
+(the per-station table and its aggregation), :mod:`.consistency` (steps at
+sensor changes), :mod:`.figures` (matplotlib, imported on use),
+:mod:`.workflow` (the validation run: tables, figures and summary into a
+folder URL) and :mod:`.exceptions` (the user errors;
+:class:`casm_cloud.errors.UserError`).
 """
 
 from casm_cloud.validation.collocate import CollocationError, collocate

@@ -16,12 +16,9 @@ from casm_cloud import storage
 BLOCK_DAYS = 92
 
 
-def put(out: str, rel: str, data: bytes, storage_options: Mapping | None) -> str:
-    """Write ``data`` to ``<out>/<rel>`` (folders made); returns the path."""
-    fs, path = storage.url_to_fs(storage.join(out, rel), storage_options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    fs.pipe_file(path, bytes(data))
-    return path
+def put(out: str, rel: str, data: bytes, storage_options: Mapping | None) -> None:
+    """Write ``data`` to ``<out>/<rel>`` (folders made; :func:`casm_cloud.storage.write_bytes`)."""
+    storage.write_bytes(storage.join(out, rel), data, storage_options)
 
 
 def is_local(out: str, storage_options: Mapping | None) -> bool:

@@ -164,15 +164,14 @@ def _write_arco(hours: xr.Dataset, out: str, so, first: bool) -> None:
     arco = hours.rename({k: v for v, k in ARCO_NAMES.items() if k in hours.data_vars})
     url = storage.join(out, ARCO_PATH)
     # consolidated, as the public store is: an open reads one metadata document
-    kw = dict(storage_options=dict(so) or None, zarr_format=3, consolidated=True)
     if first:
         enc = {v: {"chunks": (1, arco.sizes["latitude"], arco.sizes["longitude"])}
                for v in arco.data_vars}
         enc["time"] = {"units": "hours since 1900-01-01", "calendar": "proleptic_gregorian",
                        "dtype": "int64"}
-        arco.to_zarr(url, mode="w", encoding=enc, **kw)
+        storage.write_plain_zarr(arco, url, so, encoding=enc, consolidated=True)
     else:
-        arco.to_zarr(url, append_dim="time", **kw)
+        storage.write_plain_zarr(arco, url, so, append_dim="time", consolidated=True)
 
 
 def _write_cds(hours: xr.Dataset, out: str, so, month: pd.Period) -> None:
