@@ -350,3 +350,31 @@ def test_simulated_stations_at_several_depths_read_back_through_ismn(tmp_path):
     assert set(table["layer"]) == {"sm_l1", "sm_l2", "sm_l3"}
     mids = table.assign(mid=(table["depth_from"] + table["depth_to"]) / 2)
     assert (mids[mids["layer"] == "sm_l1"]["mid"] <= 0.1).all()
+
+
+def test_predict_last_n_scores_the_window_tail_inside_the_period_only():
+    import torch
+
+    from casm_cloud.somo.training import fit_ealstm
+
+    rng = np.random.default_rng(1)
+    data = {"dynamic": rng.normal(size=(4, 100, 3)).astype(np.float32),
+            "static": rng.normal(size=(4, 2)).astype(np.float32)}
+    data["target"] = np.cumsum(data["dynamic"][..., 0], axis=1).astype(np.float32)
+    kw = dict(hidden=5, dropout=0.5, initial_forget_bias=5.0, window=12, epochs=2,
+              batch_size=16, lr=1e-2, samples_per_epoch=48, seed=2)
+
+    def weights(d, **extra):
+        model, _, _ = fit_ealstm(d, np.arange(3), (30, 100), **kw, **extra)
+        return list(model.state_dict().values())
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    paper = weights(data)
+    assert same(paper, weights(data, predict_last_n=1))    # the paper's: the last day only
+    tail = weights(data, predict_last_n=10)
+    assert not same(paper, tail)                           # the window's last 10 days scored
+    poisoned = dict(data, target=data["target"].copy())
+    poisoned["target"][:, :30] = 1e6                       # days before the period
+    assert same(tail, weights(poisoned, predict_last_n=10))

@@ -69,6 +69,8 @@ class SomoTraining(_Section):
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     samples_per_epoch: int | None = Field(None, ge=1)  # None: every sample each epoch
+    # each window's last n days scored (neuralhydrology's predict_last_n); 1: the paper's
+    predict_last_n: int = Field(1, ge=1)
 
 
 class SomoTargets(_Section):
@@ -120,7 +122,7 @@ class SomoImportance(_Section):
 #: Where each hyper-parameter of ``search.candidates`` lives in the recipe.
 SEARCHABLE = {"hidden": "model", "dropout": "model", "initial_forget_bias": "model",
               "lr": "training", "epochs": "training", "batch_size": "training",
-              "samples_per_epoch": "training"}
+              "samples_per_epoch": "training", "predict_last_n": "training"}
 
 
 class SomoSearch(_Section):

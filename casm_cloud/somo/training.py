@@ -138,8 +138,12 @@ def _samples(data: dict, train_cells: np.ndarray, t0: int, t1: int, window: int)
 
 def fit_ealstm(data: dict, train_cells: np.ndarray, period: tuple[int, int], *, hidden: int,
                dropout: float, initial_forget_bias: float, window: int, epochs: int,
-               batch_size: int, lr: float, samples_per_epoch: int | None, seed: int):
+               batch_size: int, lr: float, samples_per_epoch: int | None, seed: int,
+               predict_last_n: int = 1):
     """Train one EA-LSTM on the samples of ``train_cells`` in days ``period``.
+
+    With ``predict_last_n`` n > 1 each window's last n states are scored
+    against the targets of those days (those in the period), not only the last.
 
     Returns
     -------
@@ -191,6 +195,8 @@ def fit_ealstm(data: dict, train_cells: np.ndarray, period: tuple[int, int], *, 
     xt, st, yt = torch.from_numpy(x), torch.from_numpy(s), torch.from_numpy(y)
     sig = torch.from_numpy(sigma)
     steps = torch.arange(-window + 1, 1)
+    last = max(1, min(int(predict_last_n), window))
+    tail = torch.arange(-last + 1, 1)
     n = cells_days.shape[0]
     per_epoch = n if samples_per_epoch is None else min(int(samples_per_epoch), n)
     history = []
@@ -205,9 +211,13 @@ def fit_ealstm(data: dict, train_cells: np.ndarray, period: tuple[int, int], *, 
             t = torch.from_numpy(idx[:, 1])
             xb = xt[c[:, None], t[:, None] + steps[None, :]]
             sb = st[c][:, None, :].expand(-1, window, -1)
-            _, (h, _) = lstm(torch.cat([xb, sb], dim=2))
-            pred = head(drop(h[-1])).reshape(-1)
-            loss = torch.mean((pred - yt[c, t]) ** 2 / sig[c] ** 2)
+            states, _ = lstm(torch.cat([xb, sb], dim=2))
+            pred = head(drop(states[:, -last:])).squeeze(-1)         # (batch, last)
+            days = t[:, None] + tail[None, :]
+            target = yt[c[:, None], days]
+            keep = torch.isfinite(target) & (days >= t0)
+            err = (pred - torch.where(keep, target, 0.0)) ** 2 / sig[c, None] ** 2
+            loss = err[keep].mean()
             if not bool(torch.isfinite(loss)):
                 from casm_cloud.training import NonFiniteError
 
@@ -263,7 +273,7 @@ def train_variant(job: Mapping) -> dict:
     into the targets' cells), ``period`` (training start, end),
     ``predict_from`` (first day of the predictions at the cells), ``model``
     (hidden, dropout, initial_forget_bias, window), ``fit`` (epochs,
-    batch_size, lr, samples_per_epoch), ``seed``, ``out`` and
+    batch_size, lr, samples_per_epoch, predict_last_n), ``seed``, ``out`` and
     ``storage_options``.  Writes ``out/model.*`` (checkpoint), ``out/cells.zarr``
     (the layer's predictions at every station cell) and, last, ``out/_done.json``.
     A job already done (same ``_done.json``) is skipped.
@@ -295,7 +305,8 @@ def train_variant(job: Mapping) -> dict:
             data, np.asarray(job["train_cells"], np.int64), period, hidden=m["hidden"],
             dropout=m["dropout"], initial_forget_bias=m["initial_forget_bias"],
             window=m["window"], epochs=f["epochs"], batch_size=f["batch_size"], lr=f["lr"],
-            samples_per_epoch=f["samples_per_epoch"], seed=int(job["seed"]))
+            samples_per_epoch=f["samples_per_epoch"], seed=int(job["seed"]),
+            predict_last_n=f.get("predict_last_n", 1))
         pred = _predict_cells(model, data, scaler, m["window"],
                               _index(times, job["predict_from"]), period[1])
     dyn, sta, layer = list(job["dynamic"]), list(job["static"]), job["layer"]

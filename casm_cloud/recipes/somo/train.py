@@ -25,7 +25,8 @@ def train_params(r) -> dict:
     t, cv, e, sr = r.training, r.cv, r.ensemble, r.search
     return dict(dynamic=list(r.model.dynamic), static=list(r.model.static), model=_model(r),
                 fit=dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                         samples_per_epoch=t.samples_per_epoch),
+                         samples_per_epoch=t.samples_per_epoch,
+                         predict_last_n=t.predict_last_n),
                 period=[r.periods.training.start, r.periods.training.end],
                 folds=cv.folds, block_size=cv.block_size, cv_seed=cv.seed,
                 members=e.members, seed=e.seed,
