@@ -71,6 +71,25 @@ def test_recipe_end_to_end(somo_reference):
 
     spec = load_spec(str(Path(recipe.run_root, "train", "sm_l3", "seed_1")))
     assert spec.dynamic[-2:] == ("sm_l1", "sm_l2") and spec.window == 20
+    # each layer learns its target in ERA5's units at the cell (docs/science.md, "The
+    # target's units"): the grid's prediction (statics' maps) is the training's at the cells
+    assert spec.reference == ("era5_mean_sm_l3", "era5_std_sm_l3")
+    from casm_cloud.somo.predict import predict
+
+    statics = storage.open_zarr(recipe.run_root + "/statics/statics.zarr")
+    feats = storage.open_zarr(recipe.run_root + "/forcing/features.zarr")
+    era5 = storage.open_zarr(recipe.run_root + "/forcing/era5_layers.zarr")
+    c = recipe.periods.climatology
+    np.testing.assert_allclose(statics["era5_mean_sm_l1"].values, era5["sm_l1"].sel(
+        time=slice(str(c.start), str(c.end))).mean("time").values, rtol=1e-5)
+    seed = str(Path(recipe.run_root, "train", "sm_l1", "seed_1"))
+    tg = storage.open_zarr(recipe.run_root + "/targets/targets.zarr")
+    cells = storage.open_zarr(seed + "/cells.zarr")["sm_l1"]
+    days = slice(str(recipe.periods.training.start), str(recipe.periods.training.end))
+    grid = predict(seed, feats, statics, days.start, days.stop)["sm_l1"].isel(
+        y=xr.DataArray(tg["cell_y"].values, dims="cell"),
+        x=xr.DataArray(tg["cell_x"].values, dims="cell")).transpose("cell", "time")
+    np.testing.assert_allclose(grid.values, cells.sel(time=days).values, atol=2e-5)
     sensors = storage.open_zarr(recipe.run_root + "/targets/targets.zarr")
     assert int(sensors["n_stations_sm_l1"].max()) >= 1
 

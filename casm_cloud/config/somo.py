@@ -58,6 +58,10 @@ class SomoModel(_Section):
     dropout: float = Field(0.5, ge=0, lt=1)
     initial_forget_bias: float = 5.0
     window: int = Field(365, ge=2)
+    # the units each layer's network learns its target in: "era5" standardised by its ERA5
+    # cell's mean and std (what the targets are rescaled to; docs/science.md, "The target's
+    # units"); "absolute": m3 m-3 as in O & Orth (2021)
+    target: Literal["era5", "absolute"] = "era5"
     dynamic: tuple[str, ...] = ("log_tp", "t2m", "snr", "ssrd", "q", "skt")
     static: tuple[str, ...] = ("elevation", "elevation_std", "mean_precip", "aridity", "clay",
                                "sand", "silt", "porosity_top", "porosity_mid",
@@ -193,7 +197,7 @@ periods:
   training: {start: 2011-01-01, end: 2015-12-31}
   climatology: {start: 2011-01-01, end: 2015-12-31}
 model: {hidden: 24, window: 120}
-training: {epochs: 20, batch_size: 128, lr: 0.02, samples_per_epoch: 2048}
+training: {epochs: 20, batch_size: 128, lr: 0.02, samples_per_epoch: 2048, predict_last_n: 30}
 cv: {folds: 5, block_size: 2}
 ensemble: {members: 5}
 predict: {chunks: {time: 365, y: 16, x: 16}}

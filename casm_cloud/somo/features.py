@@ -47,7 +47,11 @@ from casm_cloud.sources._common import norm_units
 from casm_cloud.sources.era5 import ARCO_NAMES, daily_from_hourly, specific_humidity
 
 __all__ = ["FeatureError", "DYNAMIC_FEATURES", "PUBLISHED_DYNAMIC", "PUBLISHED_STATIC",
-           "LATENT_HEAT", "dynamic_features", "climatology", "static_features"]
+           "LATENT_HEAT", "dynamic_features", "climatology", "static_features",
+           "reference_names", "reference_maps", "REFERENCE_STD_FLOOR"]
+
+#: Least ERA5 layer standard deviation (m3 m-3) a target is standardised by.
+REFERENCE_STD_FLOOR = 1e-3
 
 #: Latent heat of vaporisation (MJ kg-1, FAO-56 at 20 °C): 1 MJ m-2 evaporates 1/λ mm.
 LATENT_HEAT = 2.45
@@ -274,3 +278,33 @@ def feature_units(names: Sequence[str], extra: Mapping[str, str] | None = None) 
         else:
             raise FeatureError(f"no units known for input {n!r}; pass units={{{n!r}: ...}}")
     return out
+
+
+def reference_names(layer: str) -> tuple[str, str]:
+    """The statics' names of ERA5's mean and standard deviation of ``layer`` (the units a
+    layer's network learns its target in: docs/science.md, "The target's units")."""
+    return f"era5_mean_{layer}", f"era5_std_{layer}"
+
+
+def reference_maps(era5_layers: xr.Dataset, start=None, end=None) -> xr.Dataset:
+    """ERA5's per-cell mean and standard deviation of each layer over a period (lazy).
+
+    The ISMN targets are rescaled to these moments of their ERA5 cell
+    (:mod:`casm_cloud.somo.targets`), so a network that learns
+    ``(target − mean) / std`` learns only what the rescaling leaves to it; the
+    product is ``mean + std · output`` (std floored at :data:`REFERENCE_STD_FLOOR`).
+    """
+    lo = None if start is None else pd.Timestamp(start)
+    hi = None if end is None else pd.Timestamp(end) + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    sub = era5_layers.sel(time=slice(lo, hi))
+    if sub.sizes.get("time", 0) == 0:
+        raise FeatureError(f"ERA5 layers: no days in the climatology period {start}..{end}")
+    out = {}
+    for layer in sub.data_vars:
+        mean, std = reference_names(str(layer))
+        attrs = {"units": "m3 m-3", "period": f"{start}..{end}"}
+        out[mean] = sub[layer].mean("time").astype("float32").assign_attrs(
+            attrs, long_name=f"ERA5 {layer} mean")
+        out[std] = np.maximum(sub[layer].std("time"), REFERENCE_STD_FLOOR).astype(
+            "float32").assign_attrs(attrs, long_name=f"ERA5 {layer} standard deviation")
+    return xr.Dataset(out)

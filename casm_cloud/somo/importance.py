@@ -76,8 +76,9 @@ def importance_task(job: Mapping) -> pd.DataFrame:
     layer, feature = job["layer"], job["feature"]
     dyn, sta = list(job["dynamic"]), list(job["static"])
     with worker_threads():
+        ck = load_checkpoint(job["checkpoint"], storage_options=so)
         data = cell_inputs(job["features"], job["statics"], job["targets"], layer, dyn, sta,
-                           job["previous"], so)
+                           job["previous"], so, reference=ck.meta.get("target_reference"))
         rng = np.random.default_rng(_seed(job["seed"], layer, job["fold"], feature))
         if feature == STATIC:
             data["static"] = permute_static(data["static"], rng)
@@ -85,8 +86,8 @@ def importance_task(job: Mapping) -> pd.DataFrame:
             data["dynamic"] = permute_time(data["dynamic"], dyn.index(feature), rng)
         held = np.asarray(job["held"], np.int64)
         data = {**data, "dynamic": data["dynamic"][held], "static": data["static"][held],
-                "target": data["target"][held]}
-        ck = load_checkpoint(job["checkpoint"], storage_options=so)
+                "target": data["target"][held],
+                **({"reference": data["reference"][:, held]} if "reference" in data else {})}
         mean, std = ck.meta["scaler"]["mean"], ck.meta["scaler"]["std"]
         scaler = {"dyn": (np.array([mean[n] for n in dyn]), np.array([std[n] for n in dyn])),
                   "sta": (np.array([mean[n] for n in sta]), np.array([std[n] for n in sta])),

@@ -68,6 +68,7 @@ class ModelSpec:
     units: tuple[tuple[str, str], ...]
     window: int = WINDOW
     clip_min: float | None = 0.0
+    reference: tuple[str, ...] = ()   # statics' (mean, std) maps of the target's units
     storage_options: str = "{}"       # JSON
     architecture: str = "{}"          # JSON: the network's shapes, for precision="auto"
 
@@ -114,6 +115,7 @@ def load_spec(checkpoint: str, storage_options: Mapping | None = None) -> ModelS
         target_std=float(std[meta["target"]]),
         units=tuple((n, str(units[n])) for n in (*dyn, *sta, meta["target"]) if n in units),
         window=int(meta.get("window", WINDOW)), clip_min=meta.get("clip_min", 0.0),
+        reference=tuple(meta.get("target_reference") or ()),
         storage_options=so_json, architecture=json.dumps(arch, sort_keys=True))
 
 
@@ -224,7 +226,7 @@ def make_plan(checkpoint: str | ModelSpec, features: xr.Dataset, statics: xr.Dat
                                                                             storage_options)
     units = dict(spec.units)
     _check_vars(features, spec.dynamic, units, "features", spec.path)
-    _check_vars(statics, spec.static, units, "statics", spec.path)
+    _check_vars(statics, (*spec.static, *spec.reference), units, "statics", spec.path)
     space = _spatial(features, statics, spec)
     sel = _out_times(features["time"].values, start, end, spec.window)
     dims = ("time", *space)
@@ -243,7 +245,7 @@ def make_plan(checkpoint: str | ModelSpec, features: xr.Dataset, statics: xr.Dat
     coords = {k: c.variable for k, c in features.coords.items()
               if k != "time" and set(c.dims) <= set(space)}
     return Plan(spec, dims, features["time"].values[sel].astype("datetime64[ns]"), sel.start,
-                out, dyn, statics[list(spec.static)], coords)
+                out, dyn, statics[list(dict.fromkeys((*spec.static, *spec.reference)))], coords)
 
 
 # --------------------------------------------------------------------------- the kernel
@@ -276,6 +278,10 @@ def block_values(spec: ModelSpec, dynamic: xr.Dataset, static: xr.Dataset,
     model = _model(spec.path, spec.content_hash, spec.storage_options, device, precision, batch)
     with numerics(device, precision):
         y = model(x, s) * np.float32(spec.target_std) + np.float32(spec.target_mean)
+    if spec.reference:                   # from ERA5's standardised units to m3 m-3
+        mean, std = (static[n].transpose(*space).values.reshape(cells, 1).astype(np.float32)
+                     for n in spec.reference)
+        y = y * std + mean
     if spec.clip_min is not None:
         y = np.where(y < spec.clip_min, np.float32(spec.clip_min), y)
     return np.moveaxis(y.reshape(*shape, -1), -1, 0)

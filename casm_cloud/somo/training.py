@@ -8,6 +8,9 @@ O & Orth (2021, Sci. Data 8, 170) and Kratzert et al. (2019, HESS 23, 5089):
 * inputs are standardised with the means and standard deviations of the
   training cells over the training period, saved in the checkpoint (with
   the target's), so :func:`casm_cloud.somo.predict` applies them;
+* with a ``reference`` (``model.target: era5``) the target is learnt in its
+  ERA5 cell's units, (target − μ) / σ, and predicted as μ + σ · output
+  (docs/science.md, "The target's units");
 * the loss is the squared error over the target's variance at the sample's
   cell, mean((ŷ − y)² / σ²_cell) (in standardised units, σ floored at
   :data:`SIGMA_FLOOR`), so every cell weighs alike whatever its variability;
@@ -87,11 +90,15 @@ def _cells(ds: xr.Dataset, cy: np.ndarray, cx: np.ndarray) -> xr.Dataset:
 
 def cell_inputs(features_url: str, statics_url: str, targets_url: str, layer: str,
                 dynamic: Sequence[str], static: Sequence[str], previous: Mapping[str, str],
-                storage_options: Mapping | None = None) -> dict:
+                storage_options: Mapping | None = None,
+                reference: Sequence[str] | None = None) -> dict:
     """NumPy inputs at the station cells: dynamic (cell, day, nd), static, target, times.
 
     ``previous`` maps the earlier layers' names (dynamic inputs of this
     layer) to the URLs of their predictions at the cells (same variant).
+    ``reference`` names the statics' (mean, std) maps the target is learnt in the
+    units of (:func:`casm_cloud.somo.features.reference_maps`): then ``reference``
+    holds their values at the cells, (2, cell).
     """
     so = dict(storage_options or {})
     tg = storage.open_zarr(targets_url, so, require_complete=True)
@@ -109,9 +116,14 @@ def cell_inputs(features_url: str, statics_url: str, targets_url: str, layer: st
     sta = _cells(storage.open_zarr(statics_url, so, require_complete=True)[list(static)], cy, cx)
     sta = sta.load()
     target = tg[layer].reindex(time=times).transpose("cell", "time").values.astype(np.float32)
-    return {"dynamic": np.stack(cols, axis=-1),
-            "static": np.stack([sta[n].values.astype(np.float32) for n in static], axis=-1),
-            "target": target, "times": times, "cell_y": cy, "cell_x": cx}
+    out = {"dynamic": np.stack(cols, axis=-1),
+           "static": np.stack([sta[n].values.astype(np.float32) for n in static], axis=-1),
+           "target": target, "times": times, "cell_y": cy, "cell_x": cx}
+    if reference:
+        ref = _cells(storage.open_zarr(statics_url, so, require_complete=True)[list(reference)],
+                     cy, cx).load()
+        out["reference"] = np.stack([ref[n].values.astype(np.float32) for n in reference])
+    return out
 
 
 def _scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +180,8 @@ def fit_ealstm(data: dict, train_cells: np.ndarray, period: tuple[int, int], *, 
         raise TargetError("no training sample: no station cell has a target in the training "
                           f"period with {window} days of complete inputs before it")
     dyn, sta, tgt = data["dynamic"], data["static"], data["target"]
+    if "reference" in data:                      # learn (target − mean) / std of ERA5's cell
+        tgt = (tgt - data["reference"][0][:, None]) / data["reference"][1][:, None]
     span = slice(max(t0 - window + 1, 0), t1)
     d_mean, d_std = _scaler(dyn[train_cells, span])
     s_mean, s_std = _scaler(sta[train_cells][:, None, :])
@@ -250,6 +264,8 @@ def _predict_cells(model, data: dict, scaler: dict, window: int, t0: int, t1: in
     x = ((data["dynamic"][:, lo - window + 1:t1] - d_mean) / d_std).astype(np.float32)
     s = ((data["static"] - s_mean) / s_std).astype(np.float32)
     y = WindowedModel(model, "cpu", "fp32", window=window)(x, s) * y_std + y_mean
+    if "reference" in data:
+        y = y * data["reference"][1][:, None] + data["reference"][0][:, None]
     out[:, lo:t1] = np.where(y < 0, 0.0, y)
     return out
 
@@ -297,7 +313,8 @@ def train_variant(job: Mapping) -> dict:
     t_start = time.perf_counter()
     with worker_threads():
         data = cell_inputs(job["features"], job["statics"], job["targets"], job["layer"],
-                           job["dynamic"], job["static"], job["previous"], so)
+                           job["dynamic"], job["static"], job["previous"], so,
+                           reference=job.get("reference"))
         times = data["times"]
         period = (_index(times, job["period"][0]), _index(times, job["period"][1]) + 1)
         m, f = job["model"], job["fit"]
@@ -319,6 +336,7 @@ def train_variant(job: Mapping) -> dict:
     meta = {"inputs": [*dyn, *sta], "dynamic_inputs": dyn, "static_inputs": sta,
             "target": layer, "scaler": {"mean": mean, "std": std}, "units": units,
             "window": int(m["window"]), "clip_min": 0.0, "seed": int(job["seed"]),
+            "target_reference": list(job.get("reference") or []),
             "metrics": {"n_samples": scaler["n_samples"], "history": history},
             "training": {"period": [str(p) for p in job["period"]], **dict(f),
                          "loss": "mse_over_cell_variance", "variant": job.get("variant"),

@@ -131,18 +131,22 @@ def statics_params(r) -> dict:
 
 
 def run_statics(ctx: Context, p: dict) -> None:
-    """The ten static features on the window (mean precipitation and aridity from ERA5).
+    """The ten static features on the window (mean precipitation and aridity from ERA5),
+    and ERA5's mean and std of each layer over the climatology (the targets' units).
 
     The static maps are the variables of the entries ``sources.static`` names, each opened
     on the window (the providers' ETOPO1 and GLDAS files, or one canonical store)."""
     from casm_cloud.catalog import open_source
-    from casm_cloud.somo.features import static_features
+    from casm_cloud.somo.features import reference_maps, static_features
 
     cat = _catalog(p)
     static = xr.merge([open_source(cat, name, window=p["window"]) for name in p["static"]],
                       compat="override", join="exact", combine_attrs="drop_conflicts")
     feats = _open(ctx, "forcing", "features.zarr")
     out = static_features(static, feats, start=str(p["start"]), end=str(p["end"]))
+    out = out.merge(reference_maps(_open(ctx, "forcing", "era5_layers.zarr"),
+                                   str(p["start"]), str(p["end"])).reset_coords(drop=True),
+                    join="exact")
     out = out.assign_coords({c: feats[c] for c in ("lat", "lon") if c in feats.coords})
     out.attrs.update(p["window"].identity())
     ctx.write(out, ctx.out("statics.zarr"))

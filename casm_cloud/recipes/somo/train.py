@@ -24,6 +24,7 @@ def train_params(r) -> dict:
 
     t, cv, e, sr = r.training, r.cv, r.ensemble, r.search
     return dict(dynamic=list(r.model.dynamic), static=list(r.model.static), model=_model(r),
+                target_units=r.model.target,
                 fit=dict(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                          samples_per_epoch=t.samples_per_epoch,
                          predict_last_n=t.predict_last_n),
@@ -55,6 +56,8 @@ def _folds(ctx: Context, p: dict, targets: xr.Dataset) -> np.ndarray:
 def _job(ctx: Context, p: dict, k: int, variant: tuple, model: dict, fit: dict,
          out: str | None = None) -> dict:
     """The worker task of one model of layer ``k`` (URLs and settings only)."""
+    from casm_cloud.somo.features import reference_names
+
     name, cells, seed = variant
     layer = LAYERS[k]
     return {"features": ctx.url("forcing", "features.zarr"),
@@ -63,6 +66,7 @@ def _job(ctx: Context, p: dict, k: int, variant: tuple, model: dict, fit: dict,
             "previous": {LAYERS[j]: ctx.out(LAYERS[j], name, "cells.zarr") for j in range(k)},
             "layer": layer, "dynamic": [*p["dynamic"], *LAYERS[:k]],
             "static": list(p["static"]), "train_cells": cells.tolist(),
+            "reference": list(reference_names(layer)) if p["target_units"] == "era5" else None,
             "period": [str(d) for d in p["period"]],
             "predict_from": str(_layer_start(p["period"][0], p["model"]["window"], k)),
             "model": dict(model), "fit": dict(fit), "seed": int(seed), "variant": name,
