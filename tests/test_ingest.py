@@ -13,6 +13,7 @@ import xarray as xr
 from casm_cloud import storage
 from casm_cloud.config import recipe_from_dict
 from casm_cloud.recipes import casm, runner
+from casm_cloud.recipes.stage import Context
 from casm_cloud.seasonal import SUMS_KBUF, open_sums, seasonal_params
 from casm_cloud.seasonal.fit import METHODS
 
@@ -43,8 +44,8 @@ def _recipe(sources: Path, root: Path, **seasonal):
     })
 
 
-def _ctx(recipe) -> runner.Context:
-    return runner.Context(recipe.run_root, dict(recipe.storage_options), progress=False)
+def _ctx(recipe) -> Context:
+    return Context(recipe.run_root, dict(recipe.storage_options), progress=False)
 
 
 def _stored(recipe, stage, name) -> xr.Dataset:

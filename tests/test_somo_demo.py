@@ -12,7 +12,7 @@ import yaml
 from casm_cloud import storage
 from casm_cloud.cli import main
 from casm_cloud.cli.summary import print_summary
-from casm_cloud.recipes.runner import Context
+from casm_cloud.recipes.stage import Context
 
 STAGES = ("forcing", "statics", "targets", "train", "predict", "validate", "report", "export")
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -8,7 +8,7 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.recipes.casm.common import _aggregate, _bins, _channels, _kinds, _next_bin
-from casm_cloud.recipes.runner import Context
+from casm_cloud.recipes.stage import Context
 
 log = logging.getLogger(__name__)
 
