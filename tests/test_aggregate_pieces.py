@@ -1,0 +1,186 @@
+"""The CASM aggregate stage in pieces (docs/architecture.md, "Stages in pieces"): the means
+of the whole record in one graph, bit for bit; the seasonal sums merged over the pieces are
+the record's, so the seasonal stage gets the fit of the stored aggregates; the largest
+piece's graph does not grow with the record; a stage killed mid-way recomputes only the
+pieces it had not recorded, to the same bits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+from casm_cloud import pieces, storage
+from casm_cloud.config import recipe_from_dict
+from casm_cloud.recipes import casm, runner
+from casm_cloud.recipes.casm import ingest
+from casm_cloud.seasonal import lazy_sums, open_sums, seasonal_params, sums_usable
+
+START, UNTIL = "2015-01-01", "2015-12-31"
+ENDS = {"half": "2015-06-30", "year": "2015-12-31"}  # the year's record is 2x the half's
+STAGES = casm.STAGES[:2]  # aggregate, seasonal
+CHUNK = 4  # time chunk of the stores (bins): pieces of ingest.PIECE_CHUNKS * 4 bins
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    from casm_cloud.simulate import write_simulation
+
+    out = tmp_path_factory.mktemp("sources")
+    write_simulation(str(out), region="tiny", start=START, end=UNTIL, seed=3, amsre_ease1=True)
+    return out
+
+
+def _recipe(sources: Path, root: Path, end: str):
+    return recipe_from_dict({
+        "name": "pieces", "run_root": str(root / "run"),
+        "sources": {"catalog": str(sources / "catalog.yaml"), "truth": "truth", "era5": "era5",
+                    "amsre": "amsr2"},  # no AMSR-E after 2011: its channels from AMSR2
+        "grid": {"name": "M25", "region": "tiny"},
+        "period": {"start": START, "end": end},
+        "predict": {"chunks": {"time": CHUNK, "y": 4, "x": 8}},
+        "aggregate": {"min_count": 3},  # swath gaps: some pixels take the median fallback
+    })
+
+
+def _ctx(recipe, client=None) -> runner.Context:
+    return runner.Context(recipe.run_root, dict(recipe.storage_options), client=client,
+                          progress=False)
+
+
+def _stored(recipe, stage: str, name: str) -> xr.Dataset:
+    return storage.open_zarr(f"{recipe.run_root}/{stage}/{name}", require_complete=True)
+
+
+def _sums(recipe, kind: str) -> xr.Dataset:
+    return open_sums(f"{recipe.run_root}/aggregate/{kind}_seasonal_sums.zarr")
+
+
+class _Spy:
+    """Wraps ``pieces.write_pieces``: per source, its result and the pieces it computed."""
+
+    def __init__(self, monkeypatch):
+        self.real, self.results, self.computed = pieces.write_pieces, {}, {}
+        monkeypatch.setattr(pieces, "write_pieces", self)
+
+    def __call__(self, build, urls, times, *, on_piece, **kw):
+        (kind,) = urls
+        done = self.computed.setdefault(kind, [])
+
+        def spied(i, value):
+            done.append(i)
+            on_piece(i, value)
+
+        self.results[kind] = res = self.real(build, urls, times, on_piece=spied, **kw)
+        return res
+
+
+@pytest.fixture(scope="module")
+def ran(sources, tmp_path_factory):
+    """aggregate + seasonal of the half year and of the year, uninterrupted, serially."""
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, end in ENDS.items():
+            recipe = _recipe(sources, tmp_path_factory.mktemp(name), end)
+            spy = _Spy(mp)
+            runner.run_stages(STAGES, recipe, _ctx(recipe))
+            out[name] = recipe, spy.results
+            mp.undo()
+    return out
+
+
+def test_pieces_give_the_whole_records_means_and_the_fit_of_the_stored_aggregates(ran):
+    recipe, results = ran["year"]
+    p = casm.aggregate_params(recipe)
+    cat = casm._catalog(p)
+    for kind in p["entries"]:
+        got = _stored(recipe, "aggregate", f"{kind}.zarr")
+        assert results[kind]["pieces"] > 2
+        assert len(storage.ChunkRecord(f"{recipe.run_root}/aggregate/{kind}.zarr").done()) \
+            == results[kind]["pieces"]
+        # the previous stage: the record's means in one graph (the days of its complete bins)
+        end = (got["time"].values[-1].astype("datetime64[D]")
+               + np.timedelta64(p["n_days"] - 1, "D")).astype(dt.date)
+        want = casm._aggregated(p, cat, kind, p["start"], end)
+        np.testing.assert_array_equal(got["time"].values, want["time"].values)
+        for name in want.data_vars:
+            np.testing.assert_array_equal(got[name].values, want[name].compute().values,
+                                          err_msg=f"{kind} {name}")
+        # the merged sums are those of the whole record in one pass, bit for bit
+        (whole,) = dask.compute(lazy_sums(want))
+        sums = _sums(recipe, kind)
+        np.testing.assert_array_equal(sums["sums"].values, whole["sums"].values, err_msg=kind)
+        kept = sums["sparse_index"].values >= 0  # not write_sums' row of an empty buffer
+        np.testing.assert_array_equal(sums["sparse_index"].values[kept],
+                                      whole["sparse_index"].values, err_msg=kind)
+        if kept.any():
+            np.testing.assert_array_equal(sums["sparse_values"].values,
+                                          whole["sparse_values"].values, err_msg=kind)
+        # and the seasonal stage finished from them the fit of the stored aggregates
+        channels = casm._channels(recipe, kind)
+        assert sums_usable(sums, got[channels], channels) is None
+        fitted = seasonal_params(got[channels], channels).compute()
+        params = _stored(recipe, "seasonal", f"{kind}.zarr").compute()
+        for name in fitted.data_vars:
+            np.testing.assert_array_equal(params[name].values, fitted[name].values,
+                                          err_msg=f"{kind} {name}")
+
+
+def test_the_largest_piece_does_not_grow_with_the_record(ran):
+    largest = {}
+    for name in ENDS:
+        recipe, results = ran[name]
+        largest[name] = max(r["largest_graph"] for r in results.values())
+        print(f"{name} ({recipe.period.start}..{recipe.period.end}): pieces "
+              f"{ {k: r['pieces'] for k, r in results.items()} }, largest graph "
+              f"{largest[name]} tasks")
+    assert ran["year"][1]["smos"]["pieces"] == 2 * ran["half"][1]["smos"]["pieces"]
+    assert largest["year"] <= 1.05 * largest["half"], largest
+
+
+def _killed(value, start):
+    raise RuntimeError(f"killed at the piece from bin {start}")
+
+
+@pytest.mark.parametrize("with_client", [False, True])
+def test_killed_mid_way_recomputes_only_unrecorded_pieces_to_the_same_bits(
+        ran, sources, tmp_path, monkeypatch, with_client, client):
+    want, results = ran["half"]
+    recipe = _recipe(sources, tmp_path, ENDS["half"])
+    kill_at, kind = 3, "smos"  # the first source (the others have not started), of 4 pieces
+    assert results[kind]["pieces"] > kill_at
+    real = lazy_sums
+
+    def dies_at_piece_k(ds, *a, region=None, **k):
+        out = real(ds, *a, region=region, **k)
+        start = region["time"].start
+        if start == kill_at * ingest.PIECE_CHUNKS * CHUNK and k["write_to"].endswith(
+                f"/{kind}.zarr"):
+            return dask.delayed(_killed)(out, start)
+        return out
+
+    c = client if with_client else None
+    with monkeypatch.context() as mp:
+        mp.setattr("casm_cloud.seasonal.lazy_sums", dies_at_piece_k)
+        with pytest.raises(RuntimeError, match="killed"):
+            runner.run_stages(STAGES, recipe, _ctx(recipe, c))
+    assert not storage.store_state(f"{recipe.run_root}/aggregate/{kind}.zarr")["complete"]
+    spy = _Spy(monkeypatch)
+    runner.run_stages(STAGES, recipe, _ctx(recipe, c))
+    n = spy.results[kind]["pieces"]
+    recomputed = sorted(spy.computed[kind])
+    if with_client:  # at most IN_FLIGHT pieces before k were lost with the kill
+        assert recomputed[0] >= kill_at - pieces.IN_FLIGHT
+        assert recomputed == list(range(recomputed[0], n))
+    else:
+        assert recomputed == list(range(kill_at, n))
+        assert spy.results[kind]["skipped"] == kill_at
+    for k in casm._kinds(recipe):
+        for stage, name in (("aggregate", f"{k}.zarr"), ("seasonal", f"{k}.zarr")):
+            xr.testing.assert_identical(_stored(recipe, stage, name).load(),
+                                        _stored(want, stage, name).load())
+        xr.testing.assert_identical(_sums(recipe, k), _sums(want, k))
