@@ -18,12 +18,47 @@ from casm_cloud import pieces, storage
 from casm_cloud.config import recipe_from_dict
 from casm_cloud.recipes import casm, runner
 from casm_cloud.recipes.casm import ingest
-from casm_cloud.seasonal import lazy_sums, open_sums, seasonal_params, sums_usable
+from casm_cloud.seasonal import (
+    SeasonalError,
+    lazy_sums,
+    merge_sums,
+    open_sums,
+    params_from_sums,
+    seasonal_params,
+    sums_usable,
+    write_sums,
+)
 
 START, UNTIL = "2015-01-01", "2015-12-31"
 ENDS = {"half": "2015-06-30", "year": "2015-12-31"}  # the year's record is 2x the half's
 STAGES = casm.STAGES[:2]  # aggregate, seasonal
 CHUNK = 4  # time chunk of the stores (bins): pieces of ingest.PIECE_CHUNKS * 4 bins
+
+
+@pytest.mark.parametrize("chunks_per_piece", [1, 2, 4])
+def test_merged_sums_of_power_of_two_pieces_are_the_whole_series_bit_for_bit(
+        tmp_path, chunks_per_piece):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n, chunk = 37 * 8 + 5, 8
+    x = rng.normal(280, 5, (n, 3, 4)).astype("f4")
+    x[rng.random(x.shape) < 0.9] = np.nan  # most pixels sparse: the buffers merge
+    ds = xr.Dataset({"a": (("time", "y", "x"), x), "b": (("time", "y", "x"), 1.1 * x)},
+                    coords={"time": pd.date_range("2011-01-01", periods=n, freq="3D")}
+                    ).chunk({"time": chunk, "y": 2, "x": 2})
+    (whole,) = dask.compute(lazy_sums(ds))
+    size = chunks_per_piece * chunk
+    urls = [str(tmp_path / f"{i}.zarr") for i in range(0, n, size)]
+    for i, url in zip(range(0, n, size), urls, strict=True):
+        write_sums(dask.compute(lazy_sums(ds.isel(time=slice(i, i + size))))[0], url)
+    merged = merge_sums(open_sums(u) for u in urls)  # stored, read one at a time
+    xr.testing.assert_identical(merged, whole)
+    fitted = seasonal_params(ds, min_obs=20).compute()
+    xr.testing.assert_identical(params_from_sums(merged, min_obs=20)[list(fitted.data_vars)],
+                                fitted[list(fitted.data_vars)])
+    with pytest.raises(SeasonalError, match="variables"):
+        merge_sums([whole, dask.compute(lazy_sums(ds[["a"]]))[0]])
 
 
 @pytest.fixture(scope="module")
