@@ -128,11 +128,11 @@ def ran(sources, tmp_path_factory):
     return out
 
 
-def test_pieces_give_the_whole_records_means_and_the_fit_of_the_stored_aggregates(ran):
-    recipe, results = ran["year"]
+def _assert_whole_record(recipe, results: dict, kinds) -> None:
+    """The stored means, sums and parameters are those of the record in one graph."""
     p = casm.aggregate_params(recipe)
     cat = casm._catalog(p)
-    for kind in p["entries"]:
+    for kind in kinds:
         got = _stored(recipe, "aggregate", f"{kind}.zarr")
         assert results[kind]["pieces"] > 2
         assert len(storage.ChunkRecord(f"{recipe.run_root}/aggregate/{kind}.zarr").done()) \
@@ -163,6 +163,38 @@ def test_pieces_give_the_whole_records_means_and_the_fit_of_the_stored_aggregate
         for name in fitted.data_vars:
             np.testing.assert_array_equal(params[name].values, fitted[name].values,
                                           err_msg=f"{kind} {name}")
+
+
+def test_pieces_give_the_whole_records_means_and_the_fit_of_the_stored_aggregates(ran):
+    recipe, results = ran["year"]
+    _assert_whole_record(recipe, results, casm.aggregate_params(recipe)["entries"])
+
+
+def test_pieces_without_data_are_nan_bins_as_in_the_whole_record(sources, tmp_path,
+                                                                 monkeypatch):
+    """SMOS without data from 10 February to May: two pieces with no data at all (opened:
+    none), the next without its first bins; the record's means and fit all the same."""
+    import shutil
+
+    copy = tmp_path / "sources"
+    shutil.copytree(sources, copy)
+    smos = storage.open_zarr(str(copy / "smos.zarr")).load()
+    t = smos["time"].values
+    gap = (t >= np.datetime64("2015-02-10")) & (t < np.datetime64("2015-06-01"))
+    storage.write_dataset(smos.isel(time=~gap), str(copy / "smos.zarr"))
+    recipe = _recipe(copy, tmp_path, ENDS["half"])
+    calls = []
+    real = ingest._aggregated
+    monkeypatch.setattr(ingest, "_aggregated", lambda p, cat, kind, start, end: calls.append(
+        (kind, real(p, cat, kind, start, end))) or calls[-1][1])
+    spy = _Spy(monkeypatch)
+    runner.run_stages(STAGES, recipe, _ctx(recipe))
+    got = [ds for kind, ds in calls[len(casm._kinds(recipe)):] if kind == "smos"]
+    assert sum(ds is None for ds in got) >= 2  # whole pieces without data
+    monkeypatch.undo()
+    _assert_whole_record(recipe, spy.results, ["smos"])
+    means = _stored(recipe, "aggregate", "smos.zarr")["tb_h"]
+    assert means.sel(time=slice("2015-02-10", "2015-05-27")).isnull().all()
 
 
 def test_the_largest_piece_does_not_grow_with_the_record(ran):

@@ -59,16 +59,6 @@ def _piece_sums_url(ctx: Context, kind: str, i: int) -> str:
     return ctx.out(f"{kind}_seasonal_sums_pieces", f"{i:05d}.zarr")
 
 
-def _piece_sums(ctx: Context, kind: str, i: int):
-    """Piece ``i``'s stored sums of this configuration (None if there are none)."""
-    from casm_cloud.seasonal import open_sums
-
-    url = _piece_sums_url(ctx, kind, i)
-    if storage.store_state(url, ctx.so)["config_hash"] != ctx.config_hash:
-        return None
-    return open_sums(url, ctx.so)
-
-
 def _write_in_pieces(ctx: Context, p: dict, cat, kind: str, whole: xr.Dataset) -> None:
     """Write a source's n-day means piece by piece and, in the same tasks, their seasonal sums.
 
@@ -81,7 +71,7 @@ def _write_in_pieces(ctx: Context, p: dict, cat, kind: str, whole: xr.Dataset) -
     from which the seasonal stage finishes the fit.
     """
     from casm_cloud.pieces import template_like, write_pieces
-    from casm_cloud.seasonal import lazy_sums, merge_sums, write_sums
+    from casm_cloud.seasonal import lazy_sums, merge_sums, open_sums, write_sums
 
     url, times = ctx.out(f"{kind}.zarr"), whole["time"].values
     chunk = int(p["chunks"].get("time") or whole.chunksizes["time"][0])
@@ -111,13 +101,15 @@ def _write_in_pieces(ctx: Context, p: dict, cat, kind: str, whole: xr.Dataset) -
                            writes=writes, on_piece=keep)
     ctx.say(f"{kind}: {res['pieces']} pieces of {PIECE_CHUNKS * chunk} bins "
             f"({res['skipped']} written before), largest graph {res['largest_graph']} tasks")
-    parts = [_piece_sums(ctx, kind, i) for i in range(res["pieces"])]
-    if any(part is None for part in parts):  # the seasonal stage fits from the aggregates
+    urls = [_piece_sums_url(ctx, kind, i) for i in range(res["pieces"])]
+    states = [storage.store_state(u, ctx.so) for u in urls]
+    if not all(st["complete"] and st["config_hash"] == ctx.config_hash for st in states):
+        # not expected (a piece is recorded after its sums): the seasonal stage then fits
         log.warning("aggregate: %s has pieces without stored seasonal sums", kind)
         storage.remove(_sums_url(ctx, ctx.stage, kind), ctx.so)
         return
-    write_sums(merge_sums(parts), _sums_url(ctx, ctx.stage, kind), ctx.so,
-               config_hash=ctx.config_hash)
+    write_sums(merge_sums(open_sums(u, ctx.so) for u in urls),  # one piece at a time
+               _sums_url(ctx, ctx.stage, kind), ctx.so, config_hash=ctx.config_hash)
 
 
 def run_aggregate(ctx: Context, p: dict) -> None:
