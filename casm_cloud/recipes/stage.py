@@ -110,7 +110,8 @@ class Context:
             return
         from tqdm import tqdm
 
-        bar = tqdm(desc=f"[casm-cloud]   {what}", unit="chunk", leave=False)
+        # the line of the (paused) task bar: a second line would leave cursor moves on stderr
+        bar = tqdm(desc=f"[casm-cloud]   {what}", unit="chunk", leave=False, position=0)
 
         def progress(done: int, total: int) -> None:
             bar.total = total
