@@ -33,9 +33,9 @@ def main() -> None:
     from casm_cloud import storage
     from casm_cloud.config import load_recipe
     from casm_cloud.config.somo import SEARCHABLE
-    from casm_cloud.recipes.runner import Context
     from casm_cloud.recipes.somo import train as rt
     from casm_cloud.recipes.somo._common import LAYERS
+    from casm_cloud.recipes.stage import Context
     from casm_cloud.somo import evaluate as ev
     from casm_cloud.somo import search
     from casm_cloud.somo.cv import cv_scores

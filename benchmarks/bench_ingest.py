@@ -200,7 +200,7 @@ def bench_era5(url: str, days: int, repeats: int) -> dict:
 
     from casm_cloud.regrid import source_box
     from casm_cloud.sources._common import select_stored
-    from casm_cloud.sources.era5 import open_era5_arco
+    from casm_cloud.sources.era5.arco import open_era5_arco
 
     win = _demo()
     end = str((pd.Timestamp("2020-01-01") + pd.Timedelta(days=days - 1)).date())
@@ -234,7 +234,7 @@ def _tasks(ds: xr.Dataset) -> int:
 
 
 def bench_open(urls: dict[str, str], repeats: int) -> dict:
-    from casm_cloud.sources.era5 import open_era5_arco
+    from casm_cloud.sources.era5.arco import open_era5_arco
 
     win = _demo()
     out = {}

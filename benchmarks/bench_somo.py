@@ -424,24 +424,25 @@ def _section4(rates: dict, e2e_rate: float, dev: str) -> None:
 def _precision_line(dev: str) -> None:
     """What precision="auto" picks here, and bf16's time over fp32's that it measures."""
     from casm_cloud.inference import precision as P
+    from casm_cloud.inference import speed as S
     from casm_cloud.somo.windowed import default_batch
 
     def lstm(hidden):
-        return P.Probe.of({"name": "ealstm", "n_dynamic": N_DYN, "n_static": N_STA,
+        return S.Probe.of({"name": "ealstm", "n_dynamic": N_DYN, "n_static": N_STA,
                            "hidden": hidden}, default_batch(dev))
 
     def mlp(hidden):
-        return P.Probe.of({"name": "dense", "n_inputs": 4, "hidden": hidden}, 8192)
+        return S.Probe.of({"name": "dense", "n_inputs": 4, "hidden": hidden}, 8192)
 
     probes = {"SoMo.ml EA-LSTM H=128": lstm(HIDDEN), "EA-LSTM H=64": lstm(64),
               "SoMo.ml demo H=24": lstm(24), "tiny test recipe H=8": lstm(8),
               "CASM 7x1050 MLP": mlp([1050] * 7), "CASM demo 4x128 MLP": mlp([128] * 4),
               "tiny test recipe 4x32 MLP": mlp([32] * 4)}
-    print(f"  AMX {P.cpu_has_amx()}, CPU capability {torch_capability()}; precision auto "
-          f"checks bf16 at widths >= {P.MIN_WIDTH} where bf16/fp32 time < {P.FASTER:.2f}, "
+    print(f"  AMX {S.cpu_has_amx()}, CPU capability {torch_capability()}; precision auto "
+          f"checks bf16 at widths >= {S.MIN_WIDTH} where bf16/fp32 time < {S.FASTER:.2f}, "
           f"and takes it only within predict.tolerance of fp32 on the run's first chunk")
     for name, probe in probes.items():
-        ratio = P.bf16_time_ratio(dev, probe)
+        ratio = S.bf16_time_ratio(dev, probe)
         shown = "  n/a" if ratio is None else f"{ratio:5.2f}"
         print(f"  {name:26s} bf16/fp32 time {shown}: speed gate -> "
               f"{P.resolve_precision('auto', dev, probe)}")

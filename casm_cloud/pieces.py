@@ -18,7 +18,10 @@ one graph of the whole record (docs/architecture.md, "Stages in pieces"):
    uninterrupted run, at most ``in_flight`` pieces lost;
 5. ``storage.mark_complete`` closes every store at the end.
 
-The runner knows pieces, not science: the stage gives the ``build`` function.
+The runner knows pieces, not science: the stage gives the ``build`` function
+and, where a piece's writes also give a result (the CASM aggregate's seasonal
+sums), the ``writes`` that make it and the ``on_piece`` that keeps it before
+the piece is recorded.
 """
 
 from __future__ import annotations
@@ -83,37 +86,54 @@ def write_pieces(build: Callable[[slice], Mapping[str, xr.Dataset]],
                  urls: Mapping[str, str], times: np.ndarray, *, piece_days: int,
                  config_hash: str, storage_options: Mapping | None = None, client=None,
                  in_flight: int = IN_FLIGHT,
-                 progress: Callable[[int, int], object] | None = None) -> dict:
+                 progress: Callable[[int, int], object] | None = None,
+                 time_chunk: int | None = None,
+                 writes: Callable[[Mapping[str, xr.Dataset], slice], object] | None = None,
+                 on_piece: Callable[[int, object], object] | None = None) -> dict:
     """Write the stores ``urls`` (name → URL) piece by piece over ``times``.
 
     ``build(index_slice)`` returns, per name, the lazy dataset of those time
-    steps (``times[index_slice]``), chunked ``piece_days`` along time.  Returns
-    ``{"pieces": n, "computed": k, "skipped": n - k, "largest_graph": tasks}``.
+    steps (``times[index_slice]``), chunked ``time_chunk`` (default
+    ``piece_days``, of which it is a divisor) along time, as the stores are.
+    ``writes(datasets, index_slice)``, if given, is a piece's writes as one
+    lazy (dask) object (default: each dataset written by region into its
+    store); ``on_piece(i, value)`` gets what piece ``i``'s writes computed to
+    before the piece is recorded.  Returns ``{"pieces": n, "computed": k,
+    "skipped": n - k, "largest_graph": tasks}``.
     """
     import dask
 
     so = dict(storage_options or {})
     pieces = time_pieces(times.size, piece_days)
     first = build(pieces[0])
-    reused = {name: _prepared(url, template_like(first[name], times, piece_days), so,
+    chunk = int(time_chunk or piece_days)
+    if piece_days % chunk:
+        raise ValueError(f"write_pieces: piece_days={piece_days} is not a multiple of the "
+                         f"stores' time chunk {chunk}")
+    reused = {name: _prepared(url, template_like(first[name], times, chunk), so,
                               config_hash) for name, url in urls.items()}
     records = {name: storage.ChunkRecord(url, so) for name, url in urls.items()}
     done = set.intersection(*(records[n].done() if reused[n] else set() for n in urls))
     todo = [(i, s) for i, s in enumerate(pieces) if storage.ChunkRecord.key((i,)) not in done]
     largest, n_done = 0, len(pieces) - len(todo)
 
-    def writes(i: int, s: slice):
+    def piece(i: int, s: slice):
         """One piece's writes into every store, as one lazy object."""
         nonlocal largest
         datasets = first if i == 0 else build(s)
-        out = dask.delayed(_all)(*(storage.region_writes(datasets[n], url, so,
-                                                         region={"time": s})
-                                   for n, url in urls.items()))
+        if writes is not None:
+            out = writes(datasets, s)
+        else:
+            out = dask.delayed(_all)(*(storage.region_writes(datasets[n], url, so,
+                                                             region={"time": s})
+                                       for n, url in urls.items()))
         largest = max(largest, len(dask.optimize(out)[0].__dask_graph__()))
         return out
 
-    def finished(i: int) -> None:
+    def finished(i: int, value) -> None:
         nonlocal n_done
+        if on_piece is not None:
+            on_piece(i, value)
         for r in records.values():
             r.mark((i,))
         n_done += 1
@@ -122,8 +142,7 @@ def write_pieces(build: Callable[[slice], Mapping[str, xr.Dataset]],
 
     if client is None:
         for i, s in todo:
-            writes(i, s).compute()
-            finished(i)
+            finished(i, piece(i, s).compute())
     else:
         from distributed import wait
 
@@ -132,12 +151,12 @@ def write_pieces(build: Callable[[slice], Mapping[str, xr.Dataset]],
             for i, s in todo:
                 while len(running) >= max(1, int(in_flight)):
                     for fut in wait(list(running), return_when="FIRST_COMPLETED").done:
-                        fut.result()
-                        finished(running.pop(fut))
-                running[client.compute(writes(i, s))] = i
+                        finished(running[fut], fut.result())
+                        running.pop(fut)
+                running[client.compute(piece(i, s))] = i
             for fut in list(running):
-                fut.result()
-                finished(running.pop(fut))
+                finished(running[fut], fut.result())
+                running.pop(fut)
         except BaseException:
             client.cancel(list(running))
             raise

@@ -108,7 +108,7 @@ def test_demo_writes_the_recipe_it_runs_and_the_command_that_repeats_it(
 
     from casm_cloud import recipes
     from casm_cloud.cli import build_parser, main
-    from casm_cloud.recipes.runner import Context
+    from casm_cloud.recipes.stage import Context
 
     ran = []
 

@@ -103,7 +103,7 @@ def test_whole_recipe_on_a_gateway_equals_the_local_run(sources, local_product, 
 def test_the_gateway_cluster_is_shut_down_when_a_stage_fails(sources, gateway_config, tmp_path,
                                                              monkeypatch, exc):
     from casm_cloud.recipes import casm
-    from casm_cloud.recipes.runner import Stage
+    from casm_cloud.recipes.stage import Stage
 
     up = []
 

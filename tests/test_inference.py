@@ -241,16 +241,16 @@ def test_auto_keeps_bf16_where_faster_and_within_tolerance(tmp_path, tb, params,
                                                             monkeypatch):
     """CASM's dense networks pass the check: auto takes bf16 where it is faster (pretended
     here) and records the largest difference from fp32 it measured on the first chunk."""
-    from casm_cloud.inference import precision
+    from casm_cloud.inference import speed
 
     kw = dict(n_noise=2, device="cpu", chunks={"time": 5, "y": 4, "x": 4})
     runs = {}
     for prec in ("fp32", "bf16"):
         runs[prec] = str(tmp_path / f"{prec}.zarr")
         inference.predict_to_zarr(tb, members, params, runs[prec], precision=prec, **kw)
-    monkeypatch.setattr(precision, "_may_use_bf16", lambda device: True)
-    monkeypatch.setattr(precision, "_bf16_faster", lambda device, probe: True)
-    monkeypatch.setattr(precision, "MIN_WIDTH", 1)
+    monkeypatch.setattr(speed, "_may_use_bf16", lambda device: True)
+    monkeypatch.setattr(speed, "_bf16_faster", lambda device, probe: True)
+    monkeypatch.setattr(speed, "MIN_WIDTH", 1)
     out = str(tmp_path / "auto.zarr")
     s = inference.predict_to_zarr(tb, members, params, out, **kw)
     got = storage.open_zarr(out)
@@ -376,15 +376,15 @@ def test_cli_predict(tmp_path, tb, params, members, capsys):
 
 def test_auto_precision_is_fp32_bit_for_bit_on_a_cpu_without_amx(tmp_path, tb, params, members,
                                                                     monkeypatch):
-    from casm_cloud.inference import precision
+    from casm_cloud.inference import speed
 
     kw = dict(n_noise=2, device="cpu")
     ref = str(tmp_path / "fp32.zarr")
     inference.predict_to_zarr(tb, members, params, ref, precision="fp32", **kw)
     want = _bits(storage.open_zarr(ref))
-    if precision.cpu_has_amx():
+    if speed.cpu_has_amx():
         # An AMX machine may measure bf16 faster; pretend this one has none.
-        monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+        monkeypatch.setattr(speed, "cpu_has_amx", lambda: False)
     out = str(tmp_path / "auto.zarr")
     s = inference.predict_to_zarr(tb, members, params, out, **kw)     # the default: auto
     got = storage.open_zarr(out)

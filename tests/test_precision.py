@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 from casm_cloud import somo, storage  # noqa: E402
 from casm_cloud.inference import precision as P  # noqa: E402
+from casm_cloud.inference import speed as S  # noqa: E402
 from casm_cloud.somo.testing import (  # noqa: E402
     make_features,
     make_statics,
@@ -19,16 +20,16 @@ from casm_cloud.somo.testing import (  # noqa: E402
     write_scalers,
 )
 
-DENSE = P.Probe.of({"name": "dense", "n_inputs": 4, "hidden": [64, 8]}, rows=16)
-LSTM = P.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 64}, rows=4,
+DENSE = S.Probe.of({"name": "dense", "n_inputs": 4, "hidden": [64, 8]}, rows=16)
+LSTM = S.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 64}, rows=4,
                   steps=3)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    P.bf16_time_ratio.cache_clear()
+    S.bf16_time_ratio.cache_clear()
     yield
-    P.bf16_time_ratio.cache_clear()
+    S.bf16_time_ratio.cache_clear()
 
 
 class _Clock:
@@ -54,14 +55,14 @@ def _fake_runners(monkeypatch, cost: dict[str, float]) -> list:
             return go
         return {"fp32": run("fp32"), "bf16": run("bf16")}
 
-    monkeypatch.setattr(P, "_runners", runners)
-    monkeypatch.setattr(P, "_now", clock)
-    monkeypatch.setattr(P, "_sync", lambda device: None)
+    monkeypatch.setattr(S, "_runners", runners)
+    monkeypatch.setattr(S, "_now", clock)
+    monkeypatch.setattr(S, "_sync", lambda device: None)
     return built
 
 
 def test_cpu_without_amx_is_fp32_without_measuring(monkeypatch):
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: False)
     built = _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.1})   # bf16 "faster": unused
     for probe in (DENSE, LSTM):
         assert P.resolve_precision("auto", "cpu", probe) == "fp32"
@@ -77,7 +78,7 @@ def test_cpu_without_amx_is_fp32_without_measuring(monkeypatch):
                                             ({"fp32": 1.0, "bf16": 0.95}, "fp32"),
                                             ({"fp32": 1.0, "bf16": 2.0}, "fp32")])
 def test_amx_cpu_measures_once_and_picks_bf16_only_when_clearly_faster(monkeypatch, cost, want):
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: True)
     built = _fake_runners(monkeypatch, cost)
     assert P.resolve_precision("auto", "cpu", LSTM) == want
     assert P.resolve_precision("auto", "cpu", LSTM) == want
@@ -87,12 +88,12 @@ def test_amx_cpu_measures_once_and_picks_bf16_only_when_clearly_faster(monkeypat
 
 
 def test_narrow_networks_are_fp32_without_measuring(monkeypatch):
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: True)
     built = _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.1})
-    narrow = [P.Probe.of({"name": "dense", "n_inputs": 4, "hidden": [32] * 4}, rows=2048),
-              P.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 24}, 256)]
+    narrow = [S.Probe.of({"name": "dense", "n_inputs": 4, "hidden": [32] * 4}, rows=2048),
+              S.Probe.of({"name": "ealstm", "n_dynamic": 6, "n_static": 10, "hidden": 24}, 256)]
     for probe in narrow:
-        assert probe.width < P.MIN_WIDTH
+        assert probe.width < S.MIN_WIDTH
         for device in ("cpu", "cuda"):
             assert P.resolve_precision("auto", device, probe) == "fp32"
     assert built == []
@@ -101,7 +102,7 @@ def test_narrow_networks_are_fp32_without_measuring(monkeypatch):
 
 
 def test_cuda_is_measured_even_without_amx(monkeypatch):
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: False)
     built = _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.3})
     assert P.resolve_precision("auto", "cuda", DENSE) == "bf16"
     assert built == [("cuda", DENSE)]
@@ -120,19 +121,19 @@ def test_cpu_capability_or_cpuinfo_tells_amx(monkeypatch, tmp_path):
         return fake
 
     monkeypatch.setattr("builtins.open", cpuinfo("avx512f avx512_bf16"))
-    assert not P.cpu_has_amx()                                       # AVX512-BF16 is not AMX
+    assert not S.cpu_has_amx()                                       # AVX512-BF16 is not AMX
     monkeypatch.setattr("builtins.open", cpuinfo("avx512f amx_bf16 amx_tile"))
-    assert P.cpu_has_amx()
+    assert S.cpu_has_amx()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AMX")
     monkeypatch.setattr("builtins.open", cpuinfo("avx2"))
-    assert P.cpu_has_amx()
+    assert S.cpu_has_amx()
 
 
 @pytest.mark.parametrize("probe", [DENSE, LSTM])
 def test_the_real_measurement_runs_the_models_shapes(monkeypatch, probe):
     # On this machine, with AMX pretended: the measurement builds and times the model.
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
-    runners = P._runners("cpu", probe)
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: True)
+    runners = S._runners("cpu", probe)
     assert set(runners) == {"fp32", "bf16"}
     assert P.resolve_precision("auto", "cpu", probe) in ("fp32", "bf16")
 
@@ -172,8 +173,8 @@ def test_somo_store_keeps_its_first_decision_on_resume(monkeypatch, tmp_path, so
     kw = dict(chunks={"time": 4}, precision="auto", device="cpu")
     ref = somo.predict_to_zarr(ckpt, feats, stat, str(tmp_path / "fp32.zarr"),
                                **{**kw, "precision": "fp32"})
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(P, "MIN_WIDTH", 8)                           # the test model: 8 wide
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(S, "MIN_WIDTH", 8)                           # the test model: 8 wide
     _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.5})          # a worker where bf16 wins
     whole = str(tmp_path / "whole.zarr")
     s_whole = somo.predict_to_zarr(ckpt, feats, stat, whole, **kw)
@@ -189,8 +190,8 @@ def test_somo_store_keeps_its_first_decision_on_resume(monkeypatch, tmp_path, so
     with pytest.raises(_Kill):
         somo.predict_to_zarr(ckpt, feats, stat, killed, progress=kill, **kw)
     # Resumed where the measurement now says fp32: the store's decision (bf16) holds.
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: False)
-    P.bf16_time_ratio.cache_clear()
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: False)
+    S.bf16_time_ratio.cache_clear()
     again = somo.predict_to_zarr(ckpt, feats, stat, killed, **kw)
     assert again.skipped == 1 and again.computed == 2
     assert again.predict_hash == s_whole.predict_hash                # no hardware in the hash
@@ -229,8 +230,8 @@ def test_auto_takes_bf16_only_where_its_error_on_the_runs_data_is_within_toleran
     assert attrs["casm_precision_samples"] == 12 and "bf16 (max |diff|" in named.precision
     assert storage.open_zarr(fp32).attrs["casm_precision_error"] == 0.0
 
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(P, "MIN_WIDTH", 8)
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(S, "MIN_WIDTH", 8)
     _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.3})          # bf16 far faster
     strict, loose = str(tmp_path / "strict.zarr"), str(tmp_path / "loose.zarr")
     s = somo.predict_to_zarr(ckpt, feats, stat, strict, tolerance=err / 2, **kw)
@@ -251,8 +252,8 @@ def test_auto_takes_bf16_only_where_its_error_on_the_runs_data_is_within_toleran
 
 def test_the_lazy_predict_chooses_once_and_says_so(monkeypatch, somo_inputs):
     ckpt, feats, stat = somo_inputs
-    monkeypatch.setattr(P, "cpu_has_amx", lambda: True)
-    monkeypatch.setattr(P, "MIN_WIDTH", 8)
+    monkeypatch.setattr(S, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(S, "MIN_WIDTH", 8)
     _fake_runners(monkeypatch, {"fp32": 1.0, "bf16": 0.3})
     out = somo.predict(ckpt, feats, stat, chunks={"time": 4}, tolerance=1e-9, device="cpu")
     assert out.attrs["casm_precision"] == "fp32" and out.attrs["casm_precision_samples"] == 12

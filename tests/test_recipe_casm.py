@@ -28,7 +28,7 @@ from _tiny import product as _product
 
 from casm_cloud import storage
 from casm_cloud.config import recipe_from_dict
-from casm_cloud.recipes import run_recipe, runner, update_recipe
+from casm_cloud.recipes import hashes, run_recipe, runner, update_recipe
 from casm_cloud.recipes.casm import STAGES
 from casm_cloud.schema import validate
 
@@ -36,7 +36,7 @@ STAGE_NAMES = [s.name for s in STAGES]
 
 
 def stage_hashes(recipe) -> dict[str, str]:
-    return runner.stage_hashes(STAGES, recipe)
+    return hashes.stage_hashes(STAGES, recipe)
 
 
 def stage_state(recipe, name: str) -> dict | None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from casm_cloud.config import ConfigError, demo_recipe, recipe_from_dict
 from casm_cloud.recipes import recipe_module, run_recipe
-from casm_cloud.recipes.runner import params_hash, recipe_leaves, stage_keys
+from casm_cloud.recipes.hashes import params_hash, recipe_leaves, stage_keys
 
 #: Keys that say where and how a run happens, never what it computes: no stage reads them.
 WHERE_AND_HOW = {"kind", "run_root", "storage_options", "cluster.kind", "cluster.n_workers",
@@ -221,7 +221,7 @@ def test_params_are_plain_data(tmp_path):
 
 @pytest.mark.parametrize("kind", ["casm", "somo"])
 def test_architecture_doc_holds_each_recipes_stage_table(kind, tmp_path):
-    from casm_cloud.recipes.runner import stage_table
+    from casm_cloud.recipes.hashes import stage_table
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
     table = stage_table(recipe_module(kind).STAGES, demo_recipe(tmp_path, kind=kind))

@@ -136,7 +136,7 @@ def test_sigterm_shuts_a_gateway_cluster_down(tmp_path, capsys, monkeypatch, req
     from casm_cloud.cli import _logging, main
     from casm_cloud.cluster import _close_once
     from casm_cloud.recipes import casm
-    from casm_cloud.recipes.runner import Stage
+    from casm_cloud.recipes.stage import Stage
 
     server = request.getfixturevalue("gateway_server")
 

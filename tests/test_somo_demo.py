@@ -10,8 +10,9 @@ import pandas as pd
 import yaml
 
 from casm_cloud import storage
-from casm_cloud.cli import _print_summary, main
-from casm_cloud.recipes.runner import Context
+from casm_cloud.cli import main
+from casm_cloud.cli.summary import print_summary
+from casm_cloud.recipes.stage import Context
 
 STAGES = ("forcing", "statics", "targets", "train", "predict", "validate", "report", "export")
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -49,7 +50,7 @@ def test_summary_prints_the_tables_on_disk_not_the_context(tmp_path, capsys):
     cv, truth = _fake_run(root)
     ctx = Context(run_root=str(root), storage_options={})
     ctx.summary["cv"] = cv.assign(R=0.0)  # what a stage left in memory is not what is printed
-    _print_summary(ctx)
+    print_summary(ctx)
     out = capsys.readouterr().out
     rows = _lines(out)
     assert "cross validation at held-out station cells" in out
@@ -68,12 +69,12 @@ def test_tables_older_than_an_upstream_stage_are_not_printed(tmp_path, capsys):
     root = tmp_path / "run"
     _fake_run(root)
     _marker(root, "train", 60)  # train ran again, the run stopped before validate
-    _print_summary(Context(run_root=str(root), storage_options={}))
+    print_summary(Context(run_root=str(root), storage_options={}))
     out = capsys.readouterr().out
     assert "cross validation" not in out and "0.775" not in out
     assert "validate tables not shown: stage 'train' ran after validate" in out
     _marker(root, "validate", 61)  # validate ran again after it
-    _print_summary(Context(run_root=str(root), storage_options={}))
+    print_summary(Context(run_root=str(root), storage_options={}))
     assert "0.775" in capsys.readouterr().out
 
 
@@ -82,12 +83,12 @@ def test_a_run_without_the_somo_tables_prints_none(tmp_path, capsys):
     _fake_run(root)
     (root / "validate" / "cv.csv").unlink()
     (root / "validate" / "truth.csv").unlink()  # a CASM run: validate/ismn/ only
-    _print_summary(Context(run_root=str(root), storage_options={}))
+    print_summary(Context(run_root=str(root), storage_options={}))
     out = capsys.readouterr().out
     assert "cross validation" not in out and "validate tables" not in out
     _fake_run(root)
     (root / "validate" / "_stage.json").unlink()  # validate never finished
-    _print_summary(Context(run_root=str(root), storage_options={}))
+    print_summary(Context(run_root=str(root), storage_options={}))
     assert "cross validation" not in capsys.readouterr().out
 
 

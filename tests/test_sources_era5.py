@@ -8,7 +8,7 @@ import xarray as xr
 from casm_cloud import regrid, schema
 from casm_cloud.grid import EASE2Grid
 from casm_cloud.sources import get_adapter
-from casm_cloud.sources.era5 import ARCO_NAMES, daily_from_hourly
+from casm_cloud.sources.era5.fields import ARCO_NAMES, daily_from_hourly
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # cfgrib's combine defaults
 

@@ -43,7 +43,7 @@ the chunk task), :mod:`~casm_cloud.inference.predict` (checks, hashing,
 :func:`predict_to_zarr`), :mod:`~casm_cloud.inference.chunked` (the output
 store, regions and task runs that SoMo.ml's windowed prediction shares),
 :mod:`~casm_cloud.inference.precision` (the one ``precision="auto"`` resolver
-of both recipes).
+of both recipes, with its speed gate in :mod:`~casm_cloud.inference.speed`).
 """
 
 from casm_cloud.inference.kernel import (

@@ -44,12 +44,11 @@ from casm_cloud.inference.kernel import (
 from casm_cloud.inference.precision import (
     PRECISIONS,
     TOLERANCE,
-    Probe,
-    cpu_has_amx,
     pinned_precision,
     resolve_for_run,
     summary_line,
 )
+from casm_cloud.inference.speed import Probe, cpu_has_amx
 from casm_cloud.schema import apply_attrs
 
 __all__ = ["predict_to_zarr", "predict_config_hash"]

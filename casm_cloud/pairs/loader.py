@@ -11,14 +11,14 @@ from typing import Literal
 import numpy as np
 
 from casm_cloud import storage
+from casm_cloud.pairs.splits import SPLITS
+from casm_cloud.pairs.store import scaler_arrays
 from casm_cloud.pairs.table import (
     FEATURES_ATTR,
     OFFSETS_ATTR,
     SCALER_ATTR,
-    SPLITS,
     TARGET_ATTR,
     PairsError,
-    scaler_arrays,
 )
 
 __all__ = ["SampleLoader"]

@@ -16,14 +16,14 @@ The sample table is built lazily, one source chunk at a time:
 2. Samples are grouped by split (train, then val, then test), so a loader of
    one split reads one contiguous range.  Within a split, source chunks are
    placed in a seeded random order and samples are permuted within each
-   chunk; :class:`SampleLoader` adds a shuffle buffer over several table
+   chunk; :class:`~casm_cloud.pairs.loader.SampleLoader` adds a shuffle buffer over several table
    chunks in a new order every epoch.
-3. :func:`write_pairs` writes the table template-first, then all regions,
+3. :func:`~casm_cloud.pairs.store.write_pairs` writes the table template-first, then all regions,
    and computes the standard scaler of the training split (streamed sums)
    in the same pass; the scaler goes into the store's attributes, the
    completion mark last.
 
-Splits: ``spatial_blocks`` (default) assigns whole ``block_size`` x
+Splits (:mod:`casm_cloud.pairs.splits`): ``spatial_blocks`` (default) assigns whole ``block_size`` x
 ``block_size`` blocks of pixels to one split, so validation and test pixels
 are unseen in training; ``random`` is the paper's 80/20 split with 20 % of
 the training part for validation, decided per sample by a hash of its
@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
-from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Literal
 
@@ -44,15 +42,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from casm_cloud import storage
 from casm_cloud.errors import UserError
-from casm_cloud.seasonal import cycle_values, residual_values
+from casm_cloud.pairs.splits import SPLITS, random_codes, split_map
+from casm_cloud.seasonal import residual_values
 
-__all__ = ["SPLITS", "PairsError", "build_pairs", "write_pairs", "open_pairs", "split_map",
-           "scaler_arrays", "cycle_values"]
+__all__ = ["FEATURES_ATTR", "OFFSETS_ATTR", "SCALER_ATTR", "TARGET_ATTR", "PairsError",
+           "build_pairs"]
 
-#: Split names by code (the ``split`` variable stores the code).
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 FEATURES_ATTR = "features"
 TARGET_ATTR = "target"
 OFFSETS_ATTR = "split_offsets"
@@ -62,58 +58,6 @@ _PARAMS = ("amplitude", "phase", "offset")
 
 class PairsError(UserError, ValueError):
     """Inputs, targets or sample tables that cannot make training samples."""
-
-
-def _uniform_hash(index: np.ndarray, seed: int) -> np.ndarray:
-    """Uniform [0, 1) numbers from integer positions (splitmix64): chunking-independent."""
-    with np.errstate(over="ignore"):
-        z = index.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def _codes_from_uniform(u: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
-    val_edge = test_fraction + (1.0 - test_fraction) * val_fraction
-    return np.where(u < test_fraction, 2, np.where(u < val_edge, 1, 0)).astype(np.int8)
-
-
-def split_map(shape: tuple[int, int], *, block_size: int = 8, val_fraction: float = 0.2,
-              test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
-    """Split code (0 train, 1 val, 2 test) of every pixel for ``spatial_blocks``.
-
-    Blocks of ``block_size`` x ``block_size`` pixels are shuffled (seeded) and
-    dealt out in exact proportions: ``test_fraction`` of the blocks to test,
-    ``val_fraction`` of the rest to validation, at least one block each when
-    the fraction is positive and there are enough blocks.
-
-    Parameters
-    ----------
-    shape : (int, int)
-        (ny, nx) of the window.
-    block_size, val_fraction, test_fraction, seed
-        See :func:`build_pairs`.
-
-    Returns
-    -------
-    numpy.ndarray of int8, shape (ny, nx)
-    """
-    ny, nx = shape
-    by, bx = math.ceil(ny / block_size), math.ceil(nx / block_size)
-    nb = by * bx
-    n_test = round(nb * test_fraction)
-    n_val = round((nb - n_test) * val_fraction)
-    if test_fraction > 0 and nb >= 3:
-        n_test = max(n_test, 1)
-    if val_fraction > 0 and nb - n_test >= 2:
-        n_val = max(n_val, 1)
-    codes = np.zeros(nb, dtype=np.int8)
-    order = np.random.default_rng(seed).permutation(nb)
-    codes[order[:n_test]] = 2
-    codes[order[n_test:n_test + n_val]] = 1
-    blocks = codes.reshape(by, bx)
-    return np.repeat(np.repeat(blocks, block_size, 0), block_size, 1)[:ny, :nx]
 
 
 def _residuals(values: list[np.ndarray], params: np.ndarray | None, time: np.ndarray):
@@ -140,7 +84,7 @@ def _gather_chunk(time, lat, lon, row0, col0, t0, shape, inputs, target, in_para
     else:
         ny, nx = shape[1], shape[2]
         flat = ((t0 + ti).astype(np.int64) * ny + (row0 + yi)) * nx + (col0 + xi)
-        codes = _codes_from_uniform(_uniform_hash(flat, seed), val_fraction, test_fraction)
+        codes = random_codes(flat, seed, val_fraction, test_fraction)
     feats = np.concatenate([x[:, ti, yi, xi].T, lat[yi, None], lon[xi, None]], axis=1)
     rng = np.random.default_rng([seed, chunk_id])
     out = {}
@@ -351,79 +295,3 @@ def _sample_table(ds, packed, counts, n_inputs, feat_names, seed):
     out["x"] = ("sample", cat["col"].map_blocks(partial(np.take, ds["x"].values), dtype=np.float64),
                 ds["x"].attrs)
     return out, offsets
-
-
-def write_pairs(pairs: xr.Dataset, url: str, storage_options: Mapping | None = None, *,
-                chunk_size: int = 65536, config_hash: str | None = None) -> str:
-    """Write a sample table to Zarr and store the training split's scaler.
-
-    Template first, then the regions (computed chunk by chunk by dask, in
-    parallel where a scheduler allows), then the scaler and the completion
-    mark, so an interrupted write never looks finished.
-
-    Parameters
-    ----------
-    pairs : xarray.Dataset
-        From :func:`build_pairs`.
-    url : str
-        Store URL or path (replaced if it exists).
-    storage_options : mapping, optional
-    chunk_size : int
-        Samples per Zarr chunk.
-    config_hash : str, optional
-        Recorded in the store's attributes.
-
-    Returns
-    -------
-    str
-        ``url``.
-
-    Raises
-    ------
-    PairsError
-        If the training split is empty.
-    """
-    offsets = json.loads(pairs.attrs[OFFSETS_ATTR])
-    a, b = offsets["train"]
-    if b <= a:
-        raise PairsError("the training split is empty; lower val_fraction/test_fraction or use "
-                         "a smaller block_size")
-    ds = pairs.chunk({"sample": int(chunk_size), "feature": -1})
-    storage.write_template(ds, url, storage_options, config_hash=config_hash)
-    write = storage.region_writes(ds, url, storage_options)
-    # Streamed sums over the training rows, computed in the same pass as the write.
-    x = ds["features"].data[a:b].astype(np.float64)
-    y = ds["target"].data[a:b].astype(np.float64)
-    _, sx, sxx, sy, syy = dask.compute(write, x.sum(0), (x * x).sum(0), y.sum(), (y * y).sum())
-    n = b - a
-    names = list(pairs.attrs[FEATURES_ATTR])
-    mean = {k: float(v) for k, v in zip(names, sx / n, strict=True)}
-    std = {k: float(v) for k, v in zip(names, np.sqrt(np.maximum(sxx / n - (sx / n) ** 2, 0)), strict=True)}
-    tname = pairs.attrs[TARGET_ATTR]
-    mean[tname] = float(sy / n)
-    std[tname] = float(math.sqrt(max(syy / n - (sy / n) ** 2, 0.0)))
-    # A constant feature (std 0) is scaled by 1, not divided by zero.
-    std = {k: (v if v > 0 else 1.0) for k, v in std.items()}
-    storage.mark_complete(url, storage_options, config_hash=config_hash,
-                          **{SCALER_ATTR: {"mean": mean, "std": std}})
-    return str(url)
-
-
-def open_pairs(url: str, storage_options: Mapping | None = None) -> xr.Dataset:
-    """Open a finished sample table lazily (raises ``StoreError`` if unfinished)."""
-    return storage.open_zarr(url, storage_options, require_complete=True)
-
-
-def scaler_arrays(scaler: Mapping, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) float32 arrays of ``names`` from a scaler dict.
-
-    Raises
-    ------
-    PairsError
-        If a name has no statistics.
-    """
-    lack = [n for n in names if n not in scaler["mean"] or n not in scaler["std"]]
-    if lack:
-        raise PairsError(f"scaler has no statistics for {lack}")
-    return (np.asarray([scaler["mean"][n] for n in names], dtype=np.float32),
-            np.asarray([scaler["std"][n] for n in names], dtype=np.float32))

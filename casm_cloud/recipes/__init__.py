@@ -1,7 +1,7 @@
 """Recipes on one runner: ``run``, ``update`` and ``demo`` dispatch on the recipe's ``kind``.
 
 ``RECIPES`` maps a kind to its module, which provides ``STAGES`` (a tuple of
-:class:`~casm_cloud.recipes.runner.Stage`), ``check(recipe)`` (what can be
+:class:`~casm_cloud.recipes.stage.Stage`), ``check(recipe)`` (what can be
 checked before a cluster starts) and ``demo_sources(recipe, out)``.  See
 docs/architecture.md.
 """
@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from types import ModuleType
 
 from casm_cloud.errors import InputError
+from casm_cloud.recipes.hashes import stage_hashes
 from casm_cloud.recipes.runner import (
-    Context,
     check_run_root,
     require_finished,
     run_stages,
-    stage_hashes,
     stage_state,
     update_stages,
     validate_names,
 )
+from casm_cloud.recipes.stage import Context
 
 __all__ = ["RECIPES", "check_recipe", "recipe_module", "stages_of", "run_recipe",
            "update_recipe", "run_demo", "stage_hashes", "stage_state"]

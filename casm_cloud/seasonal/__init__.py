@@ -28,6 +28,7 @@ from casm_cloud.seasonal.stage import seasonal_params, seasonal_residuals, write
 from casm_cloud.seasonal.sums import (
     SUMS_KBUF,
     lazy_sums,
+    merge_sums,
     open_sums,
     params_from_sums,
     sums_usable,
@@ -38,5 +39,6 @@ __all__ = [
     "METHODS", "PARAM_NAMES", "SeasonalError", "year_phase", "cycle_values", "residual_values",
     "fit_seasonal_cycle", "seasonal_cycle", "deseasonalize", "seasonal_params",
     "seasonal_residuals", "write_seasonal",
-    "SUMS_KBUF", "lazy_sums", "write_sums", "open_sums", "params_from_sums", "sums_usable",
+    "SUMS_KBUF", "lazy_sums", "write_sums", "open_sums", "merge_sums", "params_from_sums",
+    "sums_usable",
 ]

@@ -27,18 +27,20 @@ Public API::
     lazy = lazy_sums(ds, ["tb_h", "tb_v"])          # dask Delayed of the sums dataset
     _, sums = dask.compute(writes, lazy)             # with the pass that writes ds
     write_sums(sums, url)
+    sums = merge_sums(open_sums(u) for u in piece_urls)   # a stage in pieces, in time order
     params = params_from_sums(open_sums(url), ["tb_h", "tb_v"], min_obs=40)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
 
 from casm_cloud.kernels import seasonal as _k
 from casm_cloud.seasonal.fit import (
+    _SPLIT_EVERY,
     SeasonalError,
     _aggregate,
     _check,
@@ -50,8 +52,8 @@ from casm_cloud.seasonal.fit import (
 )
 from casm_cloud.seasonal.stage import _select
 
-__all__ = ["SUMS_KBUF", "lazy_sums", "write_sums", "open_sums", "params_from_sums",
-           "sums_usable"]
+__all__ = ["SUMS_KBUF", "lazy_sums", "write_sums", "open_sums", "merge_sums",
+           "params_from_sums", "sums_usable"]
 
 #: Values kept per pixel with few of them: the default ``seasonal.min_obs`` (40) minus one.
 #: A larger ``min_obs`` is fitted from the data (:func:`sums_usable` says so).
@@ -68,12 +70,15 @@ def _stacked(ds: xr.Dataset, variables: Sequence[str] | None, dim: str) -> tuple
 
 class _StoreSink:
     """Writes a chunk of the stacked (time, variable, ...) array into its variable's array
-    of a store :func:`casm_cloud.storage.write_template` made (picklable, for workers)."""
+    of a store :func:`casm_cloud.storage.write_template` made (picklable, for workers);
+    ``offset`` (dim → index) places the array in the store."""
 
     def __init__(self, url: str, storage_options: Mapping | None, names: list[str],
-                 stacked_dims: tuple, var_dims: dict[str, tuple]):
+                 stacked_dims: tuple, var_dims: dict[str, tuple],
+                 offset: Mapping[str, int] | None = None):
         self.url, self.so = url, dict(storage_options or {})
         self.names, self.stacked_dims, self.var_dims = names, stacked_dims, var_dims
+        self.offset = dict(offset or {})
 
     def __call__(self, block: np.ndarray, location: tuple) -> None:
         from casm_cloud import storage
@@ -86,14 +91,16 @@ class _StoreSink:
             name = self.names[v]
             part = np.take(block, v - v0, axis=vpos)
             order = [others.index(d) for d in self.var_dims[name]]
-            region = tuple(slice(*location[self.stacked_dims.index(d)])
+            region = tuple(slice(*(i + self.offset.get(d, 0)
+                                   for i in location[self.stacked_dims.index(d)]))
                            for d in self.var_dims[name])
             group[name][region] = np.transpose(part, order)
 
 
 def lazy_sums(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dim: str = "time",
               kbuf: int = SUMS_KBUF, write_to: str | None = None,
-              storage_options: Mapping | None = None):
+              storage_options: Mapping | None = None,
+              region: Mapping[str, slice] | None = None):
     """The reduced partial of the fit of every (selected) variable, as a dask ``Delayed``.
 
     Nothing is computed here.  Compute it together with the pass that writes
@@ -119,6 +126,10 @@ def lazy_sums(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dim: st
         ``dim`` are not written (the template holds them).
     storage_options : mapping, optional
         fsspec options of ``write_to``.
+    region : mapping of str to slice, optional
+        Where ``ds`` lies in ``write_to`` (as for
+        :func:`casm_cloud.storage.region_writes`; default: from index 0 of
+        every dimension), so a stage in pieces writes each piece in place.
 
     Returns
     -------
@@ -146,7 +157,8 @@ def lazy_sums(ds: xr.Dataset, variables: Sequence[str] | None = None, *, dim: st
     sink = None
     if write_to is not None:
         sink = _StoreSink(write_to, storage_options, list(names), da.dims,
-                          {n: ds[n].dims for n in names})
+                          {n: ds[n].dims for n in names},
+                          {d: int(r.start or 0) for d, r in (region or {}).items()})
     red = _reduce_partials(da.data, s, c, int(kbuf), bind(_combine, kbuf=int(kbuf)),
                            _k.NSUMS, "seasonal-sums", sink=sink)
     blocks = list(red.to_delayed(optimize_graph=False).ravel())
@@ -212,6 +224,70 @@ def open_sums(url: str, storage_options: Mapping | None = None) -> xr.Dataset | 
     if not storage.store_state(url, storage_options)["complete"]:
         return None
     return storage.open_zarr(url, storage_options, require_complete=True).load()
+
+
+def _parts(sums: xr.Dataset) -> tuple:
+    """``(sums, idx, vals)`` of a sums dataset, as the fit's reduction passes partials."""
+    idx = np.asarray(sums["sparse_index"].values, np.int64)
+    ok = idx >= 0  # write_sums' placeholder row of an empty buffer
+    return (np.asarray(sums["sums"].values, np.float64), np.ascontiguousarray(idx[ok]),
+            np.ascontiguousarray(np.asarray(sums["sparse_values"].values, np.float64)[ok]))
+
+
+def merge_sums(pieces: Iterable[xr.Dataset]) -> xr.Dataset:
+    """The sums of a series from the sums of its consecutive pieces, given in time order.
+
+    Sums add and the sparse buffers merge as in the fit's tree reduction (its
+    combine, :func:`casm_cloud.seasonal.fit._combine`), over the tree that
+    reduction builds on the pieces: groups of ``_SPLIT_EVERY`` consecutive
+    ones, level by level.  When every piece but the last covers
+    ``_SPLIT_EVERY**k`` time chunks of the series (and was summed with those
+    chunks) that tree continues the one within the pieces, so the merged sums
+    are those of the whole series in one pass, bit for bit (docs/architecture.md,
+    "Stages in pieces").  Pieces are read one at a time; at most
+    ``_SPLIT_EVERY - 1`` partials per level of the tree are held.
+
+    Raises
+    ------
+    SeasonalError
+        For no pieces, or pieces of other variables, ``kbuf`` or dtype.
+    """
+    kbuf, first, last, n_time = None, None, None, 0
+    stack: list[tuple[int, tuple]] = []  # (pieces covered, partial), largest first
+    for sums in pieces:
+        a = sums.attrs
+        if first is None:
+            first, kbuf = sums, int(a[f"{_ATTR}kbuf"])
+        for key in ("kbuf", "dtype", "variables"):
+            if a[f"{_ATTR}{key}"] != first.attrs[f"{_ATTR}{key}"]:
+                raise SeasonalError(f"merge_sums: a piece has {key} {a[f'{_ATTR}{key}']!r}; "
+                                    f"the first has {first.attrs[f'{_ATTR}{key}']!r}")
+        last, n_time = sums, n_time + int(a[f"{_ATTR}time_size"])
+        node = (1, _parts(sums))
+        while len(stack) >= _SPLIT_EVERY - 1 and all(
+                n == node[0] for n, _ in stack[len(stack) - _SPLIT_EVERY + 1:]):
+            group = [stack.pop()[1] for _ in range(_SPLIT_EVERY - 1)][::-1]
+            node = (node[0] * _SPLIT_EVERY, _combine([*group, node[1]], kbuf=kbuf))
+        stack.append(node)
+    if first is None:
+        raise SeasonalError("merge_sums: no pieces")
+    # The partial last block of each level: its full siblings, then the rest, combined.
+    _, acc = stack.pop()
+    while stack:
+        size, group = stack[-1][0], []
+        while stack and stack[-1][0] == size:
+            group.insert(0, stack.pop()[1])
+        acc = _combine([*group, acc], kbuf=kbuf)
+    S, idx, vals = acc
+    out = xr.Dataset(
+        {"sums": (first["sums"].dims, S), "sparse_index": (("sparse",), idx),
+         "sparse_values": (("sparse", "sparse_k"), vals)},
+        coords={k: v for k, v in first.coords.items()
+                if not ({"sparse", "sparse_k"} & set(v.dims))},
+        attrs={k: v for k, v in first.attrs.items() if k.startswith(_ATTR)})  # not the store's
+    out.attrs.update({f"{_ATTR}time_size": n_time,
+                      f"{_ATTR}time_last": last.attrs[f"{_ATTR}time_last"]})
+    return out
 
 
 def _stored_names(sums: xr.Dataset) -> list[str]:

@@ -16,9 +16,9 @@ skt        K                 skin temperature                            mean
 =========  ================  ==========================================  =========
 
 Means need at least ``min_count`` (6) hourly values; sums are
-``mean × 24`` over the valid hours (:func:`casm_cloud.sources.era5.daily_from_hourly`,
+``mean × 24`` over the valid hours (:func:`casm_cloud.sources.era5.fields.daily_from_hourly`,
 which also moves each accumulation to the hour it accumulates over).  ``q``
-is computed per hour (:func:`casm_cloud.sources.era5.specific_humidity`,
+is computed per hour (:func:`casm_cloud.sources.era5.fields.specific_humidity`,
 Tetens' formula with the IFS constants) and then averaged.
 
 Static features, in the published order: ``elevation``, ``elevation_std``
@@ -44,7 +44,7 @@ import xarray as xr
 from casm_cloud import schema
 from casm_cloud.errors import UserError
 from casm_cloud.sources._common import norm_units
-from casm_cloud.sources.era5 import ARCO_NAMES, daily_from_hourly, specific_humidity
+from casm_cloud.sources.era5.fields import ARCO_NAMES, daily_from_hourly, specific_humidity
 
 __all__ = ["FeatureError", "DYNAMIC_FEATURES", "PUBLISHED_DYNAMIC", "PUBLISHED_STATIC",
            "LATENT_HEAT", "dynamic_features", "climatology", "static_features",

@@ -167,8 +167,9 @@ def check_finished(recipe) -> None:
     from casm_cloud.errors import InputError
     from casm_cloud.recipes import runner
     from casm_cloud.recipes import somo as rs
+    from casm_cloud.recipes.hashes import stage_hashes
 
-    hashes = runner.stage_hashes(rs.STAGES, recipe)
+    hashes = stage_hashes(rs.STAGES, recipe)
     for name in ("train", "validate"):
         st = runner.stage_state(recipe.run_root, name, dict(recipe.storage_options))
         if st is None or st.get("config_hash") != hashes[name]:

@@ -27,11 +27,11 @@ from casm_cloud.inference.chunked import regions
 from casm_cloud.inference.precision import (
     TOLERANCE,
     Precision,
-    Probe,
     Sample,
     numerics,
     resolve_for_run,
 )
+from casm_cloud.inference.speed import Probe
 from casm_cloud.somo.features import FeatureError
 from casm_cloud.somo.windowed import WINDOW, WindowedModel, default_batch
 

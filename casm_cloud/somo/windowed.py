@@ -39,7 +39,8 @@ from __future__ import annotations
 import numpy as np
 
 from casm_cloud.inference import heap
-from casm_cloud.inference.precision import Precision, cpu_has_amx, resolve_precision
+from casm_cloud.inference.precision import Precision, resolve_precision
+from casm_cloud.inference.speed import cpu_has_amx
 
 __all__ = ["WINDOW", "Precision", "WindowedModel", "cpu_has_amx", "default_batch",
            "resolve_precision", "segment_steps", "valid_windows"]

@@ -57,7 +57,7 @@ from casm_cloud.recipes.casm.product import (
     update_merge,
     validate_params,
 )
-from casm_cloud.recipes.runner import Stage
+from casm_cloud.recipes.stage import Stage
 
 __all__ = ["STAGES", "check", "demo_sources"]
 

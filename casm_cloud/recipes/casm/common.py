@@ -9,7 +9,7 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.config import DEFAULT_OUTPUTS
-from casm_cloud.recipes.runner import Context
+from casm_cloud.recipes.stage import Context
 
 #: SMAP's science data start: the networks trained against SMAP use this overlap.
 SMAP_FROM = dt.date(2015, 3, 31)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
+import numpy as np
+import pandas as pd
 import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.recipes.casm.common import _aggregate, _bins, _channels, _kinds, _next_bin
-from casm_cloud.recipes.runner import Context
+from casm_cloud.recipes.stage import Context
 
 log = logging.getLogger(__name__)
+
+#: Time chunks of an aggregate store in one piece of the aggregate stage.  A power of
+#: two: the seasonal fit's binary tree over the chunks of the record then holds each
+#: piece as one subtree, so the pieces' merged sums are the record's, bit for bit.
+PIECE_CHUNKS = 4
 
 
 def aggregate_params(r) -> dict:
@@ -46,26 +54,62 @@ def _sums_url(ctx: Context, stage: str, kind: str) -> str:
     return ctx.url(stage, f"{kind}_seasonal_sums.zarr")
 
 
-def _write_with_sums(ctx: Context, out: xr.Dataset, kind: str) -> None:
-    """Write the n-day means and, in the same tasks, reduce them to the seasonal sums.
+def _piece_sums_url(ctx: Context, kind: str, i: int) -> str:
+    """Where the aggregate stage keeps the seasonal partial sums of piece ``i``."""
+    return ctx.out(f"{kind}_seasonal_sums_pieces", f"{i:05d}.zarr")
 
-    The task that holds a chunk of means writes it and adds it to the sums
-    (``lazy_sums(write_to=...)``), so the input is read once; the seasonal
-    stage finishes the fit from the stored sums.
+
+def _write_in_pieces(ctx: Context, p: dict, cat, kind: str, whole: xr.Dataset) -> None:
+    """Write a source's n-day means piece by piece and, in the same tasks, their seasonal sums.
+
+    A piece is :data:`PIECE_CHUNKS` time chunks of the store (docs/architecture.md,
+    "Stages in pieces"); its means are made from the source opened over the piece's
+    days only.  The task that holds a chunk of means writes it and adds it to the
+    piece's sums (``lazy_sums(write_to=...)``), so the input is read once; each
+    piece's sums are stored beside the sums store, and merged in piece order at the
+    end (:func:`~casm_cloud.seasonal.merge_sums`) into the sums of the whole record,
+    from which the seasonal stage finishes the fit.
     """
-    import dask
+    from casm_cloud.pieces import template_like, write_pieces
+    from casm_cloud.seasonal import lazy_sums, merge_sums, open_sums, write_sums
 
-    from casm_cloud.seasonal import lazy_sums, write_sums
+    url, times = ctx.out(f"{kind}.zarr"), whole["time"].values
+    chunk = int(p["chunks"].get("time") or whole.chunksizes["time"][0])
+    last_day = dt.timedelta(days=p["n_days"] - 1)
 
-    url = ctx.out(f"{kind}.zarr")
-    out = out.copy()
-    for v in out.variables.values():
-        v.encoding = {}
-    storage.write_template(out, url, ctx.so, config_hash=ctx.config_hash)
-    with ctx.tasks_bar():
-        (sums,) = dask.compute(lazy_sums(out, write_to=url, storage_options=ctx.so))
-    write_sums(sums, _sums_url(ctx, ctx.stage, kind), ctx.so, config_hash=ctx.config_hash)
-    storage.mark_complete(url, ctx.so, config_hash=ctx.config_hash)
+    def build(s: slice) -> dict:
+        bins = times[s]
+        first = max(p["start"], pd.Timestamp(bins[0]).date())
+        ds = _aggregated(p, cat, kind, first, pd.Timestamp(bins[-1]).date() + last_day)
+        if ds is None:  # no data in these days: NaN bins, as in the whole record
+            ds = template_like(whole, bins, chunk)
+        elif not np.array_equal(ds["time"].values, bins):  # no data in the first bins
+            ds = ds.reindex(time=bins).chunk({"time": chunk})
+        return {kind: ds}
+
+    def writes(datasets: dict, s: slice):
+        return lazy_sums(datasets[kind], write_to=url, storage_options=ctx.so,
+                         region={"time": s})
+
+    def keep(i: int, sums: xr.Dataset) -> None:
+        write_sums(sums, _piece_sums_url(ctx, kind, i), ctx.so, config_hash=ctx.config_hash)
+
+    with ctx.chunk_bar(f"{kind} pieces") as progress:
+        res = write_pieces(build, {kind: url}, times, piece_days=PIECE_CHUNKS * chunk,
+                           time_chunk=chunk, config_hash=ctx.config_hash,
+                           storage_options=ctx.so, client=ctx.client, progress=progress,
+                           writes=writes, on_piece=keep)
+    ctx.say(f"{kind}: {res['pieces']} pieces of {PIECE_CHUNKS * chunk} bins "
+            f"({res['skipped']} written before), largest graph {res['largest_graph']} tasks")
+    urls = [_piece_sums_url(ctx, kind, i) for i in range(res["pieces"])]
+    states = [storage.store_state(u, ctx.so) for u in urls]
+    if not all(st["complete"] and st["config_hash"] == ctx.config_hash for st in states):
+        # not expected (a piece is recorded after its sums): the seasonal stage then fits
+        log.warning("aggregate: %s has pieces without stored seasonal sums", kind)
+        storage.remove(_sums_url(ctx, ctx.stage, kind), ctx.so)
+        return
+    write_sums(merge_sums(open_sums(u, ctx.so) for u in urls),  # one piece at a time
+               _sums_url(ctx, ctx.stage, kind), ctx.so, config_hash=ctx.config_hash)
 
 
 def run_aggregate(ctx: Context, p: dict) -> None:
@@ -73,14 +117,14 @@ def run_aggregate(ctx: Context, p: dict) -> None:
     cat, end = _catalog(p), ctx.end(p["end"])
     # Every source opened (lazily: cheap) before anything is written, so a bad entry
     # (missing files, wrong variables or grid, no data in the period) stops the stage
-    # with one error and no output.
+    # with one error and no output; its bins are the record's time axis.
     outs = {kind: _aggregated(p, cat, kind, p["start"], end) for kind in p["entries"]}
     for kind, out in outs.items():
         if out is None:
             log.warning("aggregate: %s has no complete %d-day bin in %s..%s; skipped", kind,
                         p["n_days"], p["start"], end)
             continue
-        _write_with_sums(ctx, out, kind)
+        _write_in_pieces(ctx, p, cat, kind, out)
 
 
 def update_aggregate(ctx: Context, p: dict) -> None:

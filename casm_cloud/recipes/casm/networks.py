@@ -16,7 +16,7 @@ from casm_cloud.recipes.casm.common import (
     _predict,
     _split,
 )
-from casm_cloud.recipes.runner import Context
+from casm_cloud.recipes.stage import Context
 
 
 def pairs_params(r) -> dict:

@@ -17,7 +17,7 @@ from casm_cloud.recipes.casm.common import (
     _product,
     _sensor_changes,
 )
-from casm_cloud.recipes.runner import Context
+from casm_cloud.recipes.stage import Context
 
 log = logging.getLogger(__name__)
 

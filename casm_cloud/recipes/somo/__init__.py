@@ -33,12 +33,12 @@ import datetime as dt
 
 from casm_cloud import storage
 from casm_cloud.errors import InputError
-from casm_cloud.recipes.runner import Stage
 from casm_cloud.recipes.somo import ingest, products, train
 from casm_cloud.recipes.somo._common import _K, LAYERS, _layer_start
 from casm_cloud.recipes.somo.ingest import _entries
 from casm_cloud.recipes.somo.products import importance_params, validate_params
 from casm_cloud.recipes.somo.train import train_params
+from casm_cloud.recipes.stage import Stage
 
 __all__ = ["STAGES", "check", "demo_sources", "LAYERS", "train_params", "validate_params",
            "importance_params", "_layer_start"]

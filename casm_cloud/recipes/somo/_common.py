@@ -9,7 +9,7 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.config import DEFAULT_OUTPUTS
-from casm_cloud.recipes.runner import Context
+from casm_cloud.recipes.stage import Context
 
 LAYERS = ("sm_l1", "sm_l2", "sm_l3")
 _K = len(LAYERS)

@@ -9,8 +9,8 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.pieces import write_pieces
-from casm_cloud.recipes.runner import Context
 from casm_cloud.recipes.somo._common import _K, LAYERS, _catalog, _open, _write_csv
+from casm_cloud.recipes.stage import Context
 
 # --------------------------------------------------------------------------- forcing
 #: Days of one piece of the forcing stage (and the time chunk of its stores).

@@ -9,7 +9,6 @@ import xarray as xr
 
 from casm_cloud import storage
 from casm_cloud.config import DEFAULT_OUTPUTS
-from casm_cloud.recipes.runner import Context
 from casm_cloud.recipes.somo._common import (
     LAYERS,
     _catalog,
@@ -19,6 +18,7 @@ from casm_cloud.recipes.somo._common import (
     _read_csv,
     _write_csv,
 )
+from casm_cloud.recipes.stage import Context
 
 
 # --------------------------------------------------------------------------- predict

@@ -8,8 +8,8 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud import storage
-from casm_cloud.recipes.runner import Context
 from casm_cloud.recipes.somo._common import _K, LAYERS, _layer_start, _open, _write_csv
+from casm_cloud.recipes.stage import Context
 
 
 # --------------------------------------------------------------------------- train

@@ -2,7 +2,7 @@
 
 The simulator's ERA5 is daily; the providers distribute hours.  Each day is
 spread over its 24 UTC hours so that the reader's daily aggregation
-(:func:`casm_cloud.sources.era5.daily_from_hourly`) gives the daily values
+(:func:`casm_cloud.sources.era5.fields.daily_from_hourly`) gives the daily values
 back:
 
 * instantaneous fields (``t2m``, ``skt``, ``swvl1..3``) are the daily value
@@ -45,7 +45,7 @@ import xarray as xr
 from casm_cloud import schema, storage
 from casm_cloud.simulate.native import to_era5_native
 from casm_cloud.simulate.provider._files import ecmwf_units, netcdf_bytes, put
-from casm_cloud.sources.era5 import ACCUMULATED, ARCO_NAMES
+from casm_cloud.sources.era5.fields import ACCUMULATED, ARCO_NAMES
 
 __all__ = ["write_era5", "hourly_from_daily", "dewpoint", "surface_pressure", "ARCO_PATH",
            "FORMATS"]
@@ -71,7 +71,7 @@ def surface_pressure(elevation_m):
 def dewpoint(q, sp):
     """The dew point (K) whose Tetens vapour pressure at ``sp`` gives specific humidity ``q``.
 
-    Inverse of :func:`casm_cloud.sources.era5.specific_humidity`:
+    Inverse of :func:`casm_cloud.sources.era5.fields.specific_humidity`:
     ``e = q p / (0.622 + 0.378 q)``, ``a = ln(e / 611.21) / 17.502``,
     ``Td = (273.16 - 32.19 a) / (1 - a)``.
     """
