@@ -33,10 +33,36 @@ import xarray as xr
 
 from casm_cloud import storage
 
-__all__ = ["time_pieces", "template_like", "write_pieces", "IN_FLIGHT"]
+__all__ = ["time_pieces", "template_like", "write_pieces", "graph_tasks", "steps_per_piece",
+           "IN_FLIGHT", "TASK_BUDGET"]
 
 #: Pieces computed at once on a cluster: one being written while the next computes.
 IN_FLIGHT = 2
+
+#: Most tasks one piece's graph may hold: a dask scheduler is comfortable up to a few
+#: hundred thousand tasks per graph, and the client builds 100,000 in seconds.
+TASK_BUDGET = 100_000
+
+
+def graph_tasks(*collections) -> int:
+    """Tasks of the collections' graph after dask's optimisation (culling, fusion)."""
+    import dask
+
+    return sum(len(c.__dask_graph__()) for c in dask.optimize(*collections))
+
+
+def steps_per_piece(tasks_of: Callable[[int], int], most: int, *, probe: int = 8,
+                    budget: int | None = None) -> int:
+    """The most time steps a piece may hold for its graph to stay within ``budget``.
+
+    ``tasks_of(n)`` is the task count of a piece of ``n`` steps; it is called once, on a
+    ``probe``-step piece, and scaled linearly (a graph's fixed part, counted per step,
+    makes the estimate err on the small side).  At least 1, at most ``most``.
+    """
+    budget = TASK_BUDGET if budget is None else int(budget)
+    n = max(1, min(int(probe), int(most)))
+    per_step = max(tasks_of(n), 1) / n
+    return int(max(1, min(int(most), budget // per_step)))
 
 
 def time_pieces(n: int, size: int) -> list[slice]:

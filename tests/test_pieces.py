@@ -102,11 +102,12 @@ def test_somo_forcing_runs_in_pieces_and_resumes_where_it_was_killed(somo_refere
     storage.remove(str(tmp_path / "run" / "forcing" / "_stage.json"))
     real, calls = ingest._forcing, []
 
-    def dies_on_the_second_piece(p, era5, start, end):
+    def dies_on_the_second_piece(p, era5, start, end, *chunk_days):
         calls.append(start)
-        if len(calls) == 2:  # piece 0 (the template's and the first write), then piece 1
+        # the piece size's probe, piece 0 (the template's and the first write), then piece 1
+        if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(p, era5, start, end)
+        return real(p, era5, start, end, *chunk_days)
 
     monkeypatch.setattr(ingest, "_forcing", dies_on_the_second_piece)
     with pytest.raises(KeyboardInterrupt):
@@ -121,3 +122,51 @@ def test_somo_forcing_runs_in_pieces_and_resumes_where_it_was_killed(somo_refere
         xr.testing.assert_identical(got.load(), want.load())
         record = storage.ChunkRecord(str(tmp_path / "run" / "forcing" / name)).done()
         assert len(record) == -(-got.sizes["time"] // ingest.PIECE_DAYS)
+
+
+def test_a_piece_holds_as_many_steps_as_the_task_budget_allows():
+    calls = []
+
+    def tasks_of(n):
+        calls.append(n)
+        return 40 + 100 * n            # a fixed part and 100 tasks a step
+
+    assert pieces.steps_per_piece(tasks_of, 365, budget=10_000) == 95   # // (840 / 8)
+    assert calls == [8]                                                  # one probe
+    assert pieces.steps_per_piece(tasks_of, 30, budget=10 ** 9) == 30   # at most `most`
+    assert pieces.steps_per_piece(tasks_of, 365, budget=1) == 1         # at least one
+
+
+def test_somo_forcing_pieces_stay_within_the_task_budget(somo_reference, client, tmp_path,
+                                                         monkeypatch):
+    from casm_cloud.recipes.somo import ingest
+
+    reference = somo_reference[0]
+    recipe = copy_run(reference, tmp_path)
+    for name in ("features.zarr", "era5_layers.zarr", "_stage.json"):
+        storage.remove(str(tmp_path / "run" / "forcing" / name))
+    p, start = ingest.forcing_params(recipe), recipe.periods.training.start
+    year = ingest._forcing(p, ingest._era5(p, recipe.periods.training.end), start,
+                           start.replace(year=start.year + 1), 365)
+    # the estimate scales an 8-day probe, whose fixed part (coordinates) is most of a tiny
+    # window's graph: 3 years' worth of tasks makes pieces of about 70 days here
+    budget = 3 * pieces.graph_tasks(*year)
+    monkeypatch.setattr(pieces, "TASK_BUDGET", budget)
+    real, seen = ingest.write_pieces, {}
+
+    def spy(*args, **kwargs):
+        seen.update(real(*args, **kwargs))
+        return seen
+
+    monkeypatch.setattr(ingest, "write_pieces", spy)
+    ctx = run_recipe(recipe, until="forcing", client=client, progress=False)
+    assert "forcing" in ctx.timings
+    for name in ("features.zarr", "era5_layers.zarr"):
+        url = str(tmp_path / "run" / "forcing" / name)
+        got = storage.open_zarr(url, require_complete=True)
+        want = storage.open_zarr(f"{reference.run_root}/forcing/{name}", require_complete=True)
+        days = got[next(iter(got.data_vars))].chunks[0][0]
+        assert days < 365 // 2                                   # smaller pieces ...
+        assert len(storage.ChunkRecord(url).done()) == -(-got.sizes["time"] // days)
+        xr.testing.assert_equal(got.load(), want.load())        # ... the same values
+    assert seen["largest_graph"] <= budget, (seen, budget)

@@ -8,12 +8,13 @@ import pandas as pd
 import xarray as xr
 
 from casm_cloud import storage
-from casm_cloud.pieces import write_pieces
+from casm_cloud.pieces import graph_tasks, steps_per_piece, write_pieces
 from casm_cloud.recipes.somo._common import _K, LAYERS, _catalog, _open, _write_csv
 from casm_cloud.recipes.stage import Context
 
 # --------------------------------------------------------------------------- forcing
-#: Days of one piece of the forcing stage (and the time chunk of its stores).
+#: Most days of one piece of the forcing stage (and the time chunk of its stores): fewer
+#: where a year's graph would exceed the piece runner's task budget (a large window).
 PIECE_DAYS = 365
 
 
@@ -41,7 +42,8 @@ def _era5(p: dict, end) -> xr.Dataset:
                        variables=[*variables, "swvl1", "swvl2", "swvl3"])
 
 
-def _forcing(p: dict, era5: xr.Dataset, start, end) -> tuple[xr.Dataset, xr.Dataset]:
+def _forcing(p: dict, era5: xr.Dataset, start, end, chunk_days: int = PIECE_DAYS
+             ) -> tuple[xr.Dataset, xr.Dataset]:
     from casm_cloud.somo.features import dynamic_features
     from casm_cloud.somo.targets import era5_layers
 
@@ -52,7 +54,7 @@ def _forcing(p: dict, era5: xr.Dataset, start, end) -> tuple[xr.Dataset, xr.Data
     feats = dynamic_features(era5, variables=names).sel(time=days)
     layers = era5_layers(era5).sel(time=days)
     ny, nx = p["window"].shape
-    ch = {"time": PIECE_DAYS, "y": min(ny, 64), "x": min(nx, 64)}
+    ch = {"time": chunk_days, "y": min(ny, 64), "x": min(nx, 64)}
     out = []
     for ds in (feats, layers):
         ds = ds.chunk(ch)
@@ -85,10 +87,13 @@ def run_forcing(ctx: Context, p: dict) -> None:
                            f"{p['lead_days']}-day lead-in needs forcing from {need}; ERA5 entry "
                            f"{p['era5']!r} starts {have[0]}")
     times = pd.date_range(max(p["start"], have[0]), ctx.end(p["end"]), freq="D").values
+    day0 = pd.Timestamp(times[0]).date()
+    days = steps_per_piece(lambda n: graph_tasks(*_forcing(
+        p, era5, day0, day0 + dt.timedelta(days=n - 1), n)), PIECE_DAYS)
 
     def build(s: slice) -> dict:
         first, last = (pd.Timestamp(times[i]).date() for i in (s.start, s.stop - 1))
-        feats, layers = _forcing(p, era5, first, last)
+        feats, layers = _forcing(p, era5, first, last, days)
         if feats.sizes["time"] != s.stop - s.start:
             raise FeatureError(f"ERA5 entry {p['era5']!r}: days {first}..{last} give "
                                f"{feats.sizes['time']} daily values; expected "
@@ -98,9 +103,9 @@ def run_forcing(ctx: Context, p: dict) -> None:
     with ctx.chunk_bar("pieces") as progress:
         res = write_pieces(build, {"features": ctx.out("features.zarr"),
                                    "layers": ctx.out("era5_layers.zarr")}, times,
-                           piece_days=PIECE_DAYS, config_hash=ctx.config_hash,
+                           piece_days=days, config_hash=ctx.config_hash,
                            storage_options=ctx.so, client=ctx.client, progress=progress)
-    ctx.say(f"{res['pieces']} pieces of {PIECE_DAYS} days ({res['skipped']} written before), "
+    ctx.say(f"{res['pieces']} pieces of {days} days ({res['skipped']} written before), "
             f"largest graph {res['largest_graph']} tasks")
 
 
@@ -113,7 +118,9 @@ def update_forcing(ctx: Context, p: dict) -> None:
         end = min(ctx.end(p["end"]), _days(era5)[1])
         if end <= last:
             continue
-        feats, layers = _forcing(p, era5, last + dt.timedelta(days=1), end)
+        stored = storage.open_zarr(url, ctx.so)
+        days = int(stored[next(iter(stored.data_vars))].chunks[0][0])  # the store's chunk
+        feats, layers = _forcing(p, era5, last + dt.timedelta(days=1), end, days)
         new = feats if name == "features.zarr" else layers
         storage.append_time(new, url, ctx.so, config_hash=ctx.config_hash)
 
