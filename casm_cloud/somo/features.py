@@ -176,6 +176,16 @@ def _daily_tp(features: xr.Dataset) -> xr.DataArray:
     return np.expm1(_check(features, "log_tp", "1", "features"))
 
 
+def _period(ds: xr.Dataset, start, end, what: str) -> xr.Dataset:
+    """``ds`` over the inclusive days ``start``..``end`` (None: open), not empty."""
+    lo = None if start is None else pd.Timestamp(start)
+    hi = None if end is None else pd.Timestamp(end) + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    sub = ds.sel(time=slice(lo, hi))
+    if sub.sizes.get("time", 0) == 0:
+        raise FeatureError(f"{what}: no days in the climatology period {start}..{end}")
+    return sub
+
+
 def climatology(features: xr.Dataset, start=None, end=None) -> xr.Dataset:
     """Mean annual precipitation and aridity from daily features over a period (lazy).
 
@@ -201,11 +211,7 @@ def climatology(features: xr.Dataset, start=None, end=None) -> xr.Dataset:
     FeatureError
         A missing feature, wrong units or an empty period.
     """
-    lo = None if start is None else pd.Timestamp(start)
-    hi = None if end is None else pd.Timestamp(end) + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
-    sub = features.sel(time=slice(lo, hi))
-    if sub.sizes.get("time", 0) == 0:
-        raise FeatureError(f"features: no days in the climatology period {start}..{end}")
+    sub = _period(features, start, end, "features")
     p = _daily_tp(sub).mean("time")
     rn = _check(sub, "snr", "MJ m-2 day-1", "features").mean("time").clip(min=0.0)
     out = xr.Dataset({
@@ -294,11 +300,7 @@ def reference_maps(era5_layers: xr.Dataset, start=None, end=None) -> xr.Dataset:
     ``(target − mean) / std`` learns only what the rescaling leaves to it; the
     product is ``mean + std · output`` (std floored at :data:`REFERENCE_STD_FLOOR`).
     """
-    lo = None if start is None else pd.Timestamp(start)
-    hi = None if end is None else pd.Timestamp(end) + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
-    sub = era5_layers.sel(time=slice(lo, hi))
-    if sub.sizes.get("time", 0) == 0:
-        raise FeatureError(f"ERA5 layers: no days in the climatology period {start}..{end}")
+    sub = _period(era5_layers, start, end, "ERA5 layers")
     out = {}
     for layer in sub.data_vars:
         mean, std = reference_names(str(layer))

@@ -113,16 +113,14 @@ def cell_inputs(features_url: str, statics_url: str, targets_url: str, layer: st
         if n in previous:
             p = storage.open_zarr(previous[n], so, require_complete=True)[n]
             cols[k] = p.reindex(time=times).transpose("cell", "time").values.astype(np.float32)
-    sta = _cells(storage.open_zarr(statics_url, so, require_complete=True)[list(static)], cy, cx)
-    sta = sta.load()
+    names = list(dict.fromkeys([*static, *(reference or ())]))
+    sta = _cells(storage.open_zarr(statics_url, so, require_complete=True)[names], cy, cx).load()
     target = tg[layer].reindex(time=times).transpose("cell", "time").values.astype(np.float32)
     out = {"dynamic": np.stack(cols, axis=-1),
            "static": np.stack([sta[n].values.astype(np.float32) for n in static], axis=-1),
            "target": target, "times": times, "cell_y": cy, "cell_x": cx}
     if reference:
-        ref = _cells(storage.open_zarr(statics_url, so, require_complete=True)[list(reference)],
-                     cy, cx).load()
-        out["reference"] = np.stack([ref[n].values.astype(np.float32) for n in reference])
+        out["reference"] = np.stack([sta[n].values.astype(np.float32) for n in reference])
     return out
 
 
