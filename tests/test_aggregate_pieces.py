@@ -213,7 +213,8 @@ def _killed(value, start):
     raise RuntimeError(f"killed at the piece from bin {start}")
 
 
-@pytest.mark.parametrize("with_client", [False, True])
+# serially (no client) the same pieces and record run as on a cluster: opt in with -m slow
+@pytest.mark.parametrize("with_client", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_killed_mid_way_recomputes_only_unrecorded_pieces_to_the_same_bits(
         ran, sources, tmp_path, monkeypatch, with_client, client):
     want, results = ran["half"]

@@ -186,6 +186,7 @@ def test_store_stopped_while_workers_write_fails_in_one_line_then_completes(
     assert storage.read_marker(f"{run_root}/{STAGE}/_stage.json", so) is not None
 
 
+@pytest.mark.slow  # the test above runs the same command in this process (default tests)
 def test_store_stopped_under_the_command_line_prints_one_line(store, sources, tmp_path):
     """``casm-cloud run`` as a user runs it (its own process, logging and LocalCluster): the
     store is killed as soon as the stage's first object appears (in practice while the
